@@ -1,0 +1,1 @@
+"""Collectors: plugins that measure one thing each and know nothing of each other."""

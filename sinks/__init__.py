@@ -1,0 +1,1 @@
+"""Sinks: plugins that deliver spooled heartbeats somewhere. They never import collectors."""

@@ -1,0 +1,31 @@
+"""The sink contract.
+
+A sink takes a batch of spooled heartbeats (oldest first) and says what became of
+each: acknowledged, rejected for good, or kept for a later try. Retry with backoff
+lives inside the sink (tenacity), bounded by attempts and delay; the spool covers
+longer outages. A sink never raises for an expected delivery failure: it returns
+a :class:`~agent.sample.Delivery` with a fixed failure code, and never puts
+exception text or response bodies anywhere that can leave the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Protocol, runtime_checkable
+
+from agent.sample import Delivery, Pending
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Delivers heartbeats to one receiver."""
+
+    name: ClassVar[str]
+
+    async def send(self, batch: Sequence[Pending]) -> Delivery:
+        """Deliver ``batch`` and report per heartbeat what happened."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once at shutdown."""
+        ...
