@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
+from agent.deadline import Deadline
 from agent.sample import Delivery, Pending
 
 
@@ -21,9 +22,14 @@ class Sink(Protocol):
     """Delivers heartbeats to one receiver."""
 
     name: ClassVar[str]
+    max_batch: int  # most heartbeats the runner hands over in one call
 
-    async def send(self, batch: Sequence[Pending]) -> Delivery:
-        """Deliver ``batch`` and report per heartbeat what happened."""
+    async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
+        """Deliver ``batch`` (oldest first) and report per heartbeat what happened.
+
+        Every request and every retry wait is bounded by ``deadline``; what is not
+        delivered when it expires is simply not in ``acked`` and stays spooled.
+        """
         ...
 
     async def aclose(self) -> None:
