@@ -1,0 +1,231 @@
+"""The central ingest sink (``pop-heartbeat ingest v1``).
+
+``POST <url>`` with ``{"heartbeats": [doc, ...]}`` built by joining the spooled
+bytes, so a document is sent exactly as the scrubber passed it. What each status
+means for the batch:
+
+- 2xx: every heartbeat in the request is acknowledged (the body is not read).
+- 408, 429, 5xx, timeouts, connection errors: retried (``with_retries``), then kept.
+- 401/403: kept, not retried; failure ``auth``.
+- 413: split in halves until it fits; a lone heartbeat still refused is ``too_large``.
+- 400/422: bisected; each lone heartbeat refused is ``malformed``, the rest go.
+- anything else: kept, not retried; failure ``http_<status>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import aiohttp
+import structlog
+
+from agent.deadline import Deadline
+from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.sample import Delivery, Pending
+from sinks.http import drain, error_for_exception, error_for_status, make_session, request_timeout
+from sinks.retry import RetryPolicy, with_retries
+
+if TYPE_CHECKING:
+    from agent.settings import CentralSinkSettings, Settings
+
+log = structlog.get_logger("sinks.central")
+
+CREDENTIAL_NAME = "central-token"
+_HEAD = b'{"heartbeats":['
+_TAIL = b"]}"
+ENVELOPE_BYTES = len(_HEAD) + len(_TAIL)
+# Codes after which the request is cut in halves instead of kept as a whole.
+_SPLIT_CODES = frozenset({"too_large", "malformed"})
+# Compressing a body this large would hold the event loop for milliseconds.
+_THREAD_GZIP_BYTES = 262_144
+
+
+def plan_requests(batch: Sequence[Pending], max_count: int, max_bytes: int) -> list[Sequence[Pending]]:
+    """Cut ``batch`` in order into requests of at most ``max_count`` heartbeats and ``max_bytes`` body bytes.
+
+    A heartbeat larger than ``max_bytes`` on its own still goes, alone: central
+    decides, and answers 413 if it cannot take it.
+    """
+    requests: list[Sequence[Pending]] = []
+    start = 0
+    size = ENVELOPE_BYTES
+    for index, item in enumerate(batch):
+        extra = len(item.raw) + (1 if index > start else 0)
+        if index > start and (index - start >= max_count or size + extra > max_bytes):
+            requests.append(batch[start:index])
+            start, size, extra = index, ENVELOPE_BYTES, len(item.raw)
+        size += extra
+    if start < len(batch):
+        requests.append(batch[start:])
+    return requests
+
+
+def request_body(part: Sequence[Pending]) -> bytes:
+    """The request body: the spooled documents joined as they are, never re-serialised."""
+    return b"".join((_HEAD, b",".join(item.raw for item in part), _TAIL))
+
+
+def gzip_bytes(body: bytes) -> bytes:
+    """``body`` as a gzip member (level 5: most of the gain at a fraction of level 9's cost)."""
+    compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+def read_token(cfg: CentralSinkSettings, credentials_dir: str | None = None) -> str:
+    """The bearer token: ``token``, else ``token_file``, else the systemd credential ``central-token``.
+
+    Raises :class:`ConfigError` with a one-line message that names where the
+    token was looked for, never the token itself.
+    """
+    if cfg.token is not None:
+        token, source = cfg.token.get_secret_value(), "sinks.central.token"
+    elif cfg.token_file is not None:
+        token, source = _read_secret_file(cfg.token_file, "sinks.central.token_file"), "sinks.central.token_file"
+    else:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY") if credentials_dir is None else credentials_dir
+        if not directory:
+            raise ConfigError(
+                "sinks.central.url is set but no token: set sinks.central.token or token_file, "
+                f"or the systemd credential {CREDENTIAL_NAME}"
+            )
+        path = Path(directory) / CREDENTIAL_NAME
+        source = f"credential {CREDENTIAL_NAME}"
+        token = _read_secret_file(path, source)
+    token = token.strip()
+    if not token:
+        raise ConfigError(f"{source}: the central token is empty")
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(f"{source}: the central token holds whitespace or non-printable characters")
+    return token
+
+
+def _read_secret_file(path: Path, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source} {path}: not found") from None
+    except PermissionError:
+        raise ConfigError(f"{source} {path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source} {path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} {path}: not UTF-8 text") from None
+    except OSError:
+        raise ConfigError(f"{source} {path}: unreadable") from None
+
+
+class CentralSink:
+    """Delivers heartbeats to central's ingest endpoint over one shared HTTP session."""
+
+    name: ClassVar[str] = "central"
+
+    def __init__(
+        self,
+        cfg: CentralSinkSettings,
+        *,
+        token: str,
+        session: aiohttp.ClientSession | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        if cfg.url is None:
+            raise ConfigError("sinks.central.url is not set")
+        self._cfg = cfg
+        self._url = cfg.url
+        self.max_batch = cfg.batch_max_count
+        self._policy = policy or RetryPolicy(max_attempts=cfg.max_attempts, max_delay=cfg.max_retry_delay)
+        self._session = session
+        self._owns_session = session is None
+        self._plain_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self._gzip_headers = {**self._plain_headers, "Content-Encoding": "gzip"}
+
+    def __repr__(self) -> str:
+        return f"CentralSink(url={self._url!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CentralSink | None:
+        """The sink for ``settings.sinks.central``, or ``None`` when no URL is set."""
+        cfg = settings.sinks.central
+        if cfg.url is None:
+            return None
+        return cls(cfg, token=read_token(cfg))
+
+    async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
+        """Deliver ``batch`` in order; what is not acked or rejected when something fails stays spooled."""
+        acked: set[str] = set()
+        rejected: dict[str, str] = {}
+        failure: str | None = None
+        retry_after: float | None = None
+        work = deque(plan_requests(batch, self.max_batch, self._cfg.batch_max_bytes))
+        while work:
+            if deadline.expired:
+                failure = "deadline"
+                break
+            part = work.popleft()
+            try:
+                await with_retries(self._policy, deadline, functools.partial(self._post, part, deadline))
+            except TransientSinkError as error:
+                failure, retry_after = error.code, error.retry_after
+                break
+            except PermanentSinkError as error:
+                if error.code not in _SPLIT_CODES:
+                    failure = error.code
+                    break
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    work.extendleft((part[middle:], part[:middle]))
+                    continue
+                rejected[part[0].id] = error.code
+                log.info("central_rejected", reason=error.code)
+                continue
+            acked.update(item.id for item in part)
+        if failure is not None:
+            log.debug("central_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected))
+        return Delivery(acked=frozenset(acked), rejected=rejected, failure=failure, retry_after=retry_after)
+
+    async def aclose(self) -> None:
+        """Close the session if this sink opened it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = make_session(connect_timeout=self._cfg.connect_timeout, read_timeout=self._cfg.read_timeout)
+        return self._session
+
+    async def _post(self, part: Sequence[Pending], deadline: Deadline) -> None:
+        """One request for ``part``; raises the :class:`SinkError` its outcome means."""
+        if deadline.expired:
+            raise TransientSinkError(code="deadline")
+        body = request_body(part)
+        headers = self._plain_headers
+        if len(body) >= self._cfg.gzip_min_bytes:
+            headers = self._gzip_headers
+            body = await asyncio.to_thread(gzip_bytes, body) if len(body) >= _THREAD_GZIP_BYTES else gzip_bytes(body)
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise TransientSinkError(code="deadline")
+        timeout = request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining)
+        error: SinkError | None
+        try:
+            async with self._get_session().post(
+                self._url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                error = error_for_status(response.status, response.headers)
+                if error is None:
+                    # The status is the ack; a body that fails to arrive changes nothing.
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                        await drain(response)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = error_for_exception(exc)
+        if error is not None:
+            log.debug("central_attempt_failed", code=error.code, size=len(part))
+            raise error

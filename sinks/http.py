@@ -1,0 +1,141 @@
+"""HTTP helpers every upload sink shares: the session, ``Retry-After``, and error codes.
+
+Library exceptions and status codes are translated here, at the boundary, into
+:class:`~agent.errors.TransientSinkError` (keep and retry) or
+:class:`~agent.errors.PermanentSinkError` (retrying the same request cannot help),
+each with a fixed code such as ``"timeout"``, ``"connect"`` or ``"http_503"``.
+Neither exception text nor response bodies are carried along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from datetime import UTC
+
+import aiohttp
+
+from agent.errors import PermanentSinkError, SinkError, TransientSinkError
+
+# A receiver asking for more than a day is treated as asking for a day: the value
+# only decides when to knock again, and the spool keeps the data meanwhile.
+MAX_RETRY_AFTER = 86_400.0
+# Answers are drained so the connection can be reused; central's are tiny, and a
+# huge one is cut off (the connection is then closed instead of reused).
+MAX_DRAIN_BYTES = 65_536
+
+_DELTA_SECONDS = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?", re.ASCII)
+
+
+def make_session(
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    user_agent: str = "pop-agent",
+    limit: int = 4,
+) -> aiohttp.ClientSession:
+    """A client session with TLS verification on, bounded timeouts and no redirects to surprise it.
+
+    Must be called inside the running event loop. ``trust_env`` stays off so that
+    neither proxy variables nor ``.netrc`` credentials change where data goes.
+    """
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(), limit=limit, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers={"User-Agent": user_agent},
+        raise_for_status=False,
+        trust_env=False,
+    )
+
+
+def request_timeout(connect: float, read: float, remaining: float) -> aiohttp.ClientTimeout:
+    """Per-request timeouts: the configured ones, never longer than the deadline leaves."""
+    total = None if remaining == float("inf") else remaining
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(connect, remaining), sock_read=min(read, remaining))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or ``None``.
+
+    The result is clamped to ``[0, MAX_RETRY_AFTER]``; a date in the past means now.
+    Anything unparseable is ``None`` (the back-off then decides alone).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _DELTA_SECONDS.fullmatch(text):
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP-dates are GMT anyway
+        when = when.replace(tzinfo=UTC)
+    try:
+        delay = when.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(max(delay, 0.0), MAX_RETRY_AFTER)
+
+
+def error_for_status(status: int, headers: Mapping[str, str]) -> SinkError | None:
+    """``None`` for 2xx, else the error the status means, with a fixed code.
+
+    408, 429 and 5xx are transient (``http_<status>``, with ``Retry-After``).
+    Permanent ones: 401/403 ``auth``, 413 ``too_large``, 400/422 ``malformed``,
+    anything else ``http_<status>``. Permanent means "the same request will fail
+    again"; whether the data is then rejected or kept is the sink's decision.
+    """
+    if 200 <= status < 300:
+        return None
+    if status in (408, 429) or 500 <= status < 600:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return TransientSinkError(code=f"http_{status}", retry_after=retry_after)
+    if status in (401, 403):
+        return PermanentSinkError(code="auth")
+    if status == 413:
+        return PermanentSinkError(code="too_large")
+    if status in (400, 422):
+        return PermanentSinkError(code="malformed")
+    return PermanentSinkError(code=f"http_{status}" if 100 <= status < 1000 else "http_other")
+
+
+def error_for_exception(exc: BaseException) -> TransientSinkError:
+    """The transient error (fixed code, no text) a client-side failure means.
+
+    Every network failure keeps the data: ``timeout``, ``tls``, ``dns``,
+    ``connect``, ``disconnected``, ``protocol``, else ``client_error``.
+    """
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        code = "timeout"
+    elif isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+        code = "tls"
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        code = "dns"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        code = "disconnected"
+    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        code = "protocol"
+    elif isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        code = "connect"
+    else:
+        code = "client_error"
+    return TransientSinkError(code=code)
+
+
+async def drain(response: aiohttp.ClientResponse, limit: int = MAX_DRAIN_BYTES) -> None:
+    """Read and discard up to ``limit`` bytes of an answer so its connection can be reused."""
+    left = limit
+    while left > 0:
+        chunk = await response.content.read(min(left, 16_384))
+        if not chunk:
+            return
+        left -= len(chunk)
