@@ -1,0 +1,179 @@
+"""The command line: the contract operators and systemd rely on (see DESIGN.md, Commands).
+
+Exit codes: 0 success; 1 a command's own failure (a collector failed, a document
+was rejected, heartbeats left undelivered); 2 unreadable input or bad usage;
+75 another agent process holds the state directory; 78 a configuration error.
+Every error is one line on stderr and never holds a secret or a rejected value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before or after the command (CLI flags: the strongest settings source)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
+    common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help="seconds between ticks")
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="where the spool and state live")
+    common.add_argument("--pop-id", default=argparse.SUPPRESS, help="this POP's id")
+    common.add_argument("--telemetry", choices=("on", "off"), default=argparse.SUPPRESS, help="let heartbeats leave")
+    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog="agent", description="pop-agent: the POP heartbeat agent.", parents=[common])
+    parser.add_argument("--version", action="store_true", help="print version and edition")
+    parser.add_argument("--once", action="store_true", help="one tick: print the heartbeat; no spool, no network")
+    parser.add_argument("--push", action="store_true", help="with --once: one tick through the spool and the sinks")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="the daemon, in the foreground (the default)")
+    scrub = commands.add_parser("scrub", parents=[common], help="run one heartbeat document through the scrubber")
+    scrub.add_argument("file", nargs="?", default="-", help="a file, or - for stdin")
+    status = commands.add_parser("status", parents=[common], help="the agent's state, spool and delivery")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    export = commands.add_parser("export", parents=[common], help="pending heartbeats as JSON lines")
+    export.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    enqueue = commands.add_parser("enqueue", parents=[common], help="scrub, then spool a heartbeat document")
+    enqueue.add_argument("file", help="a file, or - for stdin")
+    commands.add_parser("upload", parents=[common], help="drain the spool once, now")
+    commands.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
+    commands.add_parser("collectors", parents=[common], help="the collectors and sinks available")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agent`` console script."""
+    from agent.errors import ConfigError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if args.version:
+        from agent.edition import edition
+        from agent.version import __version__
+
+        print(f"pop-agent {__version__} ({edition()})")
+        return EX_OK
+    if args.push and not args.once:
+        print("agent: --push goes with --once", file=sys.stderr)
+        return EX_USAGE
+    command = "once" if args.once else (args.command or "run")
+    handler: Callable[[Any, Any], int] = COMMANDS[command]
+    try:
+        settings = _settings(args)
+        from agent import logs
+        from agent.wiring import secrets_of
+
+        logs.configure(secrets=secrets_of(settings), level=getattr(args, "log_level", "info"))
+        return handler(settings, args)
+    except ConfigError as exc:
+        print(f"agent: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from agent.settings import load_settings
+
+    overrides = {
+        "interval": getattr(args, "interval", None),
+        "state_dir": getattr(args, "state_dir", None),
+        "pop_id": getattr(args, "pop_id", None),
+        "telemetry": getattr(args, "telemetry", None),
+    }
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def _cmd_run(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import run_daemon
+
+    return run_daemon(settings)
+
+
+def _cmd_once(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import once, once_push
+
+    return once_push(settings) if args.push else once(settings)
+
+
+def _cmd_scrub(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import scrub_document
+
+    return scrub_document(settings, args.file)
+
+
+def _cmd_status(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import status
+
+    return status(settings, as_json=args.json)
+
+
+def _cmd_export(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import export
+
+    return export(settings, args.out)
+
+
+def _cmd_enqueue(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import enqueue
+
+    return enqueue(settings, args.file)
+
+
+def _cmd_upload(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import upload
+
+    return upload(settings)
+
+
+def _cmd_config(settings: Any, args: argparse.Namespace) -> int:
+    from agent.settings import masked_dump
+
+    print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
+    return EX_OK
+
+
+def _cmd_collectors(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import list_plugins
+
+    return list_plugins(settings)
+
+
+COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "once": _cmd_once,
+    "scrub": _cmd_scrub,
+    "status": _cmd_status,
+    "export": _cmd_export,
+    "enqueue": _cmd_enqueue,
+    "upload": _cmd_upload,
+    "config": _cmd_config,
+    "collectors": _cmd_collectors,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+

@@ -1,0 +1,105 @@
+"""Running collectors: each under its own timeout, so one that raises or hangs affects only itself.
+
+The runner owns timeouts and per-collector state, so collectors stay tiny. A
+collector still running from an earlier tick is not started again (its work is
+in a thread that cannot be cancelled); it reports ``busy`` until it finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from agent.errors import CollectorError
+from agent.sample import MetricSpec, Sample
+
+log = structlog.get_logger("agent.collectors")
+
+OK, ERROR, TIMEOUT, BUSY = "ok", "error", "timeout", "busy"
+
+
+@dataclass
+class CollectorStats:
+    """What ``agent status`` shows of one collector."""
+
+    status: str = "never"
+    errors_total: int = 0
+    consecutive_failures: int = 0
+    last_ok: float | None = None
+
+
+class CollectorSlot:
+    """One collector with its in-flight task, timeout and stats."""
+
+    def __init__(self, collector: object, timeout: float) -> None:
+        self.collector = collector
+        self.name: str = collector.name  # type: ignore[attr-defined]
+        self.metrics: tuple[MetricSpec, ...] = collector.metrics  # type: ignore[attr-defined]
+        self.timeout = timeout
+        self.stats = CollectorStats()
+        self._task: asyncio.Task[Sequence[Sample]] | None = None
+
+    async def run(self, timeout: float | None = None) -> tuple[str, Sequence[Sample]]:
+        """Collect once: ``(status, samples)`` with status ``ok``, ``error``, ``timeout`` or ``busy``."""
+        if self._task is not None and not self._task.done():
+            return self._settle(BUSY, ())
+        if self._task is not None and not self._task.cancelled():
+            self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
+        self._task = asyncio.ensure_future(self.collector.collect())  # type: ignore[attr-defined]
+        done, _ = await asyncio.wait({self._task}, timeout=self.timeout if timeout is None else timeout)
+        if not done:
+            return self._settle(TIMEOUT, ())
+        try:
+            samples = self._task.result()
+        except CollectorError as exc:
+            return self._settle(ERROR, (), exc.code)
+        except Exception as exc:  # a plugin's bug must not stop the others
+            return self._settle(ERROR, (), type(exc).__name__)
+        finally:
+            if self._task.done():
+                self._task = None
+        return self._settle(OK, tuple(s for s in samples if isinstance(s, Sample)))
+
+    def _settle(self, status: str, samples: Sequence[Sample], code: str = "") -> tuple[str, Sequence[Sample]]:
+        previous = self.stats.status
+        self.stats.status = status
+        if status == OK:
+            self.stats.consecutive_failures = 0
+            self.stats.last_ok = time.time()
+            if previous not in (OK, "never"):
+                log.info("collector_recovered", collector=self.name)
+        else:
+            self.stats.errors_total += 1
+            self.stats.consecutive_failures += 1
+            if previous != status:
+                # Logged once per transition; the code is fixed or a class name, never exception text.
+                log.warning("collector_failed", collector=self.name, status=status, code=code or status)
+        return status, samples
+
+    async def aclose(self) -> None:
+        """Release the collector's resources and forget a hung task."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        close = getattr(self.collector, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # shutdown goes on whatever one plugin does
+                log.warning("collector_close_failed", collector=self.name)
+
+
+async def collect_all(
+    slots: Sequence[CollectorSlot], timeout: float | None = None
+) -> tuple[list[Sample], dict[str, str]]:
+    """Run every collector concurrently; their samples and each one's status."""
+    results = await asyncio.gather(*(slot.run(timeout) for slot in slots))
+    samples: list[Sample] = []
+    statuses: dict[str, str] = {}
+    for slot, (status, got) in zip(slots, results, strict=True):
+        statuses[slot.name] = status
+        samples.extend(got)
+    return samples, statuses

@@ -1,0 +1,83 @@
+"""Logging: structlog configured once, by the CLI.
+
+JSON lines on stderr when stderr is not a terminal (journald, files), readable
+console output when it is. Stdout is left to command output (``agent --once``
+prints the heartbeat there). A masking processor is the second line of defence:
+callers never log secrets on purpose, and whatever slips through is masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+MASK = "**********"
+
+_PATTERNS = (
+    # Authorization: Bearer <token> (and Basic/Token schemes).
+    re.compile(r"(?i)\b(bearer|basic|token)(\s+|=|:\s*)[A-Za-z0-9._~+/=-]{6,}"),
+    # Credentials in a URL: scheme://user:password@host
+    re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+(:[^\s/@]*)?@"),
+    # Uptime Kuma push URL: /api/push/<token>
+    re.compile(r"(/api/push/)[^\s/?#\"']+"),
+    # Query parameters that carry secrets.
+    re.compile(r"(?i)([?&](?:token|auth|key|password|secret|access_token)=)[^&\s#\"']+"),
+)
+
+
+def _mask_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+    text = _PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    text = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{MASK}", text)
+    return _PATTERNS[3].sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+class MaskSecrets:
+    """structlog processor: mask known secret values and anything shaped like a credential."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            event_dict[key] = self._mask(value)
+        return event_dict
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return _mask_text(value, self._secrets)
+        if isinstance(value, dict):
+            return {k: self._mask(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._mask(v) for v in value]
+        return value
+
+
+def configure(*, secrets: Iterable[str] = (), stream: TextIO | None = None, level: str = "info") -> None:
+    """Configure structlog for this process. Called once, by the CLI."""
+    stream = stream or sys.stderr
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        MaskSecrets(secrets),
+    ]
+    renderer: Any
+    if stream.isatty():
+        renderer = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )

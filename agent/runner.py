@@ -1,0 +1,405 @@
+"""The daemon: one loop that ticks, and one delivery loop per sink.
+
+A tick collects, scrubs and spools one heartbeat, then wakes the sinks. Each sink
+drains the spool oldest first, in batches, on its own, so a slow receiver never
+delays a tick and one receiver being down never blocks another. Ticks run on the
+monotonic clock at a fixed rhythm from a random start offset and never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from agent import heartbeat
+from agent.collecting import CollectorSlot, collect_all
+from agent.deadline import Deadline
+from agent.errors import ScrubRejected, SpoolError
+from agent.sample import MetricSpec, Sample
+from agent.scrubber import scrub
+from agent.settings import Settings
+from agent.spool import Spool
+from agent.state import Sequence as SeqCounter
+from agent.state import read_json, write_json
+from agent.systemd import Notifier
+
+log = structlog.get_logger("agent")
+T = TypeVar("T")
+
+STATUS_FILE = "status.json"
+COLLECTOR_STATE_DIR = "collectors"
+STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
+
+
+@dataclass
+class Counters:
+    """The agent's own monotonic counters, reported in every heartbeat."""
+
+    scrub_rejected_total: int = 0
+    collector_errors_total: int = 0
+    tick_overruns_total: int = 0
+    spool_write_errors_total: int = 0
+
+
+@dataclass
+class SinkState:
+    """What ``agent status`` shows of one sink."""
+
+    last_ack: float | None = None
+    last_failure: str | None = None
+    consecutive_failures: int = 0
+    acked_total: int = 0
+    rejected_total: int = 0
+    last_delivery_ms: float | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+
+class Runner:
+    """Owns the loop and wires collectors → scrubber → spool → sinks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        edition: str,
+        version: str,
+        telemetry: bool,
+        collectors: Sequence[CollectorSlot],
+        allowed: dict[str, MetricSpec],
+        sinks: Sequence[Any] = (),
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.edition = edition
+        self.version = version
+        self.telemetry = telemetry
+        self.collectors = list(collectors)
+        self.allowed = allowed
+        self.sinks = list(sinks)
+        self.notifier = notifier or Notifier()
+        self.state_dir = settings.state_dir
+        self.counters = Counters()
+        self.sink_state = {sink.name: SinkState() for sink in self.sinks}
+        self.spool = Spool(self.state_dir / "spool", settings.spool, sinks=[sink.name for sink in self.sinks])
+        self.seq = SeqCounter(self.state_dir / "seq.json")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")  # one writer: spool calls serialise
+        self._stop = asyncio.Event()
+        self._deadlines: set[Deadline] = set()
+        self._started = time.monotonic()
+        self._spool_failing = False
+        self._last_state_save = 0.0
+
+    # -- start-up and shutdown -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the state directory, open the spool, restore collectors' state."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        await self._spool_call(self.spool.open)
+        for slot in self.collectors:
+            load = getattr(slot.collector, "load_state", None)
+            stored = read_json(self.state_dir / COLLECTOR_STATE_DIR / f"{slot.name}.json")
+            if load is not None and stored is not None:
+                try:
+                    load(stored)
+                except Exception:  # a stale or foreign state file must not stop the agent
+                    log.warning("collector_state_ignored", collector=slot.name)
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish its tick and shut down (signal handlers call this)."""
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Release collectors, sinks and the spool's thread."""
+        for slot in self.collectors:
+            await slot.aclose()
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+        self._io.shutdown(wait=True)
+        self.spool.close()
+
+    # -- one tick ---------------------------------------------------------------------------
+
+    async def collect(self, *, once: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+        """Collect and assemble one heartbeat (not yet scrubbed); also each collector's status.
+
+        With ``once`` nothing is written: the spool is not read and ``seq`` is not reserved.
+        """
+        samples, statuses = await collect_all(self.collectors)
+        self.counters.collector_errors_total += sum(status != "ok" for status in statuses.values())
+        if not once:
+            samples.extend(await self._own_samples())
+        doc = heartbeat.build(
+            pop=self.settings.pop_id,
+            seq=self.seq.peek() if once else self.seq.take(),
+            edition=self.edition,
+            version=self.version,
+            interval=self.settings.interval,
+            samples=samples,
+            collectors=statuses,
+        )
+        return doc, statuses
+
+    async def tick(self) -> dict[str, Any] | None:
+        """One tick: collect, scrub, spool, wake the sinks. The spooled heartbeat, or ``None``."""
+        doc, _ = await self.collect()
+        try:
+            scrub(doc, self.allowed)
+        except ScrubRejected as rejected:
+            self.counters.scrub_rejected_total += 1
+            log.error("heartbeat_rejected", findings=[f"{path}: {code}" for path, code in rejected.findings])
+            return None
+        try:
+            await self._spool_call(self.spool.put, doc["id"], heartbeat.dumps(doc))
+        except SpoolError as exc:
+            self.counters.spool_write_errors_total += 1
+            if not self._spool_failing:
+                log.error("spool_write_failed", code=exc.code)
+            self._spool_failing = True
+            return None
+        if self._spool_failing:
+            log.info("spool_write_recovered")
+            self._spool_failing = False
+        for state in self.sink_state.values():
+            state.wake.set()
+        await self._after_tick()
+        return doc
+
+    async def _own_samples(self) -> list[Sample]:
+        stats = await self._spool_call(self.spool.stats)
+        own = [
+            Sample("spool_pending", stats.pending),
+            Sample("spool_bytes", stats.bytes),
+            Sample("spool_oldest_age_seconds", round(stats.oldest_age_s, 3)),
+            Sample("spool_dropped_total", stats.dropped_total),
+            Sample("spool_quarantined_total", stats.quarantined_total),
+            Sample("spool_rejected_total", stats.rejected_total),
+            Sample("agent_uptime_seconds", round(time.monotonic() - self._started, 3)),
+        ]
+        own.extend(Sample(name, value) for name, value in vars(self.counters).items())
+        return own
+
+    async def _after_tick(self) -> None:
+        await asyncio.to_thread(self.write_status)
+        if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
+            await asyncio.to_thread(self.save_collector_state)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def drain(self, sink: Any, deadline: Deadline) -> bool:
+        """Send ``sink`` everything spooled for it, oldest first, until done, failed or out of time.
+
+        Returns ``True`` when nothing is left for the sink.
+        """
+        state = self.sink_state[sink.name]
+        while not deadline.expired:
+            batch = await self._spool_call(self.spool.batch, sink.name, sink.max_batch, 4 * 1024 * 1024)
+            if not batch:
+                return True
+            started = time.monotonic()
+            delivery = await sink.send(batch, deadline)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if delivery.acked or delivery.rejected:
+                await self._spool_call(self.spool.settle, sink.name, delivery.acked, delivery.rejected)
+            self._record_delivery(sink.name, state, delivery, elapsed_ms)
+            if delivery.failure is not None:
+                return False
+        return False
+
+    def _record_delivery(self, name: str, state: SinkState, delivery: Any, elapsed_ms: float) -> None:
+        state.acked_total += len(delivery.acked)
+        state.rejected_total += len(delivery.rejected)
+        if delivery.rejected:
+            log.warning("heartbeats_rejected", sink=name, count=len(delivery.rejected))
+        if delivery.failure is None:
+            if state.consecutive_failures:
+                log.info("delivery_recovered", sink=name, after_failures=state.consecutive_failures)
+            state.consecutive_failures = 0
+            state.last_failure = None
+            state.last_ack = time.time()
+            state.last_delivery_ms = round(elapsed_ms, 1)
+        else:
+            if state.last_failure != delivery.failure:
+                log.warning("delivery_failed", sink=name, code=delivery.failure)
+            state.consecutive_failures += 1
+            state.last_failure = delivery.failure
+
+    async def _deliver_loop(self, sink: Any) -> None:
+        state = self.sink_state[sink.name]
+        send_budget = max(60.0, 3 * self.settings.interval)
+        while not self._stop.is_set():
+            await state.wake.wait()
+            state.wake.clear()
+            deadline = Deadline(send_budget)
+            self._deadlines.add(deadline)
+            try:
+                await self.drain(sink, deadline)
+            finally:
+                self._deadlines.discard(deadline)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick until asked to stop, then shut down within the shutdown deadline."""
+        await self.start()
+        delivery = [asyncio.create_task(self._deliver_loop(sink), name=f"sink-{sink.name}") for sink in self.sinks]
+        self.notifier.ready()
+        log.info(
+            "agent_started",
+            pop=self.settings.pop_id,
+            edition=self.edition,
+            telemetry="on" if self.telemetry else "off",
+            interval=self.settings.interval,
+            collectors=[slot.name for slot in self.collectors],
+            sinks=[sink.name for sink in self.sinks],
+        )
+        try:
+            await self._tick_loop()
+        finally:
+            await self._shutdown(delivery)
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.interval
+        next_tick = time.monotonic() + random.uniform(0, min(interval, 30.0))  # against thundering herds
+        overrunning = False
+        while not self._stop.is_set():
+            await self._sleep_until(next_tick)
+            if self._stop.is_set():
+                return
+            doc = await self.tick()
+            self._summary(doc)
+            next_tick += interval
+            now = time.monotonic()
+            if now > next_tick:
+                skipped = int((now - next_tick) // interval) + 1
+                next_tick += skipped * interval
+                self.counters.tick_overruns_total += skipped
+                if not overrunning:
+                    log.warning("tick_overrun", skipped=skipped, interval=interval)
+                overrunning = True
+            else:
+                overrunning = False
+
+    async def _sleep_until(self, when: float) -> None:
+        """Sleep until ``when`` on the monotonic clock, pinging the watchdog on the way."""
+        watchdog = _watchdog_period()
+        while (left := when - time.monotonic()) > 0 and not self._stop.is_set():
+            self.notifier.watchdog()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=min(left, watchdog))
+        self.notifier.watchdog()
+
+    def _summary(self, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            return
+        metrics = doc["metrics"]
+        failed = sorted(name for name, status in doc["collectors"].items() if status != "ok")
+        log.info(
+            "tick",
+            seq=doc["seq"],
+            cpu_percent=metrics.get("cpu_percent"),
+            mem_used_percent=metrics.get("mem_used_percent"),
+            spool_pending=metrics.get("spool_pending"),
+            failed=failed or None,
+        )
+
+    async def _shutdown(self, delivery: list[asyncio.Task[None]]) -> None:
+        self.notifier.stopping()
+        deadline = Deadline(self.settings.shutdown_deadline)
+        log.info("agent_stopping", deadline_s=self.settings.shutdown_deadline)
+        for task in delivery:
+            task.cancel()
+        for active in list(self._deadlines):
+            active.cap(0)
+        await asyncio.gather(*delivery, return_exceptions=True)
+        # Flush what the sinks can send in the time left; the rest stays spooled.
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(self.drain(sink, deadline) for sink in self.sinks))
+        self.save_collector_state()
+        self.write_status()
+        stats = self.spool.stats()
+        await self.aclose()
+        log.info("agent_stopped", spool_pending=stats.pending)
+
+    # -- state files ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``agent status`` reads: the daemon's view of itself."""
+        stats = self.spool.stats()
+        return {
+            "pop": self.settings.pop_id,
+            "edition": self.edition,
+            "version": self.version,
+            "telemetry": "on" if self.telemetry else "off",
+            "updated": time.time(),
+            "pid": _pid(),
+            "spool": {
+                "pending": stats.pending,
+                "bytes": stats.bytes,
+                "oldest_age_s": round(stats.oldest_age_s, 3),
+                "dropped_total": stats.dropped_total,
+                "quarantined_total": stats.quarantined_total,
+                "rejected_total": stats.rejected_total,
+            },
+            "sinks": {
+                name: {
+                    "last_ack": state.last_ack,
+                    "last_failure": state.last_failure,
+                    "consecutive_failures": state.consecutive_failures,
+                    "acked_total": state.acked_total,
+                    "rejected_total": state.rejected_total,
+                    "last_delivery_ms": state.last_delivery_ms,
+                }
+                for name, state in self.sink_state.items()
+            },
+            "collectors": {slot.name: vars(slot.stats) for slot in self.collectors},
+            "counters": vars(self.counters),
+        }
+
+    def write_status(self) -> None:
+        # Atomic but not fsynced: the file is advisory and rewritten every tick.
+        write_json(self.state_dir / STATUS_FILE, self.status(), durable=False)
+
+    def save_collector_state(self) -> None:
+        self._last_state_save = time.monotonic()
+        directory = self.state_dir / COLLECTOR_STATE_DIR
+        for slot in self.collectors:
+            save = getattr(slot.collector, "save_state", None)
+            if save is None:
+                continue
+            try:
+                directory.mkdir(mode=0o700, exist_ok=True)
+                write_json(directory / f"{slot.name}.json", save())
+            except Exception:
+                log.warning("collector_state_not_saved", collector=slot.name)
+
+    async def _spool_call(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
+
+
+def _watchdog_period() -> float:
+    """Half the watchdog interval systemd asked for, or a few seconds when there is none."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    return int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else 5.0
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def install_signal_handlers(runner: Runner) -> None:
+    """SIGTERM and SIGINT ask the runner to stop cleanly."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runner.request_stop)
+

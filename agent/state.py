@@ -1,0 +1,88 @@
+"""Small durable files in the state directory: atomic JSON, and the heartbeat sequence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+
+    With ``durable`` the data and the rename are fsynced, so the new file also
+    survives a power loss; without it the write is atomic but may be lost.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path: Path, value: dict[str, Any], *, durable: bool = True) -> None:
+    """Atomically write a JSON object."""
+    write_atomic(path, json.dumps(value, separators=(",", ":"), sort_keys=True).encode(), durable=durable)
+
+
+class Sequence:
+    """The per-POP heartbeat counter, strictly increasing across restarts and crashes.
+
+    Rather than an fsync per heartbeat, the counter reserves blocks: the file holds
+    the highest number this process may hand out, and is moved forward (durably)
+    before a number past it is used. A crash skips the rest of a block, which is
+    allowed; a number is never handed out twice.
+    """
+
+    def __init__(self, path: Path, *, block: int = 1000) -> None:
+        self._path = path
+        self._block = block
+        stored = read_json(path) or {}
+        reserved = stored.get("reserved", -1)
+        self._next = reserved + 1 if isinstance(reserved, int) and reserved >= 0 else 0
+        self._reserved = self._next - 1
+
+    def peek(self) -> int:
+        """The number the next heartbeat would get, without reserving it (for ``--once``)."""
+        return self._next
+
+    def take(self) -> int:
+        """Hand out the next number, reserving a new block first when needed."""
+        if self._next > self._reserved:
+            self._reserved = self._next + self._block - 1
+            write_json(self._path, {"reserved": self._reserved})
+        value = self._next
+        self._next += 1
+        return value
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
