@@ -204,7 +204,7 @@ class CentralSink:
     async def _post(self, part: Sequence[Pending], deadline: Deadline) -> None:
         """One request for ``part``; raises the :class:`SinkError` its outcome means."""
         if deadline.expired:
-            raise TransientSinkError(code="deadline")
+            raise TransientSinkError("deadline", code="deadline")
         body = request_body(part)
         headers = self._plain_headers
         if len(body) >= self._cfg.gzip_min_bytes:
@@ -212,7 +212,7 @@ class CentralSink:
             body = await asyncio.to_thread(gzip_bytes, body) if len(body) >= _THREAD_GZIP_BYTES else gzip_bytes(body)
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise TransientSinkError(code="deadline")
+            raise TransientSinkError("deadline", code="deadline")
         timeout = request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining)
         error: SinkError | None
         try:

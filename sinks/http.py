@@ -98,14 +98,15 @@ def error_for_status(status: int, headers: Mapping[str, str]) -> SinkError | Non
         return None
     if status in (408, 429) or 500 <= status < 600:
         retry_after = parse_retry_after(headers.get("Retry-After"))
-        return TransientSinkError(code=f"http_{status}", retry_after=retry_after)
+        return TransientSinkError(f"http_{status}", code=f"http_{status}", retry_after=retry_after)
     if status in (401, 403):
-        return PermanentSinkError(code="auth")
+        return PermanentSinkError("auth", code="auth")
     if status == 413:
-        return PermanentSinkError(code="too_large")
+        return PermanentSinkError("too_large", code="too_large")
     if status in (400, 422):
-        return PermanentSinkError(code="malformed")
-    return PermanentSinkError(code=f"http_{status}" if 100 <= status < 1000 else "http_other")
+        return PermanentSinkError("malformed", code="malformed")
+    code = f"http_{status}" if 100 <= status < 1000 else "http_other"
+    return PermanentSinkError(code, code=code)
 
 
 def error_for_exception(exc: BaseException) -> TransientSinkError:
@@ -128,7 +129,7 @@ def error_for_exception(exc: BaseException) -> TransientSinkError:
         code = "connect"
     else:
         code = "client_error"
-    return TransientSinkError(code=code)
+    return TransientSinkError(code, code=code)
 
 
 async def drain(response: aiohttp.ClientResponse, limit: int = MAX_DRAIN_BYTES) -> None:
