@@ -1,0 +1,179 @@
+"""The Prometheus Pushgateway sink.
+
+Each POP is one group, ``PUT <url>/metrics/job/<job>/pop/<pop>``, holding the
+latest heartbeat in the text exposition format (see :mod:`sinks.exposition`).
+A PUT replaces the whole group and the Pushgateway keeps only the latest value
+of every series, counters included, so of a backlog only the newest heartbeat
+per POP is pushed; the older ones are acknowledged as superseded, since pushing
+them first would show nothing that the next push does not overwrite.
+
+What each answer means:
+
+- 2xx: the pushed heartbeat and every older one of its POP in the batch are acked.
+- 408, 429, 5xx, timeouts, connection errors: retried (``with_retries``), then kept.
+- 400: the Pushgateway refused the body (say a metric pushed elsewhere with
+  another type): that heartbeat is rejected ``malformed`` and the next newest is
+  tried, a few times per call at most, so a gateway that refuses everything costs
+  a bounded number of requests per tick.
+- anything else (401/403, 404, ...): kept, not retried; failure ``auth`` or ``http_<status>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+import structlog
+
+from agent.deadline import Deadline
+from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.sample import Delivery, Pending
+from sinks.exposition import CONTENT_TYPE, grouping_path, render, timestamp_ns
+from sinks.http import drain, error_for_exception, error_for_status, make_session
+from sinks.retry import RetryPolicy, with_retries
+
+if TYPE_CHECKING:
+    from agent.settings import PushgatewaySinkSettings, Settings
+
+log = structlog.get_logger("sinks.pushgateway")
+
+# Only the newest heartbeat matters, so a large batch costs one request per POP.
+MAX_BATCH = 1000
+# Heartbeats of one POP the gateway may refuse (400) in one call before the rest
+# wait for the next tick.
+MAX_REFUSED_PER_CALL = 3
+
+
+def _newest_first_key(item: Pending) -> tuple[int, int]:
+    doc = item.doc
+    seq = doc.get("seq")
+    return (seq if isinstance(seq, int) and not isinstance(seq, bool) else -1, timestamp_ns(doc["ts"]))
+
+
+class PushgatewaySink:
+    """Pushes each POP's newest heartbeat to a Prometheus Pushgateway."""
+
+    name: ClassVar[str] = "pushgateway"
+
+    def __init__(
+        self,
+        cfg: PushgatewaySinkSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        if cfg.url is None:
+            raise ConfigError("sinks.pushgateway.url is not set")
+        self._cfg = cfg
+        self._base = cfg.url.rstrip("/")
+        self.max_batch = MAX_BATCH
+        self._policy = policy or RetryPolicy()
+        self._session = session
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        return f"PushgatewaySink(url={self._base!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PushgatewaySink | None:
+        """The sink for ``settings.sinks.pushgateway``, or ``None`` when no URL is set."""
+        cfg = settings.sinks.pushgateway
+        return None if cfg.url is None else cls(cfg)
+
+    def group_url(self, pop: str) -> str:
+        """Where the group of POP ``pop`` lives."""
+        return self._base + grouping_path((("job", self._cfg.job), ("pop", pop)))
+
+    async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
+        """Push the newest heartbeat of each POP in ``batch``; older ones are acked as superseded."""
+        acked: set[str] = set()
+        rejected: dict[str, str] = {}
+        groups: dict[str, list[Pending]] = {}
+        for item in batch:
+            try:
+                pop = item.doc["pop"]
+                _newest_first_key(item)
+            except (ValueError, KeyError, TypeError):
+                rejected[item.id] = "malformed"
+                continue
+            if not isinstance(pop, str) or not pop:
+                rejected[item.id] = "malformed"
+                continue
+            groups.setdefault(pop, []).append(item)
+
+        failure: str | None = None
+        retry_after: float | None = None
+        for pop, items in groups.items():
+            items.sort(key=_newest_first_key)
+            refused = 0
+            while items and refused < MAX_REFUSED_PER_CALL:
+                if deadline.expired:
+                    failure = "deadline"
+                    break
+                newest = items.pop()
+                try:
+                    body = render(newest.doc)
+                except (ValueError, KeyError, TypeError):
+                    rejected[newest.id] = "malformed"
+                    continue
+                try:
+                    await with_retries(
+                        self._policy, deadline, functools.partial(self._put, self.group_url(pop), body, deadline)
+                    )
+                except TransientSinkError as error:
+                    failure, retry_after = error.code, error.retry_after
+                    items.append(newest)
+                    break
+                except PermanentSinkError as error:
+                    if error.code != "malformed":
+                        failure = error.code
+                        items.append(newest)
+                        break
+                    rejected[newest.id] = error.code
+                    log.info("pushgateway_rejected", reason=error.code)
+                    refused += 1
+                    continue
+                acked.add(newest.id)
+                acked.update(item.id for item in items)
+                items.clear()
+            if items and failure is None:
+                failure = "malformed"
+            if failure is not None and failure != "malformed":
+                break
+        if failure is not None:
+            log.debug("pushgateway_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected))
+        return Delivery(acked=frozenset(acked), rejected=rejected, failure=failure, retry_after=retry_after)
+
+    async def aclose(self) -> None:
+        """Close the session if this sink opened it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = make_session(connect_timeout=self._cfg.timeout, read_timeout=self._cfg.timeout)
+        return self._session
+
+    async def _put(self, url: str, body: bytes, deadline: Deadline) -> None:
+        """One PUT; raises the :class:`SinkError` its outcome means."""
+        if deadline.expired:
+            raise TransientSinkError(code="deadline")
+        timeout = aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout))
+        headers: dict[str, Any] = {"Content-Type": CONTENT_TYPE}
+        error: SinkError | None
+        try:
+            async with self._get_session().put(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                error = error_for_status(response.status, response.headers)
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                    await drain(response)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = error_for_exception(exc)
+        if error is not None:
+            log.debug("pushgateway_attempt_failed", code=error.code)
+            raise error
