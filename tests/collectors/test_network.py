@@ -1,0 +1,146 @@
+"""Tests for the network collector: counters summed over non-loopback interfaces."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import pytest
+
+from agent.errors import CollectorError
+from agent.sample import MetricKind, Sample
+from agent.settings import Settings
+from collectors.base import Collector
+from collectors.network import NetworkCollector
+
+
+class Io(NamedTuple):
+    """psutil's ``snetio``."""
+
+    bytes_sent: int
+    bytes_recv: int
+    packets_sent: int
+    packets_recv: int
+    errin: int
+    errout: int
+    dropin: int
+    dropout: int
+
+
+class Nic(NamedTuple):
+    """The part of psutil's ``snicstats`` the collector reads."""
+
+    flags: str
+
+
+def io(base: int) -> Io:
+    """Counters base, 2*base, ... 8*base, so that every field's sum is told apart."""
+    return Io(*(base * factor for factor in range(1, 9)))
+
+
+class FakeNet:
+    """Fixed per-interface counters and flags."""
+
+    def __init__(self, counters: Mapping[str, Io], stats: Mapping[str, Nic] | None) -> None:
+        self.counters = dict(counters)
+        self.stats = stats
+        self.asked_pernic: list[bool] = []
+
+    def net_io_counters(self, pernic: bool) -> dict[str, Io]:
+        self.asked_pernic.append(pernic)
+        return self.counters
+
+    def net_if_stats(self) -> Mapping[str, Nic]:
+        if self.stats is None:
+            raise OSError(19, "No such device")
+        return self.stats
+
+
+def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
+    """Every sample is declared by the collector, with exactly the declared label keys."""
+    specs = {spec.name: spec for spec in collector.metrics}
+    expected: list[str] = []
+    assert expected == [s.name for s in samples if s.name not in specs]
+    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
+    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
+    assert expected == [
+        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
+    ]
+
+
+def sums(base: int) -> list[Sample]:
+    names = [
+        "net_bytes_sent_total",
+        "net_bytes_recv_total",
+        "net_packets_sent_total",
+        "net_packets_recv_total",
+        "net_errors_in_total",
+        "net_errors_out_total",
+        "net_drops_in_total",
+        "net_drops_out_total",
+    ]
+    return [Sample(name, base * factor) for factor, name in enumerate(names, start=1)]
+
+
+async def test_counters_are_summed_over_non_loopback_interfaces() -> None:
+    """eth0 and wg0 are summed; lo and an interface flagged loopback are left out."""
+    source = FakeNet(
+        {"lo": io(1), "eth0": io(100), "wg0": io(10_000), "lo-sim": io(1_000_000), "loopy": io(1)},
+        {
+            "lo": Nic("up,loopback,running"),
+            "eth0": Nic("up,broadcast,running,multicast"),
+            "wg0": Nic("up,pointopoint,running,noarp"),
+            "lo-sim": Nic("up,broadcast,running"),  # the flags, not the name, decide when they are known
+            "loopy": Nic("up,loopback,running"),
+        },
+    )
+    collector = NetworkCollector(source=source)
+    samples = await collector.collect()
+    assert (sums(1_010_100), [True]) == (list(samples), source.asked_pernic)
+    assert_declared(collector, samples)
+
+
+async def test_without_interface_flags_the_name_tells_a_loopback() -> None:
+    """When the interface flags cannot be read, lo and lo0 are still left out by name."""
+    source = FakeNet({"lo": io(1), "lo0": io(2), "eth0": io(100), "eno1": io(10_000)}, None)
+    samples = await NetworkCollector(source=source).collect()
+    expected = sums(10_100)
+    assert expected == list(samples)
+
+
+async def test_a_host_with_only_loopback_reports_zeros() -> None:
+    """With no other interface every sum is 0, never a missing metric."""
+    samples = await NetworkCollector(source=FakeNet({"lo": io(7)}, {"lo": Nic("up,loopback")})).collect()
+    expected = sums(0)
+    assert expected == list(samples)
+
+
+async def test_unreadable_counters_are_a_collector_error() -> None:
+    """When the interface counters cannot be read the collector fails with a fixed code."""
+
+    class Broken(FakeNet):
+        def net_io_counters(self, pernic: bool) -> dict[str, Io]:
+            raise FileNotFoundError(2, "No such file or directory", "/proc/net/dev")
+
+    with pytest.raises(CollectorError) as caught:
+        await NetworkCollector(source=Broken({}, {})).collect()
+    expected = "net_unreadable"
+    assert expected == caught.value.code
+
+
+def test_from_settings_builds_a_collector() -> None:
+    """The registry's factory builds a collector that satisfies the protocol."""
+    expected = (True, "network")
+    collector = NetworkCollector.from_settings(Settings())
+    assert expected == (isinstance(collector, Collector), collector.name)
+
+
+async def test_this_machine_gives_whole_non_negative_counters() -> None:
+    """On the real machine every sum is a non-negative integer and carries no label."""
+    collector = NetworkCollector()
+    samples = await collector.collect()
+    expected = ([], 8)
+    bad = [s.name for s in samples if not (isinstance(s.value, int) and s.value >= 0) or s.labels]
+    assert expected == (bad, len(samples))
+    assert_declared(collector, samples)
