@@ -1,0 +1,57 @@
+"""System: time since boot and the number of processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self
+
+import psutil
+
+from agent.errors import CollectorError
+from agent.sample import MetricKind, MetricSpec, Sample
+
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+
+class SystemSource(Protocol):
+    """The part of psutil this collector reads; the ``psutil`` module itself is one."""
+
+    def boot_time(self) -> float: ...
+
+    def pids(self) -> Sequence[int]: ...
+
+
+class SystemCollector:
+    """Seconds since the host booted and the number of processes running on it."""
+
+    name: ClassVar[str] = "system"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("uptime_seconds", MetricKind.GAUGE, "Seconds since the host booted.", "seconds"),
+        MetricSpec("process_count", MetricKind.GAUGE, "Number of processes on the host."),
+    )
+
+    def __init__(self, *, source: SystemSource = psutil, clock: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Always configured."""
+        return cls()
+
+    async def collect(self) -> Sequence[Sample]:
+        """Read the boot time and the process table, or raise ``CollectorError``."""
+        try:
+            booted = await asyncio.to_thread(self._source.boot_time)
+            pids = await asyncio.to_thread(self._source.pids)
+        except (OSError, psutil.Error) as exc:
+            raise CollectorError("system figures unreadable", code="system_unreadable") from exc
+        # The wall clock may be stepped back below the boot time; never report a negative uptime.
+        uptime = max(0.0, self._clock() - booted)
+        return [
+            Sample("uptime_seconds", round(uptime, 1)),
+            Sample("process_count", len(pids)),
+        ]
