@@ -138,4 +138,3 @@ class NtfyHook:
 
     async def aclose(self) -> None:
         """Nothing to release: the session belongs to the caller."""
-

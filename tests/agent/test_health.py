@@ -127,9 +127,11 @@ def test_state_and_metrics_follow_the_outage(tmp_path: Path) -> None:
             assert expected == {sample.name: sample.value for sample in health.samples()}
     expected_states = [HealthState.HEALTHY, *[HealthState.FAILING] * 30, *[HealthState.OUTAGE] * 6]
     assert [*expected_states, HealthState.HEALTHY] == seen
-    assert {
-        sample.name: sample.value for sample in health.samples()[:3]
-    } == {"delivery_failures_consecutive": 0, "outage_active": 0, "outage_seconds": 0}
+    assert {sample.name: sample.value for sample in health.samples()[:3]} == {
+        "delivery_failures_consecutive": 0,
+        "outage_active": 0,
+        "outage_seconds": 0,
+    }
 
 
 def test_health_metrics_are_declared_with_the_counter_naming_rule() -> None:
@@ -290,9 +292,11 @@ def test_all_collectors_failing_for_outage_after_is_an_outage() -> None:
         failed = 1 if tick < 5 else (3 if tick < 38 else 0)
         events += health.observe_collectors(failed=failed, total=3)
         clock.advance(TICK)
-    assert [
-        (type(event).__name__, event.at - WALL0) for event in events
-    ] == [("Failing", 50.0), ("OutageStarted", 350.0), ("OutageEnded", 380.0)]
+    assert [(type(event).__name__, event.at - WALL0) for event in events] == [
+        ("Failing", 50.0),
+        ("OutageStarted", 350.0),
+        ("OutageEnded", 380.0),
+    ]
 
 
 def test_push_status_is_down_during_any_outage() -> None:

@@ -144,9 +144,7 @@ async def test_refused_connection_returns_false(session: aiohttp.ClientSession) 
     assert await hook.push("up", "healthy", None) is False
 
 
-async def test_hanging_server_returns_false(
-    aiohttp_server: Callable[..., Any], session: aiohttp.ClientSession
-) -> None:
+async def test_hanging_server_returns_false(aiohttp_server: Callable[..., Any], session: aiohttp.ClientSession) -> None:
     """A Kuma that never answers makes push return False once its timeout is spent."""
     release = asyncio.Event()
 

@@ -183,9 +183,7 @@ async def test_refused_connection_returns_false(refused_url: str, session: aioht
     assert hook.status.failures_total == 1
 
 
-async def test_hanging_server_returns_false_after_the_timeout(
-    hanging_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_hanging_server_returns_false_after_the_timeout(hanging_url: str, session: aiohttp.ClientSession) -> None:
     """A server that never answers makes notify return False once its timeout is spent."""
     hook = NtfyHook(hanging_url, TOKEN, session=session, timeout=0.2)
     # The outer bound only keeps a broken hook from hanging the test run.
