@@ -1,0 +1,295 @@
+"""The Grafana Loki sink: heartbeats as JSON log lines through the push API.
+
+``POST <url>/loki/api/v1/push``, gzip-compressed JSON::
+
+    {"streams": [{"stream": {"job": "pop_agent", "pop": "ams1", "edition": "community"},
+                  "values": [["<unix ns>", "<heartbeat as compact JSON>"], ...]}]}
+
+Labels stay low-cardinality (``job``, ``pop``, ``edition``); everything else is
+in the line, for LogQL's ``| json``. Each stream's values go in timestamp order,
+and a batch that cannot go whole goes in halves, first half first, so a backlog
+lands oldest first.
+
+Loki answers 400 when it refused some entries (too far behind the stream's
+newest, out of order, older than ``reject_old_samples_max_age``, ...) but it has
+then already stored the others. When its answer names every refused entry
+unambiguously, those are rejected with a reason code and the rest acked; when it
+does not (Loki lists ten at most, and other refusals name no entry), the batch is
+bisected until each refused heartbeat stands alone. Re-sending an entry that
+was stored is harmless: Loki drops an entry identical in timestamp and line to
+one it holds, and a heartbeat's line is always the same bytes.
+
+- 2xx: acked. 408, 429, 5xx, timeouts, connection errors: retried, then kept.
+- 400, 413: as above; a lone heartbeat refused is rejected with the reason
+  (``too_far_behind``, ``out_of_order``, ``too_old``, ``too_new``,
+  ``line_too_long``, ``too_large``, else ``malformed``).
+- anything else (401/403, 404, ...): kept, not retried; failure ``auth`` or ``http_<status>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import functools
+import json
+import re
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import aiohttp
+import structlog
+
+from agent.deadline import Deadline
+from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.sample import Delivery, Pending
+from sinks.exposition import timestamp_ns
+from sinks.http import drain, error_for_exception, error_for_status, make_session
+from sinks.retry import RetryPolicy, with_retries
+
+if TYPE_CHECKING:
+    from agent.settings import LokiSinkSettings, Settings
+
+log = structlog.get_logger("sinks.loki")
+
+PUSH_PATH = "/loki/api/v1/push"
+JOB = "pop_agent"
+# A 400's body is read to find which entries were refused; Loki's is a few KiB at most.
+MAX_ERROR_BODY = 65_536
+_THREAD_GZIP_BYTES = 262_144
+
+# Loki's ingester: "entry with timestamp <Go time.String()> ignored, reason: '<why>',"
+# then "user '<tenant>', total ignored: N out of M for stream: {...}".
+_IGNORED = re.compile(
+    r"entry with timestamp (\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d) \S+"
+    r" ignored, reason: '([^']*)'"
+)
+_TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)")
+_REASONS = (
+    ("too far behind", "too_far_behind"),
+    ("out of order", "out_of_order"),
+    ("timestamp too old", "too_old"),
+    ("timestamp too new", "too_new"),
+    ("max entry size", "line_too_long"),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One heartbeat as a Loki log entry."""
+
+    id: str
+    labels: tuple[tuple[str, str], ...]
+    ns: int
+    seq: int
+    line: str
+
+    @classmethod
+    def of(cls, item: Pending) -> Entry:
+        """The entry for a spooled heartbeat; ``ValueError``/``KeyError``/``TypeError`` if it lacks what Loki needs."""
+        doc = item.doc
+        pop, edition = doc["pop"], doc.get("edition", "unknown")
+        if not isinstance(pop, str) or not pop or not isinstance(edition, str):
+            raise ValueError("heartbeat without pop or edition")
+        seq = doc.get("seq")
+        line = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return cls(
+            id=item.id,
+            labels=(("edition", edition), ("job", JOB), ("pop", pop)),
+            ns=timestamp_ns(doc["ts"]),
+            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else -1,
+            line=line,
+        )
+
+
+def push_body(entries: Sequence[Entry]) -> bytes:
+    """The push request's JSON: one stream per label set, values in the order given."""
+    streams: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
+    for entry in entries:
+        streams.setdefault(entry.labels, []).append([str(entry.ns), entry.line])
+    body = {"streams": [{"stream": dict(labels), "values": values} for labels, values in streams.items()]}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def gzip_bytes(body: bytes) -> bytes:
+    """``body`` as one gzip member."""
+    compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+def reason_code(text: str) -> str:
+    """The fixed code of a Loki refusal message (never the message itself)."""
+    lowered = text.lower()
+    for needle, code in _REASONS:
+        if needle in lowered:
+            return code
+    return "malformed"
+
+
+def ignored_entries(text: str) -> tuple[dict[int, str], int | None, int | None]:
+    """What a Loki 400 body says was refused: {timestamp ns: reason code}, total ignored and total sent.
+
+    The totals are summed over every stream the answer mentions; ``None`` when it
+    gives none (a refusal that does not come from the ingester).
+    """
+    named: dict[int, str] = {}
+    for match in _IGNORED.finditer(text):
+        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+        fraction, sign, off_h, off_m, why = match.group(7, 8, 9, 10, 11)
+        offset = (int(off_h) * 3600 + int(off_m) * 60) * (1 if sign == "+" else -1)
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+        named[seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))] = reason_code(why)
+    totals = [(int(ignored), int(out_of)) for ignored, out_of in _TOTAL.findall(text)]
+    if not totals:
+        return named, None, None
+    return named, sum(t[0] for t in totals), sum(t[1] for t in totals)
+
+
+class _Refused(Exception):
+    """A 400 or 413, with what Loki's answer says about it."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.text = text
+
+
+class LokiSink:
+    """Pushes heartbeats to Grafana Loki as JSON log lines."""
+
+    name: ClassVar[str] = "loki"
+
+    def __init__(
+        self,
+        cfg: LokiSinkSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        if cfg.url is None:
+            raise ConfigError("sinks.loki.url is not set")
+        self._cfg = cfg
+        self._url = cfg.url.rstrip("/") + PUSH_PATH
+        self.max_batch = cfg.batch_max_count
+        self._policy = policy or RetryPolicy()
+        self._session = session
+        self._owns_session = session is None
+        self._headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        if cfg.tenant_id is not None:
+            self._headers["X-Scope-OrgID"] = cfg.tenant_id
+
+    def __repr__(self) -> str:
+        return f"LokiSink(url={self._url!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LokiSink | None:
+        """The sink for ``settings.sinks.loki``, or ``None`` when no URL is set."""
+        cfg = settings.sinks.loki
+        return None if cfg.url is None else cls(cfg)
+
+    async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
+        """Push ``batch`` in timestamp order per stream; what is neither acked nor rejected stays spooled."""
+        rejected: dict[str, str] = {}
+        entries: list[Entry] = []
+        for item in batch:
+            try:
+                entries.append(Entry.of(item))
+            except (ValueError, KeyError, TypeError):
+                rejected[item.id] = "malformed"
+        entries.sort(key=lambda entry: (entry.labels, entry.ns, entry.seq))
+
+        acked: set[str] = set()
+        failure: str | None = None
+        retry_after: float | None = None
+        work: deque[Sequence[Entry]] = deque([entries] if entries else [])
+        while work:
+            if deadline.expired:
+                failure = "deadline"
+                break
+            part = work.popleft()
+            try:
+                await with_retries(self._policy, deadline, functools.partial(self._post, part, deadline))
+            except TransientSinkError as error:
+                failure, retry_after = error.code, error.retry_after
+                break
+            except PermanentSinkError as error:
+                failure = error.code
+                break
+            except _Refused as refusal:
+                if len(part) == 1:
+                    named, _, _ = ignored_entries(refusal.text)
+                    code = named.get(part[0].ns) or (
+                        "too_large" if refusal.code == "too_large" else reason_code(refusal.text)
+                    )
+                    rejected[part[0].id] = code
+                    log.info("loki_rejected", reason=code)
+                    continue
+                settled = self._settle(part, refusal)
+                if settled is not None:
+                    for entry in part:
+                        if entry.id in settled:
+                            rejected[entry.id] = settled[entry.id]
+                            log.info("loki_rejected", reason=settled[entry.id])
+                        else:
+                            acked.add(entry.id)
+                    continue
+                middle = len(part) // 2
+                work.extendleft((part[middle:], part[:middle]))
+                continue
+            acked.update(entry.id for entry in part)
+        if failure is not None:
+            log.debug("loki_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected))
+        return Delivery(acked=frozenset(acked), rejected=rejected, failure=failure, retry_after=retry_after)
+
+    @staticmethod
+    def _settle(part: Sequence[Entry], refusal: _Refused) -> dict[str, str] | None:
+        """The refused entries of ``part`` by id, if Loki's answer names each of them beyond doubt."""
+        if refusal.code != "malformed":
+            return None
+        named, ignored, sent = ignored_entries(refusal.text)
+        if not named or ignored != len(named) or sent != len(part):
+            return None
+        refused = {entry.id: named[entry.ns] for entry in part if entry.ns in named}
+        if len(refused) != len(named):  # a timestamp shared by two entries, or one not sent
+            return None
+        return refused
+
+    async def aclose(self) -> None:
+        """Close the session if this sink opened it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = make_session(connect_timeout=self._cfg.timeout, read_timeout=self._cfg.timeout)
+        return self._session
+
+    async def _post(self, part: Sequence[Entry], deadline: Deadline) -> None:
+        """One push of ``part``; raises what its outcome means (:class:`_Refused` for 400 and 413)."""
+        if deadline.expired:
+            raise TransientSinkError(code="deadline")
+        raw = push_body(part)
+        body = await asyncio.to_thread(gzip_bytes, raw) if len(raw) >= _THREAD_GZIP_BYTES else gzip_bytes(raw)
+        timeout = aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout))
+        error: SinkError | None
+        try:
+            async with self._get_session().post(
+                self._url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                error = error_for_status(response.status, response.headers)
+                if isinstance(error, PermanentSinkError) and error.code in ("malformed", "too_large"):
+                    # Read to learn which entries Loki refused; it stays on this machine.
+                    text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+                    raise _Refused(error.code, text)
+                if error is None:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                        await drain(response)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = error_for_exception(exc)
+        if error is not None:
+            log.debug("loki_attempt_failed", code=error.code, size=len(part))
+            raise error
