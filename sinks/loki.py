@@ -38,6 +38,7 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
@@ -61,12 +62,18 @@ JOB = "pop_agent"
 MAX_ERROR_BODY = 65_536
 _THREAD_GZIP_BYTES = 262_144
 
-# Loki's ingester: "entry with timestamp <Go time.String()> ignored, reason: '<why>',"
-# then "user '<tenant>', total ignored: N out of M for stream: {...}".
-_IGNORED = re.compile(
-    r"entry with timestamp (\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d) \S+"
-    r" ignored, reason: '([^']*)'"
+# Go's time.Time.String(), in the Loki server's zone: "2026-11-22 08:00:00.123 +0100 CET".
+_GO_TIME = r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d) [A-Za-z0-9+-]+"
+# Loki's ingester: "entry with timestamp <Go time> ignored, reason: '<why>'," per entry (ten at
+# most), then "user '<tenant>', total ignored: N out of M for stream: {...}".
+_IGNORED = re.compile(rf"entry with timestamp {_GO_TIME} ignored, reason: '([^']*)'")
+# The cut-offs behind "too far behind" (the ingester, RFC 3339 in seconds) and
+# "timestamp too old" (the distributor, a Go time): every entry older is refused.
+_BEHIND_CUTOFF = re.compile(
+    r"too far behind, entry timestamp is: \S+, oldest acceptable timestamp is: "
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))"
 )
+_OLD_CUTOFF = re.compile(rf"has timestamp too old: [^,]*, oldest acceptable timestamp is: {_GO_TIME}")
 _TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)")
 _REASONS = (
     ("too far behind", "too_far_behind"),
@@ -129,19 +136,39 @@ def reason_code(text: str) -> str:
     return "malformed"
 
 
+def _go_time_ns(groups: Sequence[str | None]) -> int:
+    year, month, day, hour, minute, second = (int(part or 0) for part in groups[:6])
+    fraction, sign, off_h, off_m = groups[6:10]
+    offset = (int(off_h or 0) * 3600 + int(off_m or 0) * 60) * (1 if sign == "+" else -1)
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+    return seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
+
+
+def cutoffs(text: str, *, one_stream: bool) -> dict[str, int]:
+    """The cut-offs a Loki 400 body states, as {reason code: ns}; every entry older is refused too.
+
+    "Too old" holds for the whole tenant; "too far behind" only for its stream, so
+    it is used only when the request held one stream (``one_stream``).
+    """
+    found: dict[str, int] = {}
+    for match in _OLD_CUTOFF.finditer(text):
+        found["too_old"] = max(found.get("too_old", 0), _go_time_ns(match.groups()))
+    if one_stream:
+        for match in _BEHIND_CUTOFF.finditer(text):
+            when = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+            # Go prints this cut-off to the second, rounded down: older than that is older still.
+            ns = int(when.timestamp()) * 1_000_000_000
+            found["too_far_behind"] = max(found.get("too_far_behind", 0), ns)
+    return found
+
+
 def ignored_entries(text: str) -> tuple[dict[int, str], int | None, int | None]:
     """What a Loki 400 body says was refused: {timestamp ns: reason code}, total ignored and total sent.
 
     The totals are summed over every stream the answer mentions; ``None`` when it
     gives none (a refusal that does not come from the ingester).
     """
-    named: dict[int, str] = {}
-    for match in _IGNORED.finditer(text):
-        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
-        fraction, sign, off_h, off_m, why = match.group(7, 8, 9, 10, 11)
-        offset = (int(off_h) * 3600 + int(off_m) * 60) * (1 if sign == "+" else -1)
-        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
-        named[seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))] = reason_code(why)
+    named = {_go_time_ns(match.groups()): reason_code(match.group(11)) for match in _IGNORED.finditer(text)}
     totals = [(int(ignored), int(out_of)) for ignored, out_of in _TOTAL.findall(text)]
     if not totals:
         return named, None, None
@@ -236,6 +263,15 @@ class LokiSink:
                         else:
                             acked.add(entry.id)
                     continue
+                below = self._below_cutoff(part, refusal)
+                if below:
+                    for entry_id, code in below.items():
+                        rejected[entry_id] = code
+                        log.info("loki_rejected", reason=code)
+                    rest = [entry for entry in part if entry.id not in below]
+                    if rest:
+                        work.appendleft(rest)
+                    continue
                 middle = len(part) // 2
                 work.extendleft((part[middle:], part[:middle]))
                 continue
@@ -255,6 +291,24 @@ class LokiSink:
         refused = {entry.id: named[entry.ns] for entry in part if entry.ns in named}
         if len(refused) != len(named):  # a timestamp shared by two entries, or one not sent
             return None
+        return refused
+
+    @staticmethod
+    def _below_cutoff(part: Sequence[Entry], refusal: _Refused) -> dict[str, str]:
+        """The entries of ``part`` older than a cut-off Loki's answer states, by id, with its reason code.
+
+        The rest of ``part`` is then sent again: some of it may have landed, and
+        Loki keeps one of an entry sent twice.
+        """
+        if refusal.code != "malformed":
+            return {}
+        limits = cutoffs(refusal.text, one_stream=len({entry.labels for entry in part}) == 1)
+        refused: dict[str, str] = {}
+        for entry in part:
+            for code, limit in limits.items():
+                if entry.ns < limit:
+                    refused[entry.id] = code
+                    break
         return refused
 
     async def aclose(self) -> None:

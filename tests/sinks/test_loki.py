@@ -16,7 +16,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from agent.deadline import Deadline
 from agent.sample import Delivery, Pending
 from agent.settings import LokiSinkSettings, Settings
 from sinks.exposition import timestamp_ns
-from sinks.loki import LokiSink, ignored_entries
+from sinks.loki import LokiSink, cutoffs, ignored_entries
 from sinks.retry import RetryPolicy
 from tests.sinks.realprocs import free_port, heartbeat
 
@@ -49,8 +49,10 @@ def go_time(ns: int, offset_minutes: int = 60, zone: str = "CET") -> str:
     return f"{text} {sign}{hours:02d}{minutes:02d} {zone}"
 
 
-def rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(ns: int, offset_minutes: int = 60) -> str:
+    """A time as Go's ``time.RFC3339`` layout writes it (whole seconds), in a server's local zone."""
+    local = datetime.fromtimestamp(ns // 10**9, timezone(timedelta(minutes=offset_minutes)))
+    return local.isoformat().replace("+00:00", "Z")
 
 
 class FakeLoki:
@@ -64,6 +66,7 @@ class FakeLoki:
         self.streams: dict[frozenset[tuple[str, str]], list[tuple[int, str]]] = {}
         self.window_ns: int | None = None  # unordered writes: max_chunk_age / 2
         self.reject_before_ns: int | None = None  # reject_old_samples_max_age
+        self.max_line_bytes: int | None = None  # max_line_size
 
     def labels_text(self, labels: frozenset[tuple[str, str]]) -> str:
         return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels)) + "}"
@@ -115,6 +118,14 @@ class FakeLoki:
             if stamps != sorted(stamps):
                 return self.refuse("values out of timestamp order")
             ingester += self.ingest(frozenset(labels.items()), [(int(ts), line) for ts, line in values])
+            if self.max_line_bytes is not None:
+                distributor += [
+                    f"Max entry size '{self.max_line_bytes}' bytes exceeded for stream "
+                    f"'{self.labels_text(frozenset(labels.items()))}' while adding an entry with length "
+                    f"'{len(line.encode())}' bytes"
+                    for _, line in values
+                    if len(line.encode()) > self.max_line_bytes
+                ]
             if self.reject_before_ns is not None:
                 distributor += [
                     f"entry for stream '{self.labels_text(frozenset(labels.items()))}' has timestamp too old: "
@@ -138,6 +149,8 @@ class FakeLoki:
         for ts, line in values:
             if self.reject_before_ns is not None and ts < self.reject_before_ns:
                 continue  # the distributor drops these before any ingester sees them
+            if self.max_line_bytes is not None and len(line.encode()) > self.max_line_bytes:
+                continue
             total += 1
             if (ts, line) in stored:
                 continue  # Loki keeps one of identical timestamp and line
@@ -293,8 +306,8 @@ async def test_too_far_behind_entries_named_by_loki_are_rejected_and_the_rest_ac
     assert sorted(timestamp_ns(i.doc["ts"]) for i in [newest, *recent]) == sorted(ts for ts, _ in fake.lines())
 
 
-async def test_more_refusals_than_loki_lists_are_found_by_bisection(loki: Starter) -> None:
-    """With more refused entries than Loki's answer names, bisection finds each; good entries land once."""
+async def test_more_refusals_than_loki_lists_are_rejected_by_the_stated_cutoff(loki: Starter) -> None:
+    """With more refused entries than Loki's answer names, its cut-off rejects them all; good entries land once."""
     fake, url = await loki()
     fake.window_ns = HOUR_NS
     now = time.time()
@@ -305,13 +318,28 @@ async def test_more_refusals_than_loki_lists_are_found_by_bisection(loki: Starte
 
     delivery = await push(url, stale + recent)
 
-    assert (
-        Delivery(acked=frozenset(i.id for i in recent), rejected=dict.fromkeys((i.id for i in stale), "too_far_behind"))
-        == delivery
+    expected = Delivery(
+        acked=frozenset(i.id for i in recent), rejected=dict.fromkeys((i.id for i in stale), "too_far_behind")
     )
+    assert expected == delivery
+    assert (fake.requests, fake.problems) == (3, [])
+    assert sorted([(timestamp_ns(i.doc["ts"]), compact(i)) for i in [newest, *recent]]) == sorted(fake.lines())
+
+
+async def test_refusals_naming_no_entry_are_found_by_bisection(loki: Starter) -> None:
+    """A refusal that names no timestamp (a line too long) is bisected down to that heartbeat; the rest land once."""
+    fake, url = await loki()
+    fake.max_line_bytes = 2048
+    now = time.time()
+    batch = backlog("ams1", 20, now - 600, step=10)
+    batch[13] = heartbeat("ams1", seq=13, ts=now - 600 + 130, metrics={f"m{i:03d}": 1.0 for i in range(200)})
+
+    delivery = await push(url, batch)
+
+    good = batch[:13] + batch[14:]
+    assert Delivery(acked=frozenset(i.id for i in good), rejected={batch[13].id: "line_too_long"}) == delivery
     assert fake.problems == []
-    expected = sorted([(timestamp_ns(i.doc["ts"]), compact(i)) for i in [newest, *recent]])
-    assert expected == sorted(fake.lines())
+    assert [(timestamp_ns(i.doc["ts"]), compact(i)) for i in good] == sorted(fake.lines())
 
 
 async def test_entries_older_than_loki_accepts_are_rejected_as_too_old(loki: Starter) -> None:
@@ -323,6 +351,8 @@ async def test_entries_older_than_loki_accepts_are_rejected_as_too_old(loki: Sta
     recent = backlog("ams1", 10, now - 600, step=10)
 
     delivery = await push(url, ancient + recent)
+
+    assert (fake.requests, fake.problems) == (2, [])
 
     assert (
         Delivery(acked=frozenset(i.id for i in recent), rejected=dict.fromkeys((i.id for i in ancient), "too_old"))
@@ -377,3 +407,16 @@ def test_refused_entry_timestamps_parse_back_from_go_time_in_any_zone(ns: int, o
 
     code = {"too far behind": "too_far_behind", "out of order": "out_of_order", "timestamp too old": "too_old"}[why]
     assert ({ns: code}, 1, 3) == (named, ignored, sent)
+
+
+@given(st.integers(10**18, 4_102_444_800 * 10**9), st.integers(-14 * 60, 14 * 60))
+def test_stated_cutoffs_parse_back_in_any_zone(ns: int, offset: int) -> None:
+    """Both cut-off formats (ingester RFC 3339 to the second, distributor Go time) map back to Unix time."""
+    behind = f"reason: 'entry too far behind, entry timestamp is: {rfc3339(ns - 10**12, offset)}, "
+    behind += f"oldest acceptable timestamp is: {rfc3339(ns, offset)}',\n"
+    old = f"entry for stream '{{pop=\"ams1\"}}' has timestamp too old: {go_time(ns - 10**12, offset, 'X')}, "
+    old += f"oldest acceptable timestamp is: {go_time(ns, offset, 'X')} m=-604799.999"
+
+    expected = {"too_far_behind": ns // 10**9 * 10**9, "too_old": ns}
+    assert expected == cutoffs(behind + old, one_stream=True)
+    assert {"too_old": ns} == cutoffs(behind + old, one_stream=False)
