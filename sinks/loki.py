@@ -246,39 +246,45 @@ class LokiSink:
                 failure = error.code
                 break
             except _Refused as refusal:
-                if len(part) == 1:
-                    named, _, _ = ignored_entries(refusal.text)
-                    code = named.get(part[0].ns) or (
-                        "too_large" if refusal.code == "too_large" else reason_code(refusal.text)
-                    )
-                    rejected[part[0].id] = code
-                    log.info("loki_rejected", reason=code)
-                    continue
-                settled = self._settle(part, refusal)
-                if settled is not None:
-                    for entry in part:
-                        if entry.id in settled:
-                            rejected[entry.id] = settled[entry.id]
-                            log.info("loki_rejected", reason=settled[entry.id])
-                        else:
-                            acked.add(entry.id)
-                    continue
-                below = self._below_cutoff(part, refusal)
-                if below:
-                    for entry_id, code in below.items():
-                        rejected[entry_id] = code
-                        log.info("loki_rejected", reason=code)
-                    rest = [entry for entry in part if entry.id not in below]
-                    if rest:
-                        work.appendleft(rest)
-                    continue
-                middle = len(part) // 2
-                work.extendleft((part[middle:], part[:middle]))
+                work.extendleft(reversed(self._sort_out(part, refusal, acked, rejected)))
                 continue
             acked.update(entry.id for entry in part)
         if failure is not None:
             log.debug("loki_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected))
         return Delivery(acked=frozenset(acked), rejected=rejected, failure=failure, retry_after=retry_after)
+
+    def _sort_out(
+        self, part: Sequence[Entry], refusal: _Refused, acked: set[str], rejected: dict[str, str]
+    ) -> list[Sequence[Entry]]:
+        """Record what a refusal of ``part`` settles; return what is to be sent again, in order.
+
+        In turn: a lone entry is rejected; entries Loki named beyond doubt are
+        rejected and the rest acked; entries older than a cut-off it stated are
+        rejected and the rest sent again; failing all that, the halves are.
+        """
+        if len(part) == 1:
+            named, _, _ = ignored_entries(refusal.text)
+            fallback = "too_large" if refusal.code == "too_large" else reason_code(refusal.text)
+            self._reject(rejected, {part[0].id: named.get(part[0].ns) or fallback})
+            return []
+        settled = self._settle(part, refusal)
+        if settled is not None:
+            self._reject(rejected, settled)
+            acked.update(entry.id for entry in part if entry.id not in settled)
+            return []
+        below = self._below_cutoff(part, refusal)
+        if below:
+            self._reject(rejected, below)
+            rest = [entry for entry in part if entry.id not in below]
+            return [rest] if rest else []
+        middle = len(part) // 2
+        return [part[:middle], part[middle:]]
+
+    @staticmethod
+    def _reject(rejected: dict[str, str], refused: dict[str, str]) -> None:
+        rejected.update(refused)
+        for code in refused.values():
+            log.info("loki_rejected", reason=code)
 
     @staticmethod
     def _settle(part: Sequence[Entry], refusal: _Refused) -> dict[str, str] | None:
