@@ -107,45 +107,52 @@ class PushgatewaySink:
         failure: str | None = None
         retry_after: float | None = None
         for pop, items in groups.items():
-            items.sort(key=_newest_first_key)
-            refused = 0
-            while items and refused < MAX_REFUSED_PER_CALL:
-                if deadline.expired:
-                    failure = "deadline"
-                    break
-                newest = items.pop()
-                try:
-                    body = render(newest.doc)
-                except (ValueError, KeyError, TypeError):
-                    rejected[newest.id] = "malformed"
-                    continue
-                try:
-                    await with_retries(
-                        self._policy, deadline, functools.partial(self._put, self.group_url(pop), body, deadline)
-                    )
-                except TransientSinkError as error:
-                    failure, retry_after = error.code, error.retry_after
-                    items.append(newest)
-                    break
-                except PermanentSinkError as error:
-                    if error.code != "malformed":
-                        failure = error.code
-                        items.append(newest)
-                        break
-                    rejected[newest.id] = error.code
-                    log.info("pushgateway_rejected", reason=error.code)
-                    refused += 1
-                    continue
-                acked.add(newest.id)
-                acked.update(item.id for item in items)
-                items.clear()
-            if items and failure is None:
-                failure = "malformed"
-            if failure is not None and failure != "malformed":
-                break
+            stop = await self._push_group(pop, sorted(items, key=_newest_first_key), deadline, acked, rejected)
+            if stop is None:
+                continue
+            failure = stop.code
+            retry_after = stop.retry_after if isinstance(stop, TransientSinkError) else None
+            if stop.code != "malformed":
+                break  # the gateway is down or turns us away: the other POPs would fare no better
         if failure is not None:
             log.debug("pushgateway_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected))
         return Delivery(acked=frozenset(acked), rejected=rejected, failure=failure, retry_after=retry_after)
+
+    async def _push_group(
+        self, pop: str, items: list[Pending], deadline: Deadline, acked: set[str], rejected: dict[str, str]
+    ) -> SinkError | None:
+        """Push the newest of one POP's ``items`` (oldest first) and ack them all; the error that stopped it, if any.
+
+        On a 400 that heartbeat is rejected and the next newest tried, at most
+        ``MAX_REFUSED_PER_CALL`` times.
+        """
+        refused = 0
+        while items:
+            if refused >= MAX_REFUSED_PER_CALL:
+                return PermanentSinkError(code="malformed")
+            if deadline.expired:
+                return TransientSinkError(code="deadline")
+            newest = items.pop()
+            try:
+                body = render(newest.doc)
+            except (ValueError, KeyError, TypeError):
+                rejected[newest.id] = "malformed"
+                continue
+            try:
+                await with_retries(
+                    self._policy, deadline, functools.partial(self._put, self.group_url(pop), body, deadline)
+                )
+            except SinkError as error:
+                if isinstance(error, TransientSinkError) or error.code != "malformed":
+                    return error
+                rejected[newest.id] = error.code
+                log.info("pushgateway_rejected", reason=error.code)
+                refused += 1
+                continue
+            acked.add(newest.id)
+            acked.update(item.id for item in items)
+            return None
+        return None
 
     async def aclose(self) -> None:
         """Close the session if this sink opened it."""
