@@ -556,10 +556,10 @@ class Spool:
                 state = _parse_state(raw)
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 damaged = True
-                if not self._readonly:
-                    self._quarantine_path(self._state_path, "state.json")
         counters = state.get("counters", {})
         self._counters = {name: int(counters.get(name, 0)) for name in _COUNTERS}
+        if damaged and not self._readonly:
+            self._quarantine_path(self._state_path, "state.json")
         saved = state.get("cursors", {})
         # A sink that was switched off and on again starts from the oldest spooled heartbeat.
         self._cursors = {
