@@ -360,5 +360,3 @@ def list_plugins(settings: Settings) -> int:
             state = "plugin"
         print(f"  {ref.name:<12} {state:<15} {ref.origin}")
     return EX_OK
-
-

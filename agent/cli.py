@@ -27,9 +27,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     """Options accepted before or after the command (CLI flags: the strongest settings source)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
     common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help="seconds between ticks")
     common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="where the spool and state live")
@@ -176,4 +176,3 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

@@ -43,14 +43,14 @@ class CollectorSlot:
         self.stats = CollectorStats()
         self._task: asyncio.Task[Sequence[Sample]] | None = None
 
-    async def run(self, timeout: float | None = None) -> tuple[str, Sequence[Sample]]:
+    async def run(self) -> tuple[str, Sequence[Sample]]:
         """Collect once: ``(status, samples)`` with status ``ok``, ``error``, ``timeout`` or ``busy``."""
         if self._task is not None and not self._task.done():
             return self._settle(BUSY, ())
         if self._task is not None and not self._task.cancelled():
             self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
         self._task = asyncio.ensure_future(self.collector.collect())  # type: ignore[attr-defined]
-        done, _ = await asyncio.wait({self._task}, timeout=self.timeout if timeout is None else timeout)
+        done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
         if not done:
             return self._settle(TIMEOUT, ())
         try:
@@ -92,11 +92,9 @@ class CollectorSlot:
                 log.warning("collector_close_failed", collector=self.name)
 
 
-async def collect_all(
-    slots: Sequence[CollectorSlot], timeout: float | None = None
-) -> tuple[list[Sample], dict[str, str]]:
+async def collect_all(slots: Sequence[CollectorSlot]) -> tuple[list[Sample], dict[str, str]]:
     """Run every collector concurrently; their samples and each one's status."""
-    results = await asyncio.gather(*(slot.run(timeout) for slot in slots))
+    results = await asyncio.gather(*(slot.run() for slot in slots))
     samples: list[Sample] = []
     statuses: dict[str, str] = {}
     for slot, (status, got) in zip(slots, results, strict=True):

@@ -25,6 +25,7 @@ from agent import heartbeat
 from agent.collecting import CollectorSlot, collect_all
 from agent.deadline import Deadline
 from agent.errors import ScrubRejected, SpoolError
+from agent.health import AlertHooks, Health
 from agent.sample import MetricSpec, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
@@ -97,7 +98,11 @@ class Runner:
         self._deadlines: set[Deadline] = set()
         self._started = time.monotonic()
         self._spool_failing = False
+        self._tick_failing = False
         self._last_state_save = 0.0
+        self.health = Health.from_settings(settings)
+        self.hooks = AlertHooks(self.health)
+        self._hook_session: Any = None
 
     # -- start-up and shutdown -------------------------------------------------------------
 
@@ -105,6 +110,7 @@ class Runner:
         """Create the state directory, open the spool, restore collectors' state."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self._spool_call(self.spool.open)
+        self._start_hooks()
         for slot in self.collectors:
             load = getattr(slot.collector, "load_state", None)
             stored = read_json(self.state_dir / COLLECTOR_STATE_DIR / f"{slot.name}.json")
@@ -114,12 +120,31 @@ class Runner:
                 except Exception:  # a stale or foreign state file must not stop the agent
                     log.warning("collector_state_ignored", collector=slot.name)
 
+    def _start_hooks(self) -> None:
+        """Alert hooks (ntfy, Kuma) share one short-lived-connection session; unset means off."""
+        if self.settings.ntfy_alert_url is None and self.settings.kuma_push_url is None:
+            return
+        import aiohttp
+
+        from sinks.kuma import KumaHook
+        from sinks.ntfy import NtfyHook
+
+        self._hook_session = aiohttp.ClientSession()
+        self.hooks = AlertHooks(
+            self.health,
+            notifier=NtfyHook.from_settings(self.settings, self._hook_session),
+            pusher=KumaHook.from_settings(self.settings, self._hook_session),
+        )
+
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
         self._stop.set()
 
-    async def aclose(self) -> None:
-        """Release collectors, sinks and the spool's thread."""
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Release hooks, collectors, sinks and the spool's thread."""
+        await self.hooks.aclose(min(grace, self.settings.alerts.hook_timeout))
+        if self._hook_session is not None:
+            await self._hook_session.close()
         for slot in self.collectors:
             await slot.aclose()
         for sink in self.sinks:
@@ -136,9 +161,12 @@ class Runner:
         With ``once`` nothing is written: the spool is not read and ``seq`` is not reserved.
         """
         samples, statuses = await collect_all(self.collectors)
-        self.counters.collector_errors_total += sum(status != "ok" for status in statuses.values())
+        failed = sum(status != "ok" for status in statuses.values())
+        self.counters.collector_errors_total += failed
         if not once:
+            self.hooks.dispatch(self.health.observe_collectors(failed=failed, total=len(statuses)))
             samples.extend(await self._own_samples())
+            samples.extend(self.health.samples())
         doc = heartbeat.build(
             pop=self.settings.pop_id,
             seq=self.seq.peek() if once else self.seq.take(),
@@ -175,12 +203,32 @@ class Runner:
         await self._after_tick()
         return doc
 
+    async def _safe_tick(self) -> dict[str, Any] | None:
+        """A tick whose own failure is logged once and skipped: the daemon keeps its rhythm."""
+        try:
+            doc = await self.tick()
+        except Exception as exc:  # a bug in one tick must not stop the agent
+            if not self._tick_failing:
+                log.error("tick_failed", error=type(exc).__name__)
+            self._tick_failing = True
+            return None
+        if self._tick_failing:
+            log.info("tick_recovered")
+            self._tick_failing = False
+        self.hooks.push()
+        return doc
+
     async def _own_samples(self) -> list[Sample]:
         stats = await self._spool_call(self.spool.stats)
+        self.hooks.dispatch(
+            self.health.observe_spool(
+                pending_files=stats.pending, pending_bytes=stats.bytes, dropped_total=stats.dropped_total
+            )
+        )
         own = [
             Sample("spool_pending", stats.pending),
             Sample("spool_bytes", stats.bytes),
-            Sample("spool_oldest_age_seconds", round(stats.oldest_age_s, 3)),
+            Sample("spool_oldest_age_seconds", round(stats.oldest_age_s or 0.0, 3)),
             Sample("spool_dropped_total", stats.dropped_total),
             Sample("spool_quarantined_total", stats.quarantined_total),
             Sample("spool_rejected_total", stats.rejected_total),
@@ -212,9 +260,20 @@ class Runner:
             if delivery.acked or delivery.rejected:
                 await self._spool_call(self.spool.settle, sink.name, delivery.acked, delivery.rejected)
             self._record_delivery(sink.name, state, delivery, elapsed_ms)
+            await self._observe_delivery(elapsed_ms)
             if delivery.failure is not None:
                 return False
         return False
+
+    async def _observe_delivery(self, elapsed_ms: float) -> None:
+        """Feed health the state of delivery as a whole: healthy only while every sink is."""
+        failing = [(name, st.last_failure) for name, st in self.sink_state.items() if st.last_failure]
+        stats = await self._spool_call(self.spool.stats)
+        failure = f"{failing[0][0]}_{failing[0][1]}"[:32] if failing else None
+        events = self.health.observe_delivery(
+            ok=not failing, backlog=stats.pending, failure=failure, latency_ms=None if failing else elapsed_ms
+        )
+        self.hooks.dispatch(events)
 
     def _record_delivery(self, name: str, state: SinkState, delivery: Any, elapsed_ms: float) -> None:
         state.acked_total += len(delivery.acked)
@@ -276,7 +335,7 @@ class Runner:
             await self._sleep_until(next_tick)
             if self._stop.is_set():
                 return
-            doc = await self.tick()
+            doc = await self._safe_tick()
             self._summary(doc)
             next_tick += interval
             now = time.monotonic()
@@ -328,7 +387,7 @@ class Runner:
         self.save_collector_state()
         self.write_status()
         stats = self.spool.stats()
-        await self.aclose()
+        await self.aclose(grace=deadline.remaining())
         log.info("agent_stopped", spool_pending=stats.pending)
 
     # -- state files ------------------------------------------------------------------------
@@ -346,7 +405,7 @@ class Runner:
             "spool": {
                 "pending": stats.pending,
                 "bytes": stats.bytes,
-                "oldest_age_s": round(stats.oldest_age_s, 3),
+                "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
                 "dropped_total": stats.dropped_total,
                 "quarantined_total": stats.quarantined_total,
                 "rejected_total": stats.rejected_total,
@@ -364,6 +423,7 @@ class Runner:
             },
             "collectors": {slot.name: vars(slot.stats) for slot in self.collectors},
             "counters": vars(self.counters),
+            "health": self.health.status(),
         }
 
     def write_status(self) -> None:
@@ -402,4 +462,3 @@ def install_signal_handlers(runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runner.request_stop)
-

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from agent.collecting import CollectorSlot
@@ -42,7 +44,9 @@ def telemetry_enabled(settings: Settings, edition: Edition) -> bool:
             raise ConfigError('telemetry: the commercial edition requires telemetry = "on"')
         central = settings.sinks.central
         if not central.url:
-            raise ConfigError("sinks.central.url (env POP_AGENT_SINKS__CENTRAL__URL): required by the commercial edition")
+            raise ConfigError(
+                "sinks.central.url (env POP_AGENT_SINKS__CENTRAL__URL): required by the commercial edition"
+            )
         if central.token is None and central.token_file is None and not _credential_present():
             raise ConfigError(
                 "sinks.central.token (env POP_AGENT_SINKS__CENTRAL__TOKEN): required by the commercial edition "
@@ -57,11 +61,8 @@ def telemetry_enabled(settings: Settings, edition: Edition) -> bool:
 
 
 def _credential_present() -> bool:
-    import os
-    from pathlib import Path
-
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    return bool(directory) and (Path(directory) / "central-token").is_file()
+    return directory is not None and (Path(directory) / "central-token").is_file()
 
 
 def build_collectors(settings: Settings) -> list[CollectorSlot]:

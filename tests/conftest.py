@@ -1,1 +1,51 @@
 """Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+RunAgent = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """An environment for the agent that ignores the host's own settings and state."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POP_AGENT_", "NTFY_", "KUMA_", "NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "STATE_DIR"))
+    }
+    # An empty config file of its own, so a host's /etc/pop-agent/agent.toml never leaks in.
+    empty = tmp_path / "empty.toml"
+    empty.touch()
+    env["POP_AGENT_CONFIG"] = str(empty)
+    env["POP_AGENT_STATE_DIR"] = str(tmp_path / "state")
+    env["POP_AGENT_POP_ID"] = "test-pop"
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_agent(tmp_path: Path) -> RunAgent:
+    """Run ``python -m agent`` as a user would, in a clean environment; returns the completed process."""
+
+    def run(*args: str, input: str | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env=agent_env(tmp_path, **env),
+        )
+
+    return run
