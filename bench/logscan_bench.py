@@ -1,0 +1,138 @@
+"""Log scanning: the requests collector against ``awk '{print $1}' | sort -u | wc -l`` on one file.
+
+Generates a combined-format access log (default 1,000,000 lines, 50,000 distinct
+addresses, one in five IPv6, stamped over one hour), then in the same run:
+
+- the shell pipeline (best wall time of ``--repeat`` runs),
+- the collector reading the whole file tick by tick as on a first start, with
+  ``now`` ten minutes after the last line (lines old enough for the bulk path),
+- the same with ``now`` at the last line (every line on the per-second path),
+- one more bulk run under ``tracemalloc`` for peak Python memory.
+
+Prints one JSON object: lines/s of each, the ratio to the pipeline, the unique
+count against the truth, and the state per window (in memory and as saved).
+
+    python bench/logscan_bench.py [--lines N] [--distinct N] [--repeat N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.settings import RequestsSettings  # noqa: E402
+from collectors import hll  # noqa: E402
+from collectors.requests import RequestsCollector  # noqa: E402
+
+START = 1_795_330_800  # 2026-11-22T04:20:00Z
+SPAN = 3600
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def generate(path: Path, lines: int, distinct: int, seed: int = 1) -> None:
+    """Write the test log: ``distinct`` addresses drawn uniformly, time stamps increasing."""
+    rng = random.Random(seed)
+    addresses = []
+    for i in range(distinct):
+        if i % 5 == 0:
+            addresses.append(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::{rng.randrange(1, 65536):x}")
+        else:
+            addresses.append(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
+    statuses = (200, 200, 200, 301, 304, 404, 500)
+    stamps: dict[int, str] = {}
+    with path.open("w") as out:
+        for n in range(lines):
+            t = START + n * SPAN // lines
+            stamp = stamps.get(t)
+            if stamp is None:
+                g = time.gmtime(t)
+                stamp = stamps[t] = (
+                    f"{g.tm_mday:02d}/{MONTHS[g.tm_mon - 1]}/{g.tm_year}:{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
+                )
+            out.write(
+                f'{addresses[rng.randrange(distinct)]} - - [{stamp}] "GET /vault/{n % 977} HTTP/1.1" '
+                f'{statuses[n % 7]} {n % 5000} "-" "Mozilla/5.0 (X11; Linux x86_64)"\n'
+            )
+
+
+def pipeline(path: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    out = subprocess.run(
+        ["sh", "-c", f"awk '{{print $1}}' '{path}' | sort -u | wc -l"], check=True, capture_output=True, text=True
+    ).stdout
+    return time.perf_counter() - started, int(out.strip())
+
+
+def scan(path: Path, now: float, lines: int) -> tuple[float, RequestsCollector]:
+    cfg = RequestsSettings(access_log=path, max_lines_per_tick=200_000)
+    collector = RequestsCollector(cfg, interval=10.0, sketch_key=b"bench-key-" * 4, clock=lambda: now)
+    log = collector.logs["access"]
+    started = time.perf_counter()
+    while log.total + log.malformed < lines:
+        collector.collect_blocking()
+    return time.perf_counter() - started, collector
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--distinct", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="write the log here instead of a temporary directory")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = (args.keep or Path(tmp)) / "access.log"
+        generate(path, args.lines, args.distinct)
+        end = START + SPAN
+        runs = [pipeline(path) for _ in range(args.repeat)]
+        pipe_s, pipe_count = min(r[0] for r in runs), runs[0][1]
+        bulk = [scan(path, end + 600, args.lines) for _ in range(args.repeat)]
+        bulk_s, collector = min(b[0] for b in bulk), bulk[0][1]
+        recent_s = min(scan(path, end, args.lines)[0] for _ in range(args.repeat))
+        tracemalloc.start()
+        scan(path, end + 600, args.lines)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        log = collector.logs["access"]
+        samples = {s.name: s.value for s in collector.collect_blocking() if not s.labels}
+        saved = collector.save_state()["logs"]["access"]  # type: ignore[index]
+        result = {
+            "lines": args.lines,
+            "distinct": args.distinct,
+            "log_bytes": path.stat().st_size,
+            "pipeline_lines_per_s": round(args.lines / pipe_s),
+            "pipeline_count": pipe_count,
+            "collector_lines_per_s": round(args.lines / bulk_s),
+            "ratio_to_pipeline": round(pipe_s / bulk_s, 2),
+            "collector_recent_lines_per_s": round(args.lines / recent_s),
+            "ratio_recent_to_pipeline": round(pipe_s / recent_s, 2),
+            "peak_python_mib": round(peak / 2**20, 2),
+            "unique_ips_1h": samples["unique_ips_1h"],
+            "unique_ips_24h": samples["unique_ips_24h"],
+            "unique_error_pct": round(100 * (samples["unique_ips_24h"] - args.distinct) / args.distinct, 3),
+            "window_1h": {
+                "buckets": len(log.fine.buckets),
+                "memory_bytes": len(log.fine.buckets) * hll.SKETCH_BYTES,
+                "saved_bytes": len(json.dumps(saved["fine"])),  # type: ignore[index]
+            },
+            "window_24h": {
+                "buckets": len(log.coarse.buckets),
+                "memory_bytes": len(log.coarse.buckets) * hll.SKETCH_BYTES,
+                "saved_bytes": len(json.dumps(saved["coarse"])),  # type: ignore[index]
+            },
+            "sketch_bytes": hll.SKETCH_BYTES,
+        }
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
