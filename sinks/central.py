@@ -173,8 +173,9 @@ class CentralSink:
                 failure = "deadline"
                 break
             part = work.popleft()
+            body, headers = await self._encode(part)
             try:
-                await with_retries(self._policy, deadline, functools.partial(self._post, part, deadline))
+                await with_retries(self._policy, deadline, functools.partial(self._post, body, headers, deadline))
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break
@@ -205,15 +206,17 @@ class CentralSink:
             self._session = make_session(connect_timeout=self._cfg.connect_timeout, read_timeout=self._cfg.read_timeout)
         return self._session
 
-    async def _post(self, part: Sequence[Pending], deadline: Deadline) -> None:
-        """One request for ``part``; raises the :class:`SinkError` its outcome means."""
-        if deadline.expired:
-            raise TransientSinkError("deadline", code="deadline")
+    async def _encode(self, part: Sequence[Pending]) -> tuple[bytes, dict[str, str]]:
+        """The body for ``part`` (gzip-compressed from the threshold on) and its headers, built once for all tries."""
         body = request_body(part)
-        headers = self._plain_headers
-        if len(body) >= self._cfg.gzip_min_bytes:
-            headers = self._gzip_headers
-            body = await asyncio.to_thread(gzip_bytes, body) if len(body) >= _THREAD_GZIP_BYTES else gzip_bytes(body)
+        if len(body) < self._cfg.gzip_min_bytes:
+            return body, self._plain_headers
+        if len(body) >= _THREAD_GZIP_BYTES:
+            return await asyncio.to_thread(gzip_bytes, body), self._gzip_headers
+        return gzip_bytes(body), self._gzip_headers
+
+    async def _post(self, body: bytes, headers: dict[str, str], deadline: Deadline) -> None:
+        """One request; raises the :class:`SinkError` its outcome means."""
         remaining = deadline.remaining()
         if remaining <= 0:
             raise TransientSinkError("deadline", code="deadline")
@@ -231,5 +234,5 @@ class CentralSink:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = error_for_exception(exc)
         if error is not None:
-            log.debug("central_attempt_failed", code=error.code, size=len(part))
+            log.debug("central_attempt_failed", code=error.code)
             raise error
