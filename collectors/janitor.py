@@ -14,7 +14,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from agent.errors import CollectorError

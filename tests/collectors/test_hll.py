@@ -1,0 +1,120 @@
+"""The HyperLogLog sketch: error bounds, address normalisation, merging and persistence."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collectors import hll
+
+
+def sketch_of(hashes: list[int]) -> bytearray:
+    registers = bytearray(hll.M)
+    for h in hashes:
+        hll.add_hash(registers, h)
+    return registers
+
+
+def test_empty_sketch_counts_zero() -> None:
+    """A sketch with nothing added estimates zero."""
+    assert 0.0 == hll.estimate(bytearray(hll.M))
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 50, 100, 200])
+def test_small_sets_are_counted_exactly_or_off_by_one(n: int) -> None:
+    """Below a few hundred distinct values the rounded estimate is exact or off by one."""
+    rng = random.Random(n)
+    for _ in range(5):
+        assert abs(round(hll.estimate(sketch_of([rng.getrandbits(64) for _ in range(n)]))) - n) <= 1
+
+
+def test_a_thousand_is_near_exact() -> None:
+    """At a thousand distinct values the estimate is within 1.5% (linear counting range)."""
+    rng = random.Random(1000)
+    for _ in range(5):
+        assert abs(hll.estimate(sketch_of([rng.getrandbits(64) for _ in range(1000)])) - 1000) <= 15
+
+
+def test_a_million_is_within_two_percent() -> None:
+    """At a million distinct values the estimate is within the documented 2%."""
+    rng = random.Random(42)
+    registers = bytearray(hll.M)
+    add = hll.add_hash
+    for _ in range(1_000_000):
+        add(registers, rng.getrandbits(64))
+    assert abs(hll.estimate(registers) - 1_000_000) <= 20_000
+
+
+def test_duplicates_do_not_count() -> None:
+    """Adding the same values again leaves the registers unchanged."""
+    rng = random.Random(3)
+    hashes = [rng.getrandbits(64) for _ in range(5000)]
+    once = sketch_of(hashes)
+    assert once == sketch_of(hashes * 3)
+
+
+def test_merge_is_the_sketch_of_the_union() -> None:
+    """The register-wise maximum of two sketches equals the sketch of both sets."""
+    rng = random.Random(4)
+    a = [rng.getrandbits(64) for _ in range(3000)]
+    b = [rng.getrandbits(64) for _ in range(3000)]
+    assert bytes(sketch_of(a + b)) == hll.merge([sketch_of(a), sketch_of(b)])
+
+
+def test_encode_round_trips_and_decode_rejects_garbage() -> None:
+    """Encoded registers decode to the same bytes; anything else is refused."""
+    registers = sketch_of([random.Random(5).getrandbits(64) for _ in range(100)])
+    assert registers == hll.decode(hll.encode(registers))
+    for bad in ("", "not base64!", hll.encode(bytes(10)), hll.encode(bytes([200]) * hll.M)):
+        with pytest.raises(ValueError):
+            hll.decode(bad)
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_and_its_mapped_forms_are_one_client(address: ipaddress.IPv4Address) -> None:
+    """Plain, IPv4-mapped, bracketed, with a port: one IPv4 client, one packed form."""
+    forms = [str(address), f"::ffff:{address}", f"::FFFF:{address}", f"[::ffff:{address}]:443", f"{address}:8080"]
+    assert {address.packed} == {hll.packed_address(form) for form in forms}
+
+
+@given(st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None))
+def test_ipv6_spellings_are_one_client(address: ipaddress.IPv6Address) -> None:
+    """Compressed, exploded, upper case, bracketed with a port or a zone id: one packed form."""
+    forms = [str(address), address.exploded, address.exploded.upper(), f"[{address}]:443", f"{address}%eth0"]
+    assert {address.packed} == {hll.packed_address(form.encode()) for form in forms}
+
+
+@pytest.mark.parametrize("token", ["-", "", "example.org", "1.2.3", "300.1.1.1", "[::1", "01.2.3.4", "::g"])
+def test_non_addresses_are_refused(token: str) -> None:
+    """Tokens that are not IP addresses give no client."""
+    assert hll.packed_address(token) is None
+
+
+def test_keyed_hash_depends_on_the_key() -> None:
+    """The same address gives different register updates under different keys, the same under one."""
+    packed = ipaddress.ip_address("192.0.2.1").packed
+    one, other = hll.KeyedHasher(b"a" * 32), hll.KeyedHasher(b"b" * 32)
+    assert one.update_of(packed) == hll.KeyedHasher(b"a" * 32).update_of(packed)
+    assert one.update_of(packed) != other.update_of(packed)
+    assert one.key_id() != other.key_id()
+
+
+def test_windowed_sketch_slides_and_persists() -> None:
+    """A ring counts the buckets inside its window only, and the same after save and load."""
+    ring = hll.WindowedSketch(3600, 600)
+    rng = random.Random(6)
+    for bucket in range(10):
+        registers = ring.registers(bucket)
+        for _ in range(100):
+            hll.add_hash(registers, rng.getrandbits(64))
+    now = 10 * 600 - 1  # inside bucket 9: buckets 3..9 overlap the last hour
+    counted = ring.count(now)
+    assert abs(counted - 700) <= 10
+    restored = hll.WindowedSketch(3600, 600)
+    restored.load(ring.save())
+    assert counted == restored.count(now)
+    assert 0 == round(ring.count(now + 2 * 3600))
