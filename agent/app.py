@@ -41,6 +41,7 @@ def _runner(settings: Settings, *, with_sinks: bool) -> Any:
         telemetry=telemetry,
         collectors=slots,
         allowed=allowed_metrics(slots, _extra_metrics()),
+        backlog_allowed=declared_metrics(),
         sinks=sinks,
     )
 

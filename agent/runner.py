@@ -26,7 +26,7 @@ from agent.collecting import CollectorSlot, collect_all
 from agent.deadline import Deadline
 from agent.errors import ScrubRejected, SpoolError
 from agent.health import AlertHooks, Health
-from agent.sample import MetricSpec, Sample
+from agent.sample import MetricSpec, Pending, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool
@@ -77,6 +77,7 @@ class Runner:
         telemetry: bool,
         collectors: Sequence[CollectorSlot],
         allowed: dict[str, MetricSpec],
+        backlog_allowed: dict[str, MetricSpec] | None = None,
         sinks: Sequence[Any] = (),
         notifier: Notifier | None = None,
     ) -> None:
@@ -86,6 +87,12 @@ class Runner:
         self.telemetry = telemetry
         self.collectors = list(collectors)
         self.allowed = allowed
+        # A backlog may hold metrics of collectors configured in an earlier run.
+        self.backlog_allowed = backlog_allowed if backlog_allowed is not None else allowed
+        # Ids this process scrubbed before spooling them; anything else read from the
+        # spool (a backlog from before a restart, an `agent enqueue` drop) is scrubbed
+        # again on its way out, so nothing reaches a sink unscrubbed by these rules.
+        self._vouched: set[str] = set()
         self.sinks = list(sinks)
         self.notifier = notifier or Notifier()
         self.state_dir = settings.state_dir
@@ -189,6 +196,9 @@ class Runner:
             return None
         try:
             await self._spool_call(self.spool.put, doc["id"], heartbeat.dumps(doc))
+            if len(self._vouched) > 2 * self.settings.spool.max_files:
+                self._vouched.clear()  # bounded: forgetting only costs a second scrub
+            self._vouched.add(doc["id"])
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
@@ -254,6 +264,13 @@ class Runner:
             batch = await self._spool_call(self.spool.batch, sink.name, sink.max_batch, 4 * 1024 * 1024)
             if not batch:
                 return True
+            batch, refused = self._scrub_backlog(batch)
+            if refused:
+                self.counters.scrub_rejected_total += len(refused)
+                log.warning("spooled_heartbeats_refused", sink=sink.name, count=len(refused))
+                await self._spool_call(self.spool.settle, sink.name, (), refused)
+                if not batch:
+                    continue
             started = time.monotonic()
             delivery = await sink.send(batch, deadline)
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -264,6 +281,26 @@ class Runner:
             if delivery.failure is not None:
                 return False
         return False
+
+    def _scrub_backlog(self, batch: list[Pending]) -> tuple[list[Pending], dict[str, str]]:
+        """Scrub every heartbeat this process did not spool itself; refused ones get a reason code."""
+        passed: list[Pending] = []
+        refused: dict[str, str] = {}
+        for pending in batch:
+            if pending.id in self._vouched:
+                passed.append(pending)
+                continue
+            try:
+                scrub(pending.doc, self.backlog_allowed)
+            except ScrubRejected as rejected:
+                refused[pending.id] = "scrub_" + rejected.findings[0][1]
+                continue
+            except ValueError:
+                refused[pending.id] = "unparseable"
+                continue
+            self._vouched.add(pending.id)
+            passed.append(pending)
+        return passed, refused
 
     async def _observe_delivery(self, elapsed_ms: float) -> None:
         """Feed health the state of delivery as a whole: healthy only while every sink is."""

@@ -18,13 +18,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.errors import ScrubRejected
-from agent.heartbeat import METRIC_NAME, Heartbeat
+from agent.heartbeat import HEARTBEAT_ID, METRIC_NAME, TIMESTAMP, Heartbeat
 from agent.privacy import find_sensitive
 from agent.sample import MetricSpec
 
 Finding = tuple[str, str]  # (JSON path, reason code)
 
 _SAFE_KEY = re.compile(METRIC_NAME)
+# Ids and timestamps are new in every heartbeat, so the verdict cache below never
+# helps them; their fixed shapes hold no dots, colons, @ or long runs, so the
+# tripwire has nothing to find in them (a number hidden in their digits is what
+# only the allowlist's typing can make harmless, for them as for any number).
+_FIXED_SHAPES = re.compile(f"(?:{HEARTBEAT_ID[1:-1]})|(?:{TIMESTAMP[1:-1]})")
+_CLEAN_CACHE_SIZE = 4096
+_clean: set[str] = set()  # strings the tripwire passed: metric names, mounts, codes recur every tick
 _PYDANTIC_CODES = {
     "extra_forbidden": "unknown_field",
     "missing": "missing_field",
@@ -67,15 +74,27 @@ def check(doc: Any, allowed: Mapping[str, MetricSpec]) -> Iterator[Finding]:
     yield from _undeclared(doc, allowed)
 
 
+def sensitive(text: str) -> str | None:
+    """The tripwire's verdict on one string, remembering clean ones (never a sensitive one)."""
+    if text in _clean or _FIXED_SHAPES.fullmatch(text):
+        return None
+    reason = find_sensitive(text)
+    if reason is None and len(text) <= 256:
+        if len(_clean) >= _CLEAN_CACHE_SIZE:
+            _clean.clear()
+        _clean.add(text)
+    return reason
+
+
 def _tripwire(value: Any, path: str) -> Iterator[Finding]:
     if isinstance(value, str):
-        reason = find_sensitive(value)
+        reason = sensitive(value)
         if reason:
             yield (path, reason)
     elif isinstance(value, dict):
         for index, (key, item) in enumerate(value.items()):
             key_path = _join(path, key, index)
-            if isinstance(key, str) and (reason := find_sensitive(key)):
+            if isinstance(key, str) and (reason := sensitive(key)):
                 yield (key_path, reason)
             yield from _tripwire(item, key_path)
     elif isinstance(value, list):
@@ -105,7 +124,7 @@ def _undeclared(doc: dict[str, Any], allowed: Mapping[str, MetricSpec]) -> Itera
 
 def _join(path: str, key: Any, index: int) -> str:
     """Append a key to a JSON path, by position when the key itself is not safe to print."""
-    if isinstance(key, str) and _SAFE_KEY.match(key) and find_sensitive(key) is None:
+    if isinstance(key, str) and _SAFE_KEY.match(key) and sensitive(key) is None:
         return f"{path}.{key}"
     return f"{path}{{#{index}}}"
 

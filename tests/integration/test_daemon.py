@@ -168,3 +168,28 @@ async def test_sigint_is_a_clean_stop(aiohttp_server: Any, tmp_path: Path) -> No
     await daemon.start()
     await wait_for(lambda: len(central.acked) >= 1)
     assert await daemon.stop(signal.SIGINT) == 0
+
+
+async def test_backlog_is_scrubbed_on_its_way_out(aiohttp_server: Any, tmp_path: Path, run_agent: Any) -> None:
+    """A heartbeat dropped into pending/ by hand with an address in it never reaches central; a clean one does."""
+    once = run_agent("--once")
+    clean = json.loads(once.stdout)
+    tainted = json.loads(once.stdout)
+    from agent.heartbeat import uuid7
+
+    clean["id"], tainted["id"] = uuid7(), uuid7()
+    tainted["pop"] = "10-20-30-40"
+    pending = tmp_path / "state" / "spool" / "pending"
+    pending.mkdir(parents=True)
+    for doc in (clean, tainted):
+        (pending / f"{doc['id']}.json").write_text(json.dumps(doc))
+    central = Central()
+    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central))
+    await daemon.start()
+    await wait_for(lambda: clean["id"] in central.acked_ids and not daemon.pending())
+    assert await daemon.stop() == 0
+    assert tainted["id"] not in {doc["id"] for doc in central.received}
+    rejected = daemon.state_dir / "spool" / "rejected"
+    assert (rejected / f"{tainted['id']}.json").exists()
+    reasons = json.loads((rejected / f"{tainted['id']}.reason.json").read_text())
+    assert reasons["reason"] == "scrub_ip_address"
