@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.settings import RequestsSettings  # noqa: E402
-from collectors import hll  # noqa: E402
-from collectors.requests import RequestsCollector  # noqa: E402
+from agent.settings import RequestsSettings
+from collectors import hll
+from collectors.requests import RequestsCollector
 
 START = 1_795_330_800  # 2026-11-22T04:20:00Z
 SPAN = 3600
@@ -55,9 +55,8 @@ def generate(path: Path, lines: int, distinct: int, seed: int = 1) -> None:
             stamp = stamps.get(t)
             if stamp is None:
                 g = time.gmtime(t)
-                stamp = stamps[t] = (
-                    f"{g.tm_mday:02d}/{MONTHS[g.tm_mon - 1]}/{g.tm_year}:{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
-                )
+                day = f"{g.tm_mday:02d}/{MONTHS[g.tm_mon - 1]}/{g.tm_year}"
+                stamp = stamps[t] = f"{day}:{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
             out.write(
                 f'{addresses[rng.randrange(distinct)]} - - [{stamp}] "GET /vault/{n % 977} HTTP/1.1" '
                 f'{statuses[n % 7]} {n % 5000} "-" "Mozilla/5.0 (X11; Linux x86_64)"\n'

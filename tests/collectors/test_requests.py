@@ -31,7 +31,9 @@ def combined(addr: str, t: float, status: int = 200) -> str:
 
 
 def as_json(addr: str, t: float, status: int = 200) -> str:
-    return json.dumps({"time": datetime.fromtimestamp(t, UTC).isoformat(), "remote_addr": addr, "status": status}) + "\n"
+    return (
+        json.dumps({"time": datetime.fromtimestamp(t, UTC).isoformat(), "remote_addr": addr, "status": status}) + "\n"
+    )
 
 
 FORMATS: dict[str, Callable[[str, float, int], str]] = {"combined": combined, "json": as_json}
@@ -192,7 +194,11 @@ def test_tarpit_log_is_counted_apart(tmp_path: Path) -> None:
     write(tmp_path / "access.log", "".join(combined(a, NOW - 60) for a in clients(5)))
     write(tmp_path / "tarpit.log", "".join(combined(a, NOW - 60, 404) for a in clients(12, offset=300)) + "junk\n")
     got = values(make(tmp_path, tarpit_log=tmp_path / "tarpit.log"))
-    assert (5, 12, 1) == (got["unique_ips_1h"], got["tarpit_unique_ips_1h"], got["log_lines_malformed_total{log=tarpit}"])
+    assert (5, 12, 1) == (
+        got["unique_ips_1h"],
+        got["tarpit_unique_ips_1h"],
+        got["log_lines_malformed_total{log=tarpit}"],
+    )
 
 
 def test_no_address_is_kept_in_state_or_output(
