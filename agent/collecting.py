@@ -57,7 +57,8 @@ class CollectorSlot:
             samples = self._task.result()
         except CollectorError as exc:
             return self._settle(ERROR, (), exc.code)
-        except Exception as exc:  # a plugin's bug must not stop the others
+        except (Exception, asyncio.CancelledError) as exc:  # a plugin's bug must not stop the others
+            # The task is done, so a CancelledError here is the plugin's own, not a cancellation of this tick.
             return self._settle(ERROR, (), type(exc).__name__)
         finally:
             if self._task.done():
