@@ -54,7 +54,7 @@ class CollectorSlot:
         if not done:
             return self._settle(TIMEOUT, ())
         try:
-            samples = self._task.result()
+            samples = tuple(s for s in self._task.result() if isinstance(s, Sample))
         except CollectorError as exc:
             return self._settle(ERROR, (), exc.code)
         except (Exception, asyncio.CancelledError) as exc:  # a plugin's bug must not stop the others
@@ -63,7 +63,7 @@ class CollectorSlot:
         finally:
             if self._task.done():
                 self._task = None
-        return self._settle(OK, tuple(s for s in samples if isinstance(s, Sample)))
+        return self._settle(OK, samples)
 
     def _settle(self, status: str, samples: Sequence[Sample], code: str = "") -> tuple[str, Sequence[Sample]]:
         previous = self.stats.status
