@@ -4,6 +4,7 @@ Layout under ``root`` (``<state_dir>/spool``)::
 
     pending/<id>.json          heartbeats not yet done by every active sink
     tmp/                       temporary files, renamed into place when complete
+    trash/                     settled files, removed by a background thread
     quarantine/                files that were not a heartbeat (never parsed again)
     rejected/<id>.json         heartbeats a receiver refused as malformed,
     rejected/<id>.reason.json  with {"sink": ..., "reason": "<fixed code>"}
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -43,7 +45,7 @@ from typing import Any
 from agent.errors import SpoolError
 from agent.sample import Pending
 from agent.settings import SpoolSettings
-from agent.spool_io import FileOps, open_dir, replace_atomically, spool_error, unlink_quietly
+from agent.spool_io import FileOps, Reclaimer, error_code, open_dir, replace_atomically, spool_error, unlink_quietly
 
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,79}")
 SINK_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -111,6 +113,8 @@ class Spool:
         self._lock = threading.RLock()
         self._pending = str(self.root / "pending")
         self._tmp = str(self.root / "tmp")
+        self._trash = str(self.root / "trash")
+        self._reclaimer = Reclaimer(self._trash)
         self._quarantine = str(self.root / "quarantine")
         self._rejected = str(self.root / "rejected")
         self._state_path = str(self.root / "state.json")
@@ -159,10 +163,11 @@ class Spool:
             self._is_open = True
 
     def _open_writer(self) -> None:
-        for path in (self.root, self._pending, self._tmp, self._quarantine, self._rejected):
+        for path in (self.root, self._pending, self._tmp, self._trash, self._quarantine, self._rejected):
             os.makedirs(path, mode=0o700, exist_ok=True)
         self._take_lock()
-        for path in (str(self.root), self._pending, self._rejected):
+        self._reclaimer.start()
+        for path in (str(self.root), self._pending, self._trash, self._rejected):
             self._dir_fds[path] = open_dir(path)
         for entry in os.scandir(self._tmp):
             if entry.is_dir(follow_symlinks=False):
@@ -196,6 +201,7 @@ class Spool:
         with self._lock:
             if self._dirty and not self._readonly:
                 self._save_soon()
+            self._reclaimer.stop()
             for fd in self._dir_fds.values():
                 os.close(fd)
             if self._lock_fd is not None:
@@ -237,21 +243,38 @@ class Spool:
                 cursors = {sink: self._lowered(c, doc_id) for sink, c in self._cursors.items()}
                 self._save_state(cursors, self._counters)
                 self._cursors = cursors
-            name = f"{doc_id}.json"
-            final = os.path.join(self._pending, name)
             try:
-                replace_atomically(self._ops, os.path.join(self._tmp, name), final, raw, fsync=self._fsync)
-                try:
-                    self._sync_dir(self._pending)
-                except OSError:
-                    unlink_quietly(final)
-                    raise
+                self._store(doc_id, raw)
             except OSError as exc:
-                raise spool_error(exc) from None
+                # Settled files may still wait in the trash: free them now rather than fail.
+                if error_code(exc) != "enospc" or not self._empty_trash():
+                    raise spool_error(exc) from None
+                try:
+                    self._store(doc_id, raw)
+                except OSError as again:
+                    raise spool_error(again) from None
             self._index_add(doc_id, len(raw))
             if self._enforce_bounds() or self._dirty:
                 self._save_soon()
             self._compact()
+
+    def _store(self, doc_id: str, raw: bytes) -> None:
+        name = f"{doc_id}.json"
+        final = os.path.join(self._pending, name)
+        replace_atomically(self._ops, os.path.join(self._tmp, name), final, raw, fsync=self._fsync)
+        try:
+            self._sync_dir(self._pending)
+        except OSError:
+            unlink_quietly(final)
+            raise
+
+    def _empty_trash(self) -> bool:
+        """Remove what is in the trash now; ``True`` if anything was."""
+        with os.scandir(self._trash) as entries:
+            names = [entry.path for entry in entries]
+        for path in names:
+            unlink_quietly(path)
+        return bool(names)
 
     def batch(self, sink: str, max_count: int, max_bytes: int) -> list[Pending]:
         """The oldest heartbeats ``sink`` has neither acked nor rejected, at most ``max_count``.
@@ -275,10 +298,10 @@ class Spool:
                     continue
                 if out and total + self._sizes[doc_id] > max_bytes:
                     break
-                raw = self._read(doc_id)
-                if raw is not None:
-                    out.append(Pending(doc_id, raw))
-                    total += len(raw)
+                pending = self._read(doc_id)
+                if pending is not None:
+                    out.append(pending)
+                    total += len(pending.raw)
             if self._counters["quarantined_total"] != quarantined and not self._readonly:
                 self._save_soon()
             return out
@@ -349,14 +372,15 @@ class Spool:
             ids = list(self._live())
         for doc_id in ids:
             with self._lock:
-                raw = self._read(doc_id) if doc_id in self._sizes else None
-            if raw is not None:
-                yield Pending(doc_id, raw)
+                pending = self._read(doc_id) if doc_id in self._sizes else None
+            if pending is not None:
+                yield pending
 
     # -- index and cursors ---------------------------------------------------
 
     def _live(self) -> Iterator[str]:
-        return (doc_id for doc_id in self._ids[self._head :] if doc_id in self._sizes)
+        ids, sizes = self._ids, self._sizes
+        return (ids[i] for i in range(self._head, len(ids)) if ids[i] in sizes)
 
     def _cursor(self, sink: str) -> _Cursor:
         try:
@@ -423,8 +447,10 @@ class Spool:
             count -= 1
             size -= self._sizes[doc_id]
         for doc_id in drop:
-            unlink_quietly(os.path.join(self._pending, f"{doc_id}.json"))
+            self._discard(doc_id)
             self._forget(doc_id)
+        if drop:
+            self._reclaimer.poke()
         self._counters["dropped_total"] += len(drop)
         # The drops need no directory fsync of their own: a dropped file that
         # comes back after a power cut is dropped again at the next open.
@@ -432,12 +458,25 @@ class Spool:
 
     def _delete(self, ids: list[str]) -> None:
         for doc_id in ids:
-            if unlink_quietly(os.path.join(self._pending, f"{doc_id}.json")):
+            if self._discard(doc_id):
                 self._forget(doc_id)
         # One directory fsync per batch, not per file. If it fails the acks are
         # already in state.json, and open() deletes the files again.
         with contextlib.suppress(OSError):
             self._sync_dir(self._pending)
+        self._reclaimer.poke()
+
+    def _discard(self, doc_id: str) -> bool:
+        """Take a heartbeat out of pending/ (into the trash); ``False`` if it could not be."""
+        name = f"{doc_id}.json"
+        try:
+            # Relative to open directories: the drain does this once per heartbeat.
+            os.rename(name, name, src_dir_fd=self._dir_fds[self._pending], dst_dir_fd=self._dir_fds[self._trash])
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return unlink_quietly(os.path.join(self._pending, name))
+        return True
 
     # -- files ---------------------------------------------------------------
 
@@ -474,24 +513,29 @@ class Spool:
             cursor.ahead.intersection_update(self._sizes)
         return quarantined
 
-    def _read(self, doc_id: str) -> bytes | None:
-        """The bytes of a live heartbeat; ``None`` (and quarantined) if they are not one."""
+    def _read(self, doc_id: str) -> Pending | None:
+        """A live heartbeat as read from disk; ``None`` (and quarantined) if it is not one."""
         path = os.path.join(self._pending, f"{doc_id}.json")
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
+            raw = _read_file(path, self._sizes[doc_id], self._dir_fds.get(self._pending))
         except FileNotFoundError:
             self._forget(doc_id)
             return None
         except OSError as exc:
-            raise spool_error(exc) from None
+            if exc.errno != errno.ELOOP:  # ELOOP: a symbolic link put there since open()
+                raise spool_error(exc) from None
+            raw = b""
         try:
             doc = json.loads(raw)
             valid = isinstance(doc, dict) and doc.get("id") == doc_id
         except (ValueError, RecursionError):
             valid = False
         if valid:
-            return raw
+            pending = Pending(doc_id, raw)
+            # Hand the parse over to Pending.doc (a cached_property keeps its value in
+            # the instance dict), so the scrubber downstream does not parse it again.
+            vars(pending)["doc"] = doc
+            return pending
         if not self._readonly:
             self._quarantine_path(path, f"{doc_id}.json")
             self._forget(doc_id)
@@ -617,6 +661,22 @@ def _parse_state(raw: bytes) -> dict[str, Any]:
         if not isinstance(cursor["low"], str) or not all(isinstance(x, str) for x in cursor["ahead"]):
             raise ValueError("cursor")
     return state
+
+
+def _read_file(path: str, size: int, dir_fd: int | None) -> bytes:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags) if dir_fd is None else os.open(os.path.basename(path), flags, dir_fd=dir_fd)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        # The size in the index is only a hint: a file replaced since may be longer.
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _uuid7_seconds(doc_id: str) -> float | None:

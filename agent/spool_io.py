@@ -1,4 +1,4 @@
-"""The spool's file primitives: atomic writes, directory fsyncs, errno codes.
+"""The spool's file primitives: atomic writes, directory fsyncs, errno codes, the trash.
 
 Kept apart from :mod:`agent.spool` so that the one place bytes reach the disk is
 small enough to read at a glance, and so that tests can inject failures through
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,3 +100,54 @@ def unlink_quietly(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class Reclaimer:
+    """Empties a trash directory in a background thread.
+
+    Removing a file is slow on filesystems mounted with ``discard`` (every freed
+    block is trimmed: 0.2-0.6 ms per heartbeat here), while a rename is not. So
+    the spool renames settled files into ``trash/`` (durable once the pending
+    directory is fsynced) and this thread frees the space behind it, without
+    holding up delivery.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread; it first removes whatever an earlier process left in the trash."""
+        self._stop.clear()
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="spool-reclaim", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Tell the thread there is something to remove."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread soon; what is left is removed after the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with os.scandir(self._path) as entries:
+                    for entry in entries:
+                        if self._stop.is_set():
+                            return
+                        unlink_quietly(entry.path)
+            except OSError:
+                continue

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def test_open_removes_leftovers_in_tmp(make_spool: Callable[..., Spool], tmp_pat
     spool = make_spool()
     assert names(tmp) == []
     assert spool.stats().pending == 0
+
+
+def test_settled_files_and_trash_left_by_a_crash_are_removed_in_the_background(
+    make_spool: Callable[..., Spool], tmp_path: Path
+) -> None:
+    """Files moved to trash/ (by settle, or left there by a killed process) are removed without further calls."""
+    trash = tmp_path / "spool" / "trash"
+    trash.mkdir(parents=True)
+    (trash / f"{uuid7(1)}.json").write_bytes(doc(uuid7(1)))
+    spool = make_spool(sinks=("central",))
+    ids = ids_of(3, start=1_700_000_000_100)
+    for doc_id in ids:
+        spool.put(doc_id, doc(doc_id))
+    spool.settle("central", ids, {})
+    for _ in range(1000):  # up to ~10 s on a very busy machine
+        if not any(trash.iterdir()):
+            break
+        time.sleep(0.01)
+    assert (names(trash), names(spool.root / "pending")) == ([], [])
 
 
 def test_ack_deletes_the_file_and_it_does_not_come_back_after_restart(make_spool: Callable[..., Spool]) -> None:
