@@ -248,9 +248,10 @@ class Runner:
         return own
 
     async def _after_tick(self) -> None:
-        await asyncio.to_thread(self.write_status)
+        # On the runner's own thread, not the default executor: hung collector threads can fill that one.
+        await self._spool_call(self.write_status)
         if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
-            await asyncio.to_thread(self.save_collector_state)
+            await self._spool_call(self.save_collector_state)
 
     # -- delivery ---------------------------------------------------------------------------
 
