@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ log = structlog.get_logger("agent")
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
+EXECUTOR_GRACE = 1.0  # seconds idle worker threads get to finish after a clean stop
 
 
 def _runner(settings: Settings, *, with_sinks: bool) -> Any:
@@ -72,6 +74,15 @@ def run_daemon(settings: Settings) -> int:
     async def main() -> None:
         install_signal_handlers(runner)
         await runner.run()
+        # A collector's thread stuck in a system call (a hung NFS mount) can be neither
+        # cancelled nor joined, and asyncio.run and the interpreter would wait for it
+        # forever. Everything is saved and logged by now: leave without it.
+        shutdown = asyncio.ensure_future(asyncio.get_running_loop().shutdown_default_executor())
+        done, _ = await asyncio.wait({shutdown}, timeout=EXECUTOR_GRACE)
+        if not done:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EX_OK)
 
     try:
         asyncio.run(main())
