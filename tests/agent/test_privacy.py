@@ -173,17 +173,21 @@ _JWTS = st.builds(
 _HEX_DIGESTS = st.binary(min_size=16, max_size=64).map(bytes.hex).flatmap(lambda h: st.sampled_from([h, h.upper()]))
 
 
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
 @st.composite
 def _base64_secrets(draw: st.DrawFn) -> str:
-    """Base64 text of at least 32 characters holding an upper-case letter, a lower-case one and a digit."""
-    alphabet = st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-    body = list(draw(st.text(alphabet, min_size=29, max_size=80)))
+    """Base64 text of at least 32 characters holding an upper-case letter, a lower-case one and a digit.
+
+    It starts with a letter or digit: a run that starts with '/' is read as a path.
+    """
+    body = [draw(st.sampled_from(_ALNUM)), *draw(st.text(st.sampled_from(_ALNUM + "+/"), min_size=28, max_size=80))]
     for must in (draw(st.sampled_from("ABCXYZ")), draw(st.sampled_from("abcxyz")), draw(st.sampled_from("0379"))):
         body.insert(draw(st.integers(0, len(body))), must)
     return "".join(body)
 
 
-_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _PEMS = st.sampled_from(["RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "PRIVATE KEY", "CERTIFICATE"]).map(
     lambda kind: f"-----BEGIN {kind}-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf\n-----END {kind}-----"
 )
@@ -329,6 +333,19 @@ def test_near_misses_are_not_flagged(text: str) -> None:
 )
 def test_megabyte_strings_get_the_right_answer(text: str, expected: str | None) -> None:
     """Near-miss patterns repeated over a megabyte are judged correctly, and an address at the end is still found."""
+    assert expected == find_sensitive(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/media/Backup-Drive2/Archive2024", None),
+        ("/srv/wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY", SECRET_TOKEN),
+        ("key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", SECRET_TOKEN),
+    ],
+)
+def test_paths_are_judged_segment_by_segment(text: str, expected: str | None) -> None:
+    """A run that starts with '/' is a path whose segments are judged alone; any other run is judged whole."""
     assert expected == find_sensitive(text)
 
 
