@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agent`` console script."""
     from agent.errors import ConfigError
 
+    # A SIGTERM that arrives before the daemon's own handlers are in place (systemd
+    # stopping a unit that is still starting) is a clean stop too, not a death by signal.
+    signal.signal(signal.SIGTERM, _stop_early)
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -93,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except KeyboardInterrupt:
         return EX_OK
+
+
+def _stop_early(signum: int, frame: object) -> None:
+    raise SystemExit(EX_OK)
 
 
 def _settings(args: argparse.Namespace) -> Any:

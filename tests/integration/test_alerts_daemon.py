@@ -65,7 +65,6 @@ async def test_outage_restart_and_recovery_alert_once_and_leak_nothing(aiohttp_s
         NTFY_ALERT_URL=str(hook_server.make_url("/pop-alerts")),
         NTFY_ALERT_TOKEN=NTFY_TOKEN,
         KUMA_PUSH_URL=str(hook_server.make_url(f"/api/push/{KUMA_TOKEN}")) + "?status=up&msg=OK&ping=",
-        POP_AGENT_COLLECTORS__DISABLED='["vaults","janitor","requests"]',  # TEMP
     )
     await daemon.start()
     await wait_for(lambda: len(central.acked) >= 3 and len(hooks.kuma) >= 3)
@@ -137,7 +136,6 @@ async def test_dead_hooks_change_nothing(aiohttp_server: Any, tmp_path: Path, un
         POP_AGENT_SINKS__CENTRAL__TOKEN=CENTRAL_TOKEN,
         NTFY_ALERT_URL=f"http://127.0.0.1:{unused_tcp_port}/pop-alerts",
         KUMA_PUSH_URL=str(kuma_server.make_url(f"/api/push/{KUMA_TOKEN}")),
-        POP_AGENT_COLLECTORS__DISABLED='["vaults","janitor","requests"]',  # TEMP
     )
     await daemon.start()
     await wait_for(lambda: len(central.acked) >= 3)

@@ -32,7 +32,6 @@ def daemon_for(tmp_path: Path, url: str, **env: str) -> Daemon:
         "POP_AGENT_INTERVAL": env.pop("interval", "0.2"),
         "POP_AGENT_SINKS__CENTRAL__URL": url,
         "POP_AGENT_SINKS__CENTRAL__TOKEN": TOKEN,
-        "POP_AGENT_COLLECTORS__DISABLED": '["vaults","janitor","requests"]',  # TEMP
     }
     return Daemon(tmp_path, **{**settings, **env})
 
@@ -142,14 +141,17 @@ async def test_sigkill_while_writing_and_draining(aiohttp_server: Any, tmp_path:
     rounds = random.Random(11)
     for _ in range(8):
         await daemon.start()
-        await asyncio.sleep(rounds.uniform(0.6, 1.5))
+        # Kill at a random moment once the run is ticking: mid-write, mid-drain or idle.
+        await wait_for(lambda: '"event": "tick"' in daemon.log_path.read_text(errors="replace"), timeout=60)
+        await asyncio.sleep(rounds.uniform(0.0, 0.6))
         daemon.kill()
         await daemon.proc.wait()  # type: ignore[union-attr]
         for path in daemon.pending():
             json.loads(path.read_bytes())  # every file that made it to pending/ is whole
     central.respond = None
     await daemon.start()
-    await wait_for(lambda: not daemon.pending() and len(central.acked) > 0, timeout=60)
+    await wait_for(lambda: '"event": "tick"' in daemon.log_path.read_text(errors="replace"), timeout=60)
+    await wait_for(lambda: not daemon.pending(), timeout=60)
     assert await daemon.stop() == 0
     # Each run hands out seq from a fresh block; within a run no heartbeat may be missing.
     by_block: dict[int, list[int]] = {}
