@@ -1,6 +1,6 @@
 """Spool throughput on this machine, as ratios against a raw loop measured in the same run.
 
-    .venv/bin/python bench/spool_bench.py [--writes 2000] [--backlog 100000] [--batch 500]
+    .venv/bin/python bench/spool_bench.py [--writes 1000] [--backlog 100000] [--batch 500]
 
 Prints one JSON object:
 - ``put_per_s`` / ``raw_per_s``: Spool.put against a bare write+fsync+rename+dir-fsync
@@ -154,7 +154,7 @@ def measure_drain(base: Path, backlog: int, batch: int) -> dict[str, float]:
 def main() -> None:
     """Run both measurements and print them as one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--writes", type=int, default=2000, help="writes per round")
+    parser.add_argument("--writes", type=int, default=1000, help="writes per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of raw and spool writes")
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
