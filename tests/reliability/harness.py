@@ -1,0 +1,128 @@
+"""What every reliability scenario shares: the daemon under test, its rhythm, and the delivery invariant.
+
+Built on the integration helpers (:class:`~tests.integration.daemon.Daemon`,
+:class:`~tests.integration.centralserver.Central`); this module adds only what
+the scenarios assert with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.integration.centralserver import Central
+from tests.integration.daemon import Daemon, wait_for
+
+TOKEN = "central-RELIABILITY-token-77"
+INTERVAL = 0.1
+# Collectors that are not built yet, or need a data source these scenarios do not give.
+NOT_HERE = '["vaults","janitor","requests"]'
+
+
+def daemon_for(tmp_path: Path, url: str, **env: str) -> Daemon:
+    """The real daemon at a 0.1 s interval, delivering to ``url``, with fast retries and timeouts."""
+    settings = {
+        "POP_AGENT_TELEMETRY": "on",
+        "POP_AGENT_INTERVAL": str(INTERVAL),
+        "POP_AGENT_SINKS__CENTRAL__URL": url,
+        "POP_AGENT_SINKS__CENTRAL__TOKEN": TOKEN,
+        "POP_AGENT_SINKS__CENTRAL__MAX_RETRY_DELAY": "0.2",
+        "POP_AGENT_SINKS__CENTRAL__READ_TIMEOUT": "1",
+        "POP_AGENT_SINKS__CENTRAL__CONNECT_TIMEOUT": "1",
+        "POP_AGENT_SHUTDOWN_DEADLINE": "3",
+        "POP_AGENT_COLLECTORS__DISABLED": NOT_HERE,
+    }
+    return Daemon(tmp_path, **{**settings, **env})
+
+
+def ticks(daemon: Daemon) -> list[int]:
+    """The seq of every heartbeat the daemon logged as spooled, over all its runs."""
+    return [line["seq"] for line in daemon.logs() if line.get("event") == "tick"]
+
+
+def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    """Every log line of the daemon with event ``name``."""
+    return [line for line in daemon.logs() if line.get("event") == name]
+
+
+async def ticks_during(daemon: Daemon, seconds: float) -> int:
+    """How many heartbeats the daemon spooled in the next ``seconds``; the daemon must stay up throughout."""
+    before = len(ticks(daemon))
+    await asyncio.sleep(seconds)
+    assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon died"
+    return len(ticks(daemon)) - before
+
+
+async def assert_keeps_rhythm(daemon: Daemon, seconds: float = 2.0, interval: float = INTERVAL) -> None:
+    """Over ``seconds`` the daemon spools at least a quarter of the heartbeats its interval promises.
+
+    The slack is generous on purpose: the machine is shared; a stalled or dead
+    tick loop spools none at all.
+    """
+    count = await ticks_during(daemon, seconds)
+    expected = seconds / interval
+    assert count >= expected / 4, f"{count} heartbeats in {seconds} s, expected about {expected:.0f}"
+
+
+def rejected_ids(daemon: Daemon) -> dict[str, str]:
+    """Heartbeats set aside in ``spool/rejected/``, by id, with the reason recorded beside each."""
+    out = {}
+    for sidecar in (daemon.state_dir / "spool" / "rejected").glob("*.reason.json"):
+        doc_id = sidecar.name.removesuffix(".reason.json")
+        out[doc_id] = json.loads(sidecar.read_bytes())["reason"]
+    return out
+
+
+def assert_delivered(daemon: Daemon, central: Central) -> None:
+    """Every heartbeat the daemon logged as spooled reached central, once the spool is empty."""
+    assert daemon.pending() == []
+    spooled = set(ticks(daemon))
+    acked = {doc["seq"] for doc in central.acked}
+    assert spooled, "nothing was spooled"
+    assert set() == spooled - acked
+
+
+async def start_central(aiohttp_server: Any, central: Central) -> str:
+    """Serve ``central`` on 127.0.0.1, port 0; its ingest URL."""
+    server = await aiohttp_server(central.app())
+    return str(server.make_url("/ingest/v1/heartbeats"))
+
+
+async def run_agent(daemon: Daemon, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """One agent command beside the daemon, with the daemon's environment."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        *args,
+        cwd=daemon.tmp_path,
+        env=daemon.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+__all__ = [
+    "INTERVAL",
+    "TOKEN",
+    "Central",
+    "Daemon",
+    "assert_delivered",
+    "assert_keeps_rhythm",
+    "daemon_for",
+    "events",
+    "rejected_ids",
+    "run_agent",
+    "start_central",
+    "ticks",
+    "ticks_during",
+    "wait_for",
+]
