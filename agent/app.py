@@ -297,7 +297,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
         report["spool"] = {
             "pending": stats.pending,
             "bytes": stats.bytes,
-            "oldest_age_s": round(stats.oldest_age_s, 3),
+            "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
             "dropped_total": stats.dropped_total,
             "quarantined_total": stats.quarantined_total,
             "rejected_total": stats.rejected_total,

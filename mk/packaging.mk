@@ -54,6 +54,8 @@ install: check-edition $(STAMP)
 	$(if $(filter upload,$(EDITION)),$(PIP) install --no-deps --force-reinstall "$(DIST)"/upload/pop_agent_upload-*.whl)
 	@# A staged install (DESTDIR) must name its final paths in scripts and pyvenv.cfg.
 	$(if $(DESTDIR),grep -rlI -F "$(INSTALL_ROOT)" "$(INSTALL_ROOT)/bin" "$(INSTALL_ROOT)/pyvenv.cfg" | xargs -r sed -i "s|$(INSTALL_ROOT)|$(PREFIX)|g")
+	install -d -m 0755 "$(INSTALL_ROOT)/share/doc/pop-agent"
+	install -m 0644 docs/*.md docs/heartbeat.schema.json "$(INSTALL_ROOT)/share/doc/pop-agent/"
 	install -d -m 0755 "$(DESTDIR)$(UNITDIR)"
 	sed "s|/opt/pop-agent|$(PREFIX)|g" systemd/pop-agent.service > "$(DESTDIR)$(UNITDIR)/pop-agent.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/pop-agent.service"

@@ -201,3 +201,50 @@ def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
         [str(script), "--version"], capture_output=True, text=True, env=agent_env(tmp_path), check=False
     )
     assert result.stdout.strip() == "pop-agent 0.1.0 (community)"
+
+
+def test_status_on_a_fresh_machine(run_agent: RunAgent) -> None:
+    """`agent status` before the daemon ever ran: exit 0, an empty spool, no daemon yet."""
+    text = run_agent("status")
+    assert text.returncode == 0, text.stderr
+    assert "telemetry: off" in text.stdout
+    assert "daemon: no status" in text.stdout
+    as_json = run_agent("status", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["edition"] == "community"
+    assert report["spool"]["pending"] == 0
+
+
+def test_export_and_enqueue_round_trip(run_agent: RunAgent, tmp_path: Path) -> None:
+    """A heartbeat enqueued by hand is pending, and `agent export` prints it as one JSON line."""
+    doc = json.loads(run_agent("--once").stdout)
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    enqueued = run_agent("enqueue", str(path))
+    assert enqueued.returncode == 0, enqueued.stderr
+    exported = run_agent("export")
+    assert exported.returncode == 0
+    assert [json.loads(line) for line in exported.stdout.splitlines()] == [doc]
+    out = tmp_path / "out.jsonl"
+    assert run_agent("export", "--out", str(out)).returncode == 0
+    assert json.loads(out.read_text()) == doc
+
+
+def test_enqueue_rejects_before_spooling(run_agent: RunAgent, tmp_path: Path) -> None:
+    """A document that fails the scrubber is refused with exit 1 and never reaches the spool."""
+    doc = json.loads(run_agent("--once").stdout)
+    doc["metrics"]["cpu_percent"] = "198.51.100.4"
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    result = run_agent("enqueue", str(path))
+    assert result.returncode == 1
+    assert "198.51.100.4" not in result.stdout + result.stderr
+    assert run_agent("export").stdout == ""
+
+
+def test_upload_with_telemetry_off_says_so(run_agent: RunAgent) -> None:
+    """`agent upload` with nothing to upload to is a one-line failure, not a silent success."""
+    result = run_agent("upload")
+    assert result.returncode == 1
+    assert "telemetry is off" in result.stderr

@@ -76,11 +76,20 @@ async def test_outage_then_recovery_delivers_everything(aiohttp_server: Any, tmp
 async def test_telemetry_off_sends_nothing(aiohttp_server: Any, tmp_path: Path) -> None:
     """With telemetry off the daemon collects and spools locally, and central hears nothing."""
     central = Central()
-    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central), POP_AGENT_TELEMETRY="off")
+    daemon = daemon_for(
+        tmp_path,
+        await start_central(aiohttp_server, central),
+        POP_AGENT_TELEMETRY="off",
+        POP_AGENT_SPOOL__MAX_FILES="10",
+        POP_AGENT_ALERTS__OUTAGE_AFTER="0.2",
+    )
     await daemon.start()
-    await wait_for(lambda: len(daemon.pending()) >= 5)
+    await wait_for(lambda: '"spool_dropped_total":3' in "".join(p.read_text() for p in daemon.pending()))
     assert await daemon.stop() == 0
     assert central.requests == 0
+    assert len(daemon.pending()) == 10
+    # A full local spool with nowhere to send is its normal state, not an outage.
+    assert not [line for line in daemon.logs() if line.get("level") == "error"]
     for path in daemon.pending():
         jsonschema.validate(json.loads(path.read_bytes()), SCHEMA)
 
