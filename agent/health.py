@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import structlog
 
 from agent.sample import MetricKind, MetricSpec, Sample
+from agent.state import write_atomic
 
 if TYPE_CHECKING:
     from agent.settings import AlertsSettings, Settings, SpoolSettings
@@ -445,7 +445,7 @@ class Health:
             "alarms": {str(kind): alarm.dump(wall, mono) for kind, alarm in self._alarms.items()},
         }
         try:
-            _write_atomic(self._path, json.dumps(doc, sort_keys=True).encode())
+            _write_state(self._path, json.dumps(doc, sort_keys=True).encode())
         except OSError:
             if self._save_ok:
                 log.warning("health_state_save_failed")
@@ -454,24 +454,9 @@ class Health:
         if not self._save_ok:
             log.info("health_state_save_recovered")
         self._save_ok = True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync of the directory: the old state or the new, never a mix."""
+def _write_state(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data)
 
 
 # -- hooks --------------------------------------------------------------------

@@ -16,14 +16,20 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     survives a power loss; without it the write is atomic but may be lost.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         if durable:
-            os.fsync(fd)
-    finally:
+            os.fsync(fd)  # a failed fsync is a failed write: the old file stays
         os.close(fd)
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        remove_quietly(tmp)
+        raise
     if durable:
         fsync_dir(path.parent)
 
