@@ -81,8 +81,11 @@ class Sequence:
     def take(self) -> int:
         """Hand out the next number, reserving a new block first when needed."""
         if self._next > self._reserved:
-            self._reserved = self._next + self._block - 1
-            write_json(self._path, {"reserved": self._reserved})
+            # Reserved in memory only once the reservation is on disk: a failed write
+            # (a full disk) must fail every take, not hand out numbers a restart reuses.
+            reserved = self._next + self._block - 1
+            write_json(self._path, {"reserved": reserved})
+            self._reserved = reserved
         value = self._next
         self._next += 1
         return value
