@@ -204,6 +204,9 @@ class Runner:
             if not self._spool_failing:
                 log.error("spool_write_failed", code=exc.code)
             self._spool_failing = True
+            # Delivering what is spooled is how a full disk gets room back.
+            for state in self.sink_state.values():
+                state.wake.set()
             return None
         if self._spool_failing:
             log.info("spool_write_recovered")
