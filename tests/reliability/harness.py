@@ -68,6 +68,16 @@ async def assert_keeps_rhythm(daemon: Daemon, seconds: float = 2.0, interval: fl
     assert count >= expected / 4, f"{count} heartbeats in {seconds} s, expected about {expected:.0f}"
 
 
+def assert_seq_rhythm(first: int, last: int, seconds: float, interval: float = INTERVAL) -> None:
+    """Heartbeat numbers advanced over ``seconds`` by at least a quarter of what the interval promises.
+
+    ``seq`` is taken at every tick, spooled or not, so it shows the tick loop
+    went on while nothing could be written.
+    """
+    expected = seconds / interval
+    assert last - first >= expected / 4, f"seq went from {first} to {last} in {seconds:.1f} s"
+
+
 def rejected_ids(daemon: Daemon) -> dict[str, str]:
     """Heartbeats set aside in ``spool/rejected/``, by id, with the reason recorded beside each."""
     out = {}
@@ -110,6 +120,40 @@ async def run_agent(daemon: Daemon, *args: str, stdin: bytes | None = None) -> s
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def make_read_only(point: Path) -> None:
+    """Cover ``point`` with a read-only bind mount of itself: every new write under it fails with EROFS.
+
+    A plain ``remount,ro`` is refused while the daemon holds files open for
+    writing (its lock file); the bind mount on top is not, and
+    :func:`make_writable` lifts it again.
+    """
+    subprocess.run(["mount", "--bind", str(point), str(point)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], check=True)
+
+
+def make_writable(point: Path) -> None:
+    """Undo :func:`make_read_only`."""
+    subprocess.run(["umount", str(point)], check=True)
+
+
+def fill(point: Path) -> Path:
+    """Fill the file system at ``point`` to the last byte with a ballast file; its path."""
+    ballast = point / "ballast"
+    chunk = b"\0" * 4096
+    with ballast.open("wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(chunk)
+        except OSError:
+            pass
+        try:
+            while True:
+                handle.write(b"\0")
+        except OSError:
+            pass
+    return ballast
+
+
 __all__ = [
     "INTERVAL",
     "TOKEN",
@@ -117,8 +161,12 @@ __all__ = [
     "Daemon",
     "assert_delivered",
     "assert_keeps_rhythm",
+    "assert_seq_rhythm",
     "daemon_for",
     "events",
+    "fill",
+    "make_read_only",
+    "make_writable",
     "rejected_ids",
     "run_agent",
     "start_central",
