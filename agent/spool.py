@@ -135,6 +135,7 @@ class Spool:
         self._lock_fd: int | None = None
         self._dir_fds: dict[str, int] = {}
         self._dirty = False
+        self._saved_ahead: set[str] = set()  # ids state.json says some sink is done with
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -236,10 +237,13 @@ class Spool:
                 self._counters["dropped_total"] += 1
                 self._save_soon()
                 return
-            if doc_id not in self._sizes and any(doc_id <= c.low for c in self._cursors.values()):
+            if doc_id not in self._sizes and (
+                doc_id in self._saved_ahead or any(doc_id <= c.low for c in self._cursors.values())
+            ):
                 # Older than what a sink has passed (enqueued late, or the clock
-                # stepped back): move the mark below it first, on disk too, so a
-                # crash right after the rename cannot take it for done.
+                # stepped back), or spooled again after delivery while state.json
+                # still names it: correct the cursors on disk first, so a crash
+                # right after the rename cannot take it for done.
                 cursors = {sink: self._lowered(c, doc_id) for sink, c in self._cursors.items()}
                 self._save_state(cursors, self._counters)
                 self._cursors = cursors
@@ -312,11 +316,12 @@ class Spool:
         ``done`` are acked ids; ``rejected`` maps ids the receiver refused as
         malformed to a fixed reason code (anything else is stored as
         ``"invalid"``); those are linked into ``rejected/`` with a reason sidecar.
-        Ids no longer spooled are ignored. The cursor reaches the disk before any
-        file is deleted. On a full or failing disk the settlement still holds in
-        memory and the files every sink is done with are still deleted (that is
-        how space comes back); the cursors are saved again on the next call, and
-        a crash before that only means some heartbeats are sent twice.
+        Ids no longer spooled are ignored. The cursors reach the disk before any
+        file is deleted, unless the deletions alone record everything. On a full
+        or failing disk the settlement still holds in memory and the files every
+        sink is done with are still deleted (that is how space comes back); the
+        cursors are saved again on the next call, and a crash before that only
+        means some heartbeats are sent twice.
         """
         with self._lock:
             self._check_writable()
@@ -334,10 +339,17 @@ class Spool:
             self._advance(cursor)
             self._cursors[sink] = cursor
             self._counters["rejected_total"] += len(refused)
-            self._save_soon()
             finished = [doc_id for doc_id in settled if self._done_by_all(doc_id)]
+            # When, once these files are gone, no sink is done with any file still
+            # spooled, the deletions are the whole record and state.json (whose
+            # marks then cover only files that are gone) need not be rewritten:
+            # that saves two fsyncs per batch in the usual in-order drain.
+            if refused or self._dirty or not self._nothing_done_once_gone(set(finished)):
+                self._save_soon()
             if finished:
                 self._delete(finished)
+                if any(doc_id in self._sizes for doc_id in finished):
+                    self._save_soon()  # a file could not be removed: its done marks must be kept
                 for other in self._cursors.values():
                     self._advance(other)
             self._compact()
@@ -390,6 +402,10 @@ class Spool:
 
     def _done_by_all(self, doc_id: str) -> bool:
         return bool(self._cursors) and all(c.done(doc_id) for c in self._cursors.values())
+
+    def _nothing_done_once_gone(self, gone: set[str]) -> bool:
+        first = next((doc_id for doc_id in self._live() if doc_id not in gone), None)
+        return all(cursor.ahead <= gone and (first is None or first > cursor.low) for cursor in self._cursors.values())
 
     def _advance(self, cursor: _Cursor) -> None:
         """Move the low-water mark over ids that are done or gone; forget ids it passed."""
@@ -605,6 +621,7 @@ class Spool:
         if damaged and not self._readonly:
             self._quarantine_path(self._state_path, "state.json")
         saved = state.get("cursors", {})
+        self._saved_ahead = {doc_id for cursor in saved.values() for doc_id in cursor["ahead"]}
         # A sink that was switched off and on again starts from the oldest spooled heartbeat.
         self._cursors = {
             sink: _Cursor(saved[sink]["low"], set(saved[sink]["ahead"])) if sink in saved else _Cursor()
@@ -635,6 +652,7 @@ class Spool:
             self._sync_dir(str(self.root))
         except OSError as exc:
             raise spool_error(exc) from None
+        self._saved_ahead = {doc_id for cursor in cursors.values() for doc_id in cursor.ahead}
 
     def _sync_dir(self, path: str) -> None:
         if self._fsync:

@@ -506,6 +506,22 @@ def test_a_late_heartbeat_older_than_the_cursor_is_still_delivered(make_spool: C
     assert [late, *ids] == [p.id for p in again.batch("loki", 10, BIG)]
 
 
+def test_a_heartbeat_spooled_again_after_delivery_is_delivered_again_after_restart(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """An id that was acked by both sinks, deleted and then spooled again is not taken for done after a restart."""
+    spool = make_spool(sinks=("central", "loki"))
+    first, again_id = ids_of(2)
+    for doc_id in (first, again_id):
+        spool.put(doc_id, doc(doc_id))
+    spool.settle("central", [again_id], {})
+    spool.settle("loki", [again_id], {})
+    spool.put(again_id, doc(again_id))
+    spool.close()
+    again = make_spool(sinks=("central", "loki"))
+    assert [first, again_id] == [p.id for p in again.batch("central", 10, BIG)]
+
+
 # -- a model of the whole interface ----------------------------------------------
 
 POOL = [f"hb{i:03d}" for i in range(40)]
