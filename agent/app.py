@@ -201,6 +201,8 @@ def _read_document(source: str) -> tuple[Any, str | None]:
     except ValueError as exc:
         # The decoder's message names a position only, never content.
         return None, f"{source}: not JSON: {str(exc).split(':', 1)[-1].strip()}"
+    except RecursionError:
+        return None, f"{source}: not JSON: nested too deeply"
 
 
 def scrub_document(settings: Settings, source: str) -> int:
