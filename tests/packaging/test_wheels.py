@@ -23,7 +23,7 @@ EDITIONS = ("community", "commercial", "upload")
 # What the community wheel may hold of sinks/: the contract, retry policy and local alert hooks.
 BASE_SINKS = {"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"}
 NAMED_UPLOAD_SINKS = {"sinks/central.py", "sinks/pushgateway.py", "sinks/loki.py"}
-TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd")
+TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "agent" / "version.py").read_text()).group(1)  # type: ignore[union-attr]
 EX_CONFIG = 78
 TICKS = 3
@@ -333,6 +333,7 @@ def test_make_install_stages_under_destdir_and_keeps_operator_files(tree: Path, 
     assert agent.read_text().splitlines()[0] == "#!/opt/pop-agent/bin/python"
     assert "ExecStart=/opt/pop-agent/bin/agent run" in unit.read_text().splitlines()
     assert (conf / "agent.toml").read_text() == (tree / "systemd" / "agent.toml").read_text()
+    assert (destdir / "opt" / "pop-agent" / "share" / "doc" / "pop-agent" / "operations.md").is_file()
     modes = {name: (conf / name).stat().st_mode & 0o777 for name in ("agent.toml", "pop-agent.env", "central-token")}
     assert modes == {"agent.toml": 0o644, "pop-agent.env": 0o600, "central-token": 0o600}
 
