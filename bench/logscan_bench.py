@@ -12,7 +12,7 @@ addresses, one in five IPv6, stamped over one hour), then in the same run:
 Prints one JSON object: lines/s of each, the ratio to the pipeline, the unique
 count against the truth, and the state per window (in memory and as saved).
 
-    python bench/logscan_bench.py [--lines N] [--distinct N] [--repeat N] [--keep DIR]
+    python bench/logscan_bench.py [--lines N] [--distinct N] [--repeat N] [--keep DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -87,10 +87,12 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="write the log here instead of a temporary directory")
+    parser.add_argument("--reuse", action="store_true", help="with --keep: use the log already there, if any")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = (args.keep or Path(tmp)) / "access.log"
-        generate(path, args.lines, args.distinct)
+        if not (args.reuse and path.exists()):
+            generate(path, args.lines, args.distinct)
         end = START + SPAN
         runs = [pipeline(path) for _ in range(args.repeat)]
         pipe_s, pipe_count = min(r[0] for r in runs), runs[0][1]
@@ -119,13 +121,15 @@ def main() -> None:
             "unique_ips_24h": samples["unique_ips_24h"],
             "unique_error_pct": round(100 * (samples["unique_ips_24h"] - args.distinct) / args.distinct, 3),
             "window_1h": {
+                "bucket_s": log.fine.bucket,
                 "buckets": len(log.fine.buckets),
-                "memory_bytes": len(log.fine.buckets) * hll.SKETCH_BYTES,
+                "memory_bytes": log.fine.memory_bytes(),
                 "saved_bytes": len(json.dumps(saved["fine"])),  # type: ignore[index]
             },
             "window_24h": {
+                "bucket_s": log.coarse.bucket,
                 "buckets": len(log.coarse.buckets),
-                "memory_bytes": len(log.coarse.buckets) * hll.SKETCH_BYTES,
+                "memory_bytes": log.coarse.memory_bytes(),
                 "saved_bytes": len(json.dumps(saved["coarse"])),  # type: ignore[index]
             },
             "sketch_bytes": hll.SKETCH_BYTES,

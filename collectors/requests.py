@@ -15,14 +15,29 @@ Windows follow the log's own timestamps, not arrival time:
   second, divided by that span (at least one second). Lines that arrive after
   their second was reported count in ``requests_total`` only.
 - ``unique_ips_1h`` / ``unique_ips_24h`` are rings of HyperLogLog sketches
-  (:mod:`collectors.hll`) in 10-minute and hourly buckets: each count spans the
-  window plus at most one bucket. On the very first start the follower seeks back
-  (binary search on timestamps, at most ``BACKFILL_MAX_BYTES``) to fill them.
+  (:mod:`collectors.hll`, 8 KiB each) in 10-minute and 4-hour buckets: each count
+  spans the window plus at most one bucket, so ``unique_ips_1h`` covers between 60
+  and 70 minutes of log time and ``unique_ips_24h`` between 24 and 28 hours. The
+  bucket sizes are what keeps each window at most 7 sketches, under 64 KiB. On the
+  very first start the follower seeks back (binary search on timestamps, at most
+  ``BACKFILL_MAX_BYTES``) to fill them.
+
+The per-line work runs in C: one compiled regular expression finds every line of
+a chunk (``findall``), and its matches are counted against the chunk's line count;
+only when they differ (garbage, escaped quotes) does the chunk go through the
+strict expression, or, for JSON, ``json.loads`` line by line, so counts are those
+of line-by-line parsing. A chunk whose lines all fall in one 10-minute bucket too
+old for the rates is read with an expression that has that bucket's time stamp
+prefix built in and captures only addresses. Otherwise statuses are counted with a
+``Counter`` over (time stamp, class) pairs and time stamps are parsed once per
+distinct stamp. Addresses are deduplicated with a ``set`` of their hashes per chunk
+and time bucket; only those not met before are normalised and hashed. Register
+updates are gathered per read and applied to each sketch once.
 
 Addresses never outlive the chunk of lines they were read in. Within a chunk
 they are deduplicated, then known only by Python's per-process keyed SipHash
-(``hash()``; the key is random per process and never written) in two bounded
-caches, and by the register update they cause. The registers are hashed with
+(``hash()``; the key is random per process and never written) in one bounded
+cache, and by the register update they cause. The registers are hashed with
 BLAKE2b under a sketch key that is random per POP install, kept 0600 in the state
 directory: a per-process key would make a restarted agent count each client of
 the last 24 hours a second time. What is saved across restarts is offsets,
@@ -43,10 +58,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from itertools import filterfalse
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from agent.errors import CollectorError
 from agent.sample import MetricKind, MetricSpec, Sample
@@ -59,13 +73,12 @@ if TYPE_CHECKING:
 KEY_FILE = "requests-sketch.key"
 STATE_VERSION = 1
 FINE_BUCKET = 600
-COARSE_BUCKET = 3600
+COARSE_BUCKET = 4 * 3600
 BACKFILL_MAX_BYTES = 512 << 20
-# Chunks stamped this close to now take the slow path, which keeps per-second counts.
+# Lines stamped this close to now are counted per second, for the rates.
 RECENT_S = 300
 FUTURE_S = 300
-CACHE_CAP = 1 << 16
-SEEN_CAP = 1 << 16
+CACHE_CAP = 1 << 16  # hash(token) -> register update; cleared between reads when over
 CLASSES = ("2xx", "3xx", "4xx", "5xx")
 
 _TS = rb"\d\d/[A-Za-z]{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}"
@@ -73,7 +86,13 @@ _REQUEST = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
 # Matches start at the newline before a line (chunks get one prepended), so that
 # the engine can skip ahead to the next line by a literal search.
 COMBINED = re.compile(rb"\n([^ \n]+) [^\[\n]*\[(" + _TS + rb")\] " + _REQUEST + rb" ([1-5])\d\d(?=[ \r\n])")
-COMBINED_ADDR = re.compile(rb"\n([^ \n]+) [^\[\n]*\[" + _TS + rb"\] " + _REQUEST + rb" [1-5]\d\d(?=[ \r\n])")
+# The same with single-character exclusions, which the engine scans several times
+# faster. Without the newline exclusions a match may run over a garbage line into
+# the next: then the chunk has fewer matches than lines and is read again with
+# COMBINED. Without escapes in the request an escaped quote can end it early:
+# chunks holding one are read with COMBINED too.
+COMBINED_FAST = re.compile(rb'\n([^ ]+) [^\[]*\[([^\]]*)\] "[^"]*" ([1-5])\d\d(?=[ \r\n])')
+TIME_STAMP = re.compile(_TS)
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -82,6 +101,11 @@ _MONTHS = {
 }
 _JSON_TIME = ("time", "ts", "@timestamp", "timestamp")
 _JSON_ADDR = ("remote_addr", "client_ip", "ip", "client", "remote_ip")
+_JSON_WS = rb"[ \t\r]*"
+_JSON_CHARS = rb'[^"\\\x00-\x1f]*'
+_JSON_STRING = rb'"' + _JSON_CHARS + rb'(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})' + _JSON_CHARS + rb')*"'
+_JSON_NUMBER = rb"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?"
+_JSON_SCALAR = rb"(?:" + _JSON_STRING + rb"|" + _JSON_NUMBER + rb"|true|false|null)"
 
 Format = Literal["combined", "json"]
 
@@ -148,6 +172,55 @@ def line_time(line: bytes, fmt: Format) -> float | None:
     return None if match is None else combined_time(match.group(2))
 
 
+def json_shape(line: bytes) -> tuple[re.Pattern[bytes], tuple[int, int, int]] | None:
+    """A fast expression for JSON lines with the same flat shape as ``line``, or ``None``.
+
+    Same keys in the same order, scalar values, the address a string without
+    escapes, the status of the same type: on such lines the expression reads what
+    :func:`parse_json_line` reads. Returns the compiled expression (anchored at the
+    newline before a line) and the order that puts its groups as (address, time, class).
+    """
+    try:
+        doc = json.loads(line, object_pairs_hook=lambda pairs: ("object", pairs))
+    except ValueError:
+        return None
+    if not isinstance(doc, tuple):
+        return None
+    pairs: list[tuple[str, object]] = doc[1]
+    keys = [k for k, _ in pairs]
+    values = dict(pairs)
+    time_key = next((k for k in _JSON_TIME if k in values), None)
+    addr_key = next((k for k in _JSON_ADDR if isinstance(values.get(k), str)), None)
+    status = values.get("status")
+    if (
+        len(set(keys)) != len(keys)
+        or time_key is None
+        or addr_key is None
+        or any(isinstance(v, tuple | list) for v in values.values())
+        or not isinstance(status, int | str)
+        or isinstance(status, bool)
+        or any(k in values and k != addr_key for k in _JSON_ADDR[: _JSON_ADDR.index(addr_key)])
+    ):
+        return None
+    captures = {
+        time_key: ("time", rb"(" + _JSON_STRING + rb"|" + _JSON_NUMBER + rb")"),
+        addr_key: ("addr", rb'"([^"\\\x00-\x1f]*)"'),
+        "status": ("class", rb"([1-5])\d\d" if isinstance(status, int) else rb'"([1-5])\d\d"'),
+    }
+    parts = []
+    groups: list[str] = []
+    for key in keys:
+        group, value = captures.get(key, ("", _JSON_SCALAR))
+        if group:
+            groups.append(group)
+        parts.append(re.escape(json.dumps(key).encode("ascii")) + _JSON_WS + b":" + _JSON_WS + value)
+    body = (_JSON_WS + b"," + _JSON_WS).join(parts)
+    pattern = re.compile(rb"\n" + _JSON_WS + rb"\{" + _JSON_WS + body + _JSON_WS + rb"\}" + _JSON_WS + rb"(?=\n)")
+    if pattern.match(b"\n" + line.rstrip(b"\n") + b"\n") is None:
+        return None  # spelt otherwise (escaped keys, say): leave such lines to json.loads
+    return pattern, (groups.index("addr"), groups.index("time"), groups.index("class"))
+
+
 def load_or_create_key(path: Path) -> bytes:
     """The POP's sketch key: 32 random bytes in a 0600 file, created on first use."""
     with contextlib.suppress(FileNotFoundError):
@@ -180,6 +253,14 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _tokens_of(hashes: set[int], tokens: Collection[bytes]) -> dict[int, bytes]:
     """The tokens behind a few per-process hashes."""
     if len(hashes) > 256:
@@ -209,93 +290,135 @@ class LogCounter:
         self.fine = hll.WindowedSketch(3600, FINE_BUCKET)
         self.coarse = hll.WindowedSketch(86_400, COARSE_BUCKET)
         self.hasher: hll.KeyedHasher | None = None
-        self._cache: dict[int, int] = {}  # hash(token) -> register update, or -1 for no address
-        self._seen: dict[int, set[int]] = {}  # fine bucket -> hash(token) already applied there
-        self._unfolded: set[int] = set()
+        self._cache: dict[int, int] = {}  # hash(token) -> register update, or 0 for no address
+        self._pending: dict[int, list[int]] = {}  # fine bucket -> register updates gathered in this step
         self._times: dict[bytes, float | None] = {}
+        self._shape: tuple[re.Pattern[bytes], tuple[int, int, int]] | None = None
+        self._bulk: tuple[bytes, re.Pattern[bytes]] | None = None
+        self._bulk_bucket = 0
 
     # -- reading ----------------------------------------------------------------------------
 
     def step(self, now: float) -> int:
         """Read and count up to ``max_lines`` new lines; return how many were read."""
         read = 0
-        for chunk, count in self.follower.chunks(self.max_lines):
-            read += count
-            if self.fmt == "combined":
-                self._combined(chunk, count, now)
-            else:
-                self._json(chunk, now)
-        self.malformed += self.follower.oversized_lines
-        self.follower.oversized_lines = 0
-        self._fold()
-        self._prune(now)
+        try:
+            for chunk, count in self.follower.chunks(self.max_lines):
+                read += count
+                if self.fmt == "combined":
+                    self._combined(chunk, count, now)
+                else:
+                    self._json(chunk, count, now)
+        finally:
+            self.malformed += self.follower.oversized_lines
+            self.follower.oversized_lines = 0
+            self._flush(now)
+            self._prune(now)
         return read
 
     def _combined(self, chunk: bytes, lines: int, now: float) -> None:
         data = b"\n" + chunk
-        first = COMBINED.search(data)
-        last = None
-        if first is not None:
-            for last in COMBINED.finditer(data, max(first.end(), len(data) - 8192)):  # noqa: B007
-                pass
-            last = last or first
-        if first is not None and last is not None:
-            t0, t1 = self._time(first.group(2)), self._time(last.group(2))
-            if (
-                t0 is not None
-                and t1 is not None
-                and t0 <= t1 < now - RECENT_S
-                and t0 // FINE_BUCKET == t1 // FINE_BUCKET
-            ):
-                # Fast path: one bucket, too old for the rates: only addresses are needed.
-                tokens = COMBINED_ADDR.findall(data)
-                self.total += len(tokens)
-                self.malformed += lines - len(tokens)
-                self._apply(tokens, t0, now)
-                return
-        records = COMBINED.findall(data)
-        self.malformed += lines - len(records)
-        self._aggregate(records, self._time, now)
+        if b"\\" in data and b'\\"' in data:
+            records = COMBINED.findall(data)
+        else:
+            bulk = self._bulk_pattern(data, now)
+            if bulk is not None:
+                tokens = bulk.findall(data)
+                if len(tokens) == lines:
+                    self.total += lines
+                    self._apply(tokens, self._bulk_bucket * FINE_BUCKET, now)
+                    return
+            records = COMBINED_FAST.findall(data)
+            if len(records) != lines:
+                records = COMBINED.findall(data)
+        self._aggregate(records, lines, self._time, now)
 
-    def _json(self, chunk: bytes, now: float) -> None:
-        records: list[tuple[bytes, float, int]] = []
+    def _bulk_pattern(self, data: bytes, now: float) -> re.Pattern[bytes] | None:
+        """An expression for the lines of the first line's 10-minute bucket, if it is old enough.
+
+        Most chunks of a log read after the fact lie in one bucket, too old for
+        the rates: then only the addresses are needed. The bucket's date, hour
+        and tens of minutes are literal in the expression, so a match is a valid
+        line of that bucket, and a chunk with as many matches as lines lies
+        wholly in it. Local 10-minute spans are buckets only for time zones whole
+        in tens of minutes; other zones take the general path.
+        """
+        first = COMBINED.match(data)
+        if first is None:
+            return None
+        stamp = first.group(2)
+        when = self._time(stamp)
+        if when is None or int(stamp[24:26]) % 10:
+            return None
+        bucket = int(when // FINE_BUCKET)
+        if (bucket + 1) * FINE_BUCKET > now - RECENT_S:
+            return None  # may hold lines that the rates need
+        key = stamp[:16] + stamp[20:]
+        if self._bulk is None or self._bulk[0] != key:
+            literal = re.escape(stamp[:16]) + rb"\d:[0-5]\d" + re.escape(stamp[20:])
+            self._bulk = (key, re.compile(rb"\n([^ ]+) [^\[]*\[" + literal + rb'\] "[^"]*" [1-5]\d\d(?=[ \r\n])'))
+        self._bulk_bucket = bucket
+        return self._bulk[1]
+
+    def _json(self, chunk: bytes, lines: int, now: float) -> None:
+        if self._shape is None:
+            self._shape = json_shape(chunk[: chunk.find(b"\n")])
+        if self._shape is not None and (chunk.isascii() or _is_utf8(chunk)):
+            pattern, order = self._shape
+            records: list[tuple[bytes, Any, Any]] = pattern.findall(b"\n" + chunk)
+            if len(records) == lines:
+                if order != (0, 1, 2):
+                    records = list(map(itemgetter(*order), records))
+                self._aggregate(records, lines, self._json_time, now)
+                return
+        records = []
+        last = None
         for line in chunk.split(b"\n")[:-1]:
             parsed = parse_json_line(line)
-            if parsed is None:
-                self.malformed += 1
-            else:
+            if parsed is not None:
                 records.append(parsed)
-        self._aggregate(records, float, now)
+                last = line
+        self._aggregate(records, lines, float, now)
+        if last is not None:
+            self._shape = json_shape(last)  # the log may have changed its fields: follow its latest lines
 
     def _time(self, text: bytes) -> float | None:
         when = self._times.get(text, -1.0)
         if when == -1.0:
             if len(self._times) > 4096:
                 self._times.clear()
-            when = self._times[text] = combined_time(text)
+            when = self._times[text] = combined_time(text) if TIME_STAMP.fullmatch(text) else None
+        return when
+
+    def _json_time(self, raw: bytes) -> float | None:
+        when = self._times.get(raw, -1.0)
+        if when == -1.0:
+            if len(self._times) > 4096:
+                self._times.clear()
+            when = self._times[raw] = json_time(json.loads(raw))
         return when
 
     def _aggregate(
-        self, records: Sequence[tuple[bytes, Any, Any]], resolve: Callable[[Any], float | None], now: float
+        self, records: Sequence[tuple[bytes, Any, Any]], lines: int, resolve: Callable[[Any], float | None], now: float
     ) -> None:
-        """Count parsed records: per-second rates, then addresses per fine bucket."""
-        times: dict[Any, float | None] = {}
+        """Count the records of a chunk of ``lines`` lines: per-second rates, then addresses per fine bucket."""
+        times = {stamp: resolve(stamp) for stamp in set(map(itemgetter(1), records))}
         bad = 0
-        keep_from, keep_to = now - RECENT_S, now + FUTURE_S
-        for (stamp, cls), n in Counter(map(itemgetter(1, 2), records)).items():
-            when = times[stamp] = times[stamp] if stamp in times else resolve(stamp)
-            if when is None:
-                bad += n
-                continue
-            if keep_from <= when <= keep_to:
-                row = self.seconds.setdefault(int(when), [0] * 6)
-                row[0] += n
-                row[int(cls)] += n
+        if None in times.values():
+            bad = sum(1 for _, stamp, _ in records if times[stamp] is None)
         self.total += len(records) - bad
-        self.malformed += bad
+        self.malformed += lines - len(records) + bad
+        keep_from, keep_to = now - RECENT_S, now + FUTURE_S
+        if any(when is not None and keep_from <= when <= keep_to for when in times.values()):
+            for (stamp, cls), n in Counter(map(itemgetter(1, 2), records)).items():
+                when = times[stamp]
+                if when is not None and keep_from <= when <= keep_to:
+                    row = self.seconds.setdefault(int(when), [0] * 6)
+                    row[0] += n
+                    row[int(cls)] += n
         buckets = {int(min(t, now) // FINE_BUCKET) for t in times.values() if t is not None}
         if len(buckets) == 1 and not bad:
-            self._apply(set(map(itemgetter(0), records)), buckets.pop() * FINE_BUCKET, now)
+            self._apply(list(map(itemgetter(0), records)), buckets.pop() * FINE_BUCKET, now)
             return
         groups: dict[int, set[bytes]] = {}
         for token, stamp, _ in records:
@@ -306,59 +429,45 @@ class LogCounter:
             self._apply(tokens, bucket * FINE_BUCKET, now)
 
     def _apply(self, tokens: Collection[bytes], when: float, now: float) -> None:
-        """Add the address tokens of lines stamped in the fine bucket holding ``when``."""
-        hasher = self.hasher
-        if hasher is None or not tokens:
+        """Gather the register updates of addresses first met in the fine bucket holding ``when``."""
+        if self.hasher is None or not tokens:
             return
         when = min(when, now)
-        fine_id, coarse_id = int(when // FINE_BUCKET), int(when // COARSE_BUCKET)
-        if coarse_id < self.coarse.first_live(now):
+        if int(when // COARSE_BUCKET) < self.coarse.first_live(now):
             return
-        # The hourly sketch is the union of its 10-minute ones: update only the
-        # finer sketch per address and fold it into the hourly one per step.
-        if fine_id >= self.fine.first_live(now):
-            registers = self.fine.registers(fine_id)
-            self._unfolded.add(fine_id)
-        else:
-            registers = self.coarse.registers(coarse_id)
-            self.coarse.touched(coarse_id)
-        seen = self._seen.get(fine_id)
-        if seen is None:
-            seen = self._seen[fine_id] = set()
-            for old in sorted(self._seen)[:-2]:
-                del self._seen[old]
-        fresh = set(map(hash, tokens)) - seen
-        if not fresh:
-            return
-        cache = self._cache
-        missing = set(filterfalse(cache.__contains__, fresh))
-        if missing:
-            if len(cache) + len(missing) > CACHE_CAP:
-                cache.clear()
-                missing = fresh
-            by_hash = _tokens_of(missing, tokens)
-            for h in missing:
-                packed = hll.packed_address(by_hash[h])
-                cache[h] = 0 if packed is None else hasher.update_of(packed)  # 0: rank 0 changes nothing
-        for update in map(cache.__getitem__, fresh):
-            index, rank = update >> 8, update & 0xFF
-            if registers[index] < rank:
-                registers[index] = rank
-        if len(seen) < SEEN_CAP:
-            seen.update(fresh)
+        hashes = set(map(hash, tokens))
+        cached = list(map(self._cache.get, hashes))
+        updates = self._learn(hashes, tokens) if None in cached else cast("list[int]", cached)
+        self._pending.setdefault(int(when // FINE_BUCKET), []).extend(updates)
 
-    def _fold(self) -> None:
-        """Merge the 10-minute sketches changed since the last fold into their hourly ones."""
-        for fine_id in self._unfolded:
-            fine = self.fine.buckets.get(fine_id)
-            if fine is None:
-                continue
-            self.fine.touched(fine_id)
+    def _learn(self, fresh: set[int], tokens: Collection[bytes]) -> list[int]:
+        """The register updates of ``fresh``, normalising and hashing the addresses not met before."""
+        hasher, cache = self.hasher, self._cache
+        assert hasher is not None
+        missing = fresh.difference(cache)
+        if len(cache) + len(missing) > CACHE_CAP:
+            cache.clear()
+            missing = fresh
+        by_hash = _tokens_of(missing, tokens)
+        for h in missing:
+            packed = hll.packed_address(by_hash[h])
+            cache[h] = 0 if packed is None else hasher.update_of(packed)  # 0: rank 0 changes nothing
+        return list(map(cache.__getitem__, fresh))
+
+    def _flush(self, now: float) -> None:
+        """Apply the register updates gathered in this step, each sketch once."""
+        first_fine = self.fine.first_live(now)
+        for fine_id, gathered in sorted(self._pending.items()):
+            updates = set(gathered)  # the same int objects from the cache: cheap to deduplicate
             coarse_id = fine_id * FINE_BUCKET // COARSE_BUCKET
-            coarse = self.coarse.registers(coarse_id)
-            coarse[:] = hll.merge([coarse, fine])
-            self.coarse.touched(coarse_id)
-        self._unfolded.clear()
+            # The coarse sketch is the union of its 10-minute ones: update only the
+            # finer sketch while it is in its window, then fold it in.
+            if fine_id >= first_fine:
+                self.fine.add(fine_id, updates)
+                self.coarse.absorb(coarse_id, self.fine.registers(fine_id))
+            else:
+                self.coarse.add(coarse_id, updates)
+        self._pending.clear()
 
     def _prune(self, now: float) -> None:
         oldest = now - RECENT_S
@@ -366,9 +475,6 @@ class LogCounter:
             del self.seconds[second]
         self.fine.prune(now)
         self.coarse.prune(now)
-        first = self.fine.first_live(now)
-        for bucket in [b for b in self._seen if b < first]:
-            del self._seen[bucket]
 
     def _backfill_start(self, fh: io.FileIO, size: int) -> int:
         """The offset of the first line within the 24-hour window (approximately, by bisection)."""
@@ -426,6 +532,7 @@ class LogCounter:
             "seconds": {str(s): row for s, row in self.seconds.items()},
             "fine": self.fine.save(),
             "coarse": self.coarse.save(),
+            "coarse_bucket": COARSE_BUCKET,
         }
 
     def load(self, state: dict[str, Any], *, sketches: bool) -> None:
@@ -444,11 +551,12 @@ class LogCounter:
                 if valid and key.lstrip("-").isdigit():
                     self.seconds[int(key)] = row
         if sketches:
-            for name in ("fine", "coarse"):
+            # Coarse sketches saved with another bucket size would be misplaced in time.
+            names = ("fine", "coarse") if state.get("coarse_bucket") == COARSE_BUCKET else ("fine",)
+            for name in names:
                 data = state.get(name)
                 if isinstance(data, dict):
                     getattr(self, name).load(data)
-            self._seen.clear()
 
 
 class RequestsCollector:

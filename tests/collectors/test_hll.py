@@ -47,6 +47,9 @@ def test_a_million_is_within_two_percent() -> None:
     for _ in range(1_000_000):
         add(registers, rng.getrandbits(64))
     assert abs(hll.estimate(registers) - 1_000_000) <= 20_000
+    packed = hll.Sketch.of(registers)
+    assert registers == packed.registers()
+    assert packed.nbytes <= hll.SKETCH_BYTES + 64
 
 
 def test_duplicates_do_not_count() -> None:
@@ -108,9 +111,7 @@ def test_windowed_sketch_slides_and_persists() -> None:
     ring = hll.WindowedSketch(3600, 600)
     rng = random.Random(6)
     for bucket in range(10):
-        registers = ring.registers(bucket)
-        for _ in range(100):
-            hll.add_hash(registers, rng.getrandbits(64))
+        ring.absorb(bucket, sketch_of([rng.getrandbits(64) for _ in range(100)]))
     now = 10 * 600 - 1  # inside bucket 9: buckets 3..9 overlap the last hour
     counted = ring.count(now)
     assert abs(counted - 700) <= 10
@@ -118,3 +119,28 @@ def test_windowed_sketch_slides_and_persists() -> None:
     restored.load(ring.save())
     assert counted == restored.count(now)
     assert 0 == round(ring.count(now + 2 * 3600))
+
+
+@given(st.integers(0, 2**32), st.integers(0, hll.Q + 1))
+def test_packed_registers_round_trip(seed: int, base: int) -> None:
+    """Registers packed 4 bits above a base, overflow included, unpack to the same bytes."""
+    rng = random.Random(seed)
+    top = hll.Q + 1
+    registers = bytearray(min(top, base + rng.choice([0, 3, 15, 16, 40])) for _ in range(hll.M))
+    for _ in range(rng.randrange(50)):
+        registers[rng.randrange(hll.M)] = rng.randrange(base, top + 1)
+    registers[rng.randrange(hll.M)] = base  # the smallest register sets the base
+    sketch = hll.Sketch.of(registers)
+    assert registers == sketch.registers()
+
+
+def test_a_day_window_is_within_two_percent_at_a_million_in_64_kib() -> None:
+    """A million distinct hashes spread over a 24-hour ring count within 2%, in at most 64 KiB."""
+    ring = hll.WindowedSketch(86_400, 14_400)
+    rng = random.Random(7)
+    for bucket in range(7):  # 7 buckets overlap the window ending inside the last one
+        ring.add(bucket, [hll.update_of_hash(rng.getrandbits(64)) for _ in range(1_000_000 // 7)])
+    now = 7 * 14_400 - 1
+    assert abs(ring.count(now) - 1_000_000 // 7 * 7) <= 20_000
+    assert 7 == len(ring.buckets)
+    assert ring.memory_bytes() <= 64 * 1024

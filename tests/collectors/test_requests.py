@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.settings import RequestsSettings, Settings
-from collectors.requests import KEY_FILE, RequestsCollector
+from collectors import hll
+from collectors.requests import COMBINED, KEY_FILE, RequestsCollector, combined_time, parse_json_line
 
 T0 = 1_795_330_800  # on the hour
 NOW = T0 + 5000.5
@@ -73,6 +76,14 @@ def values(collector: RequestsCollector) -> dict[str, float]:
         key = sample.name + "".join(f"{{{k}={v}}}" for k, v in sample.labels)
         out[key] = sample.value
     return out
+
+
+def sketch_count(tmp_path: Path, addrs: list[str]) -> int:
+    """What the sketch counts for exactly these addresses under the test's key (two may share a register)."""
+    hasher = hll.KeyedHasher((tmp_path / "state" / KEY_FILE).read_bytes())
+    registers = bytearray(hll.M)
+    hll.apply_updates(registers, (hasher.update_of(ipaddress.ip_address(a).packed) for a in addrs))
+    return round(hll.estimate(registers))
 
 
 def drain(collector: RequestsCollector) -> dict[str, float]:
@@ -142,8 +153,12 @@ def test_windows_follow_log_time(tmp_path: Path) -> None:
     text += "".join(combined(a, NOW - 300) for a in recent)
     write(tmp_path / "access.log", text)
     got = values(make(tmp_path))
-    assert 10 == got["unique_ips_1h"]
-    assert 50 == got["unique_ips_24h"]
+    assert (sketch_count(tmp_path, recent), sketch_count(tmp_path, old + recent)) == (
+        got["unique_ips_1h"],
+        got["unique_ips_24h"],
+    )
+    assert abs(got["unique_ips_1h"] - 10) <= 1
+    assert abs(got["unique_ips_24h"] - 50) <= 1
 
 
 def test_first_start_reads_back_only_as_far_as_the_windows(tmp_path: Path) -> None:
@@ -153,7 +168,8 @@ def test_first_start_reads_back_only_as_far_as_the_windows(tmp_path: Path) -> No
     write(tmp_path / "access.log", old + recent)
     got = drain(make(tmp_path))
     assert 30 <= got["requests_total"] < 2000
-    assert 30 == got["unique_ips_24h"]
+    assert sketch_count(tmp_path, clients(30, offset=500)) == got["unique_ips_24h"]
+    assert abs(got["unique_ips_24h"] - 30) <= 1
 
 
 def test_sketches_and_offsets_survive_a_restart(tmp_path: Path) -> None:
@@ -194,11 +210,12 @@ def test_tarpit_log_is_counted_apart(tmp_path: Path) -> None:
     write(tmp_path / "access.log", "".join(combined(a, NOW - 60) for a in clients(5)))
     write(tmp_path / "tarpit.log", "".join(combined(a, NOW - 60, 404) for a in clients(12, offset=300)) + "junk\n")
     got = values(make(tmp_path, tarpit_log=tmp_path / "tarpit.log"))
-    assert (5, 12, 1) == (
+    assert (sketch_count(tmp_path, clients(5)), sketch_count(tmp_path, clients(12, offset=300)), 1) == (
         got["unique_ips_1h"],
         got["tarpit_unique_ips_1h"],
         got["log_lines_malformed_total{log=tarpit}"],
     )
+    assert abs(got["tarpit_unique_ips_1h"] - 12) <= 1
 
 
 def test_no_address_is_kept_in_state_or_output(
@@ -236,3 +253,64 @@ async def test_collect_runs_off_the_loop_and_tolerates_a_missing_log(tmp_path: P
     got = {s.name: s.value for s in await make(tmp_path).collect() if not s.labels}
     assert 0 == got["requests_total"]
     assert 0 == got["unique_ips_24h"]
+
+
+def test_each_window_stays_within_64_kib_over_a_day(tmp_path: Path) -> None:
+    """After 30 hours of log, each window holds at most 7 sketches and 64 KiB of registers."""
+    start = int(NOW) - 30 * 3600
+    people = clients(3000)
+    text = "".join(combined(people[(i * 7) % 3000], start + 20 * i) for i in range(30 * 180))
+    write(tmp_path / "access.log", text)
+    collector = make(tmp_path)
+    got = drain(collector)
+    log = collector.logs["access"]
+    assert 30 * 180 == got["requests_total"]
+    assert (7, 7) == (len(log.fine.buckets), len(log.coarse.buckets))
+    assert log.fine.memory_bytes() <= 64 * 1024
+    assert log.coarse.memory_bytes() <= 64 * 1024
+
+
+_ADDRS = st.sampled_from(["192.0.2.1", "::ffff:192.0.2.1", "2001:db8::7", "[2001:db8::7]:443", "-", "x y"])
+_STAMPS = st.integers(int(NOW) - 7200, int(NOW) + 100)
+_COMBINED_LINES = st.one_of(
+    st.builds(lambda a, t, s: combined(a, t, s).rstrip("\n"), _ADDRS, _STAMPS, st.sampled_from([200, 302, 404, 503])),
+    st.sampled_from([*GARBAGE, '1.2.3.4 - - [22/Nov/2026:07:00:00 +0000] "GET /\\" 200 x" 404 1', "1.2.3.4 x [y"]),
+    st.builds(lambda t: combined("1.2.3.4", t).replace("Nov", "Foo").rstrip("\n"), _STAMPS),
+)
+_JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 999), st.text(max_size=4), st.just({"status": 500}))
+_JSON_LINES = st.one_of(
+    st.builds(lambda a, t, s: as_json(a, t, s).rstrip("\n"), _ADDRS, _STAMPS, st.sampled_from([200, 302, 404, 503])),
+    st.builds(
+        lambda a, t, s, extra: json.dumps({"ts": t, "status": s, "client_ip": a, "x": extra}),
+        _ADDRS,
+        _STAMPS,
+        st.sampled_from([200, "404", "2xx", 600, True]),
+        _JSON_VALUES,
+    ),
+    st.sampled_from([*GARBAGE, '{"time": "2026-11-22T07:00:00+00:00", "remote_addr": "1.2.3.4", "status": 200']),
+)
+
+
+def _expected_requests(fmt: str, lines: list[str]) -> int:
+    """Requests among ``lines`` by the line-by-line definition: strict expression or json.loads."""
+    if fmt == "json":
+        return sum(parse_json_line(line.encode()) is not None for line in lines)
+    count = 0
+    for line in lines:
+        match = COMBINED.match(b"\n" + line.encode() + b"\n")
+        count += match is not None and combined_time(match.group(2)) is not None
+    return count
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_whole_chunk_expressions_count_like_line_by_line_parsing(tmp_path: Path, fmt: str, data: st.DataObject) -> None:
+    """Whatever the mix of lines, the chunk-wide fast paths count exactly what line-by-line parsing counts."""
+    lines = data.draw(st.lists(_COMBINED_LINES if fmt == "combined" else _JSON_LINES, max_size=40))
+    folder = tmp_path / str(len(list(tmp_path.iterdir())))
+    folder.mkdir()
+    write(folder / "access.log", "".join(line + "\n" for line in lines))
+    got = values(make(folder, fmt))
+    expected = _expected_requests(fmt, lines)
+    assert (expected, len(lines) - expected) == (got["requests_total"], got["log_lines_malformed_total{log=access}"])
