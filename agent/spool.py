@@ -20,6 +20,11 @@ skipped. The cursors are written to disk before any file is deleted, so an ack
 never comes back after a crash: :meth:`Spool.open` deletes whatever the saved
 cursors say every sink is done with.
 
+Only ids are kept in memory (a sorted list, bounded by ``max_files``). A file is
+checked when it is read (by :meth:`Spool.batch` or :meth:`Spool.iter_pending`):
+one that is not a JSON object whose ``"id"`` matches its name is quarantined then;
+names and empty files are checked when the spool opens.
+
 Blocking calls only: the runner goes through ``asyncio.to_thread``. Methods take
 an internal lock, so puts and drains from different threads do not interleave.
 """
@@ -273,9 +278,9 @@ class Spool:
             raise
 
     def _empty_trash(self) -> bool:
-        """Remove what is in the trash now; ``True`` if anything was."""
+        """Remove some of the trash now (enough room for a heartbeat); ``True`` if anything was."""
         with os.scandir(self._trash) as entries:
-            names = [entry.path for entry in entries]
+            names = [entry.path for _, entry in zip(range(256), entries, strict=False)]
         for path in names:
             unlink_quietly(path)
         return bool(names)

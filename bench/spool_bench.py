@@ -11,7 +11,9 @@ Prints one JSON object:
   the directory once per batch) over the whole backlog, no HTTP (target well
   above 10,000/s). ``raw_unlink_per_s`` is there for context: on a filesystem
   mounted with ``discard`` a bare unlink is slow, which is why settled files are
-  renamed into trash/ and removed by a background thread.
+  renamed into trash/ and removed by a background thread. ``raw_drain_per_s`` is
+  the bare loop of the same system calls (open, read, parse, rename, one fsync
+  per batch) on an equal backlog, and ``drain_ratio`` the spool against it.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def measure_unlink(base: Path, count: int) -> dict[str, float]:
     return {"raw_unlink_per_s": round(rate)}
 
 
-def measure_drain(base: Path, backlog: int, batch: int) -> dict[str, float]:
-    root = base / "drain"
+def fill(root: Path, backlog: int) -> int:
+    """Spool ``backlog`` heartbeats quickly (no fsync, then one sync); returns their bytes."""
     filler = Spool(root, SpoolSettings(max_files=max(backlog, 10)), fsync=False)
     filler.open()
     size = 0
@@ -127,6 +129,36 @@ def measure_drain(base: Path, backlog: int, batch: int) -> dict[str, float]:
         size += len(raw)
     filler.close()
     os.sync()
+    return size
+
+
+def measure_raw_drain(base: Path, backlog: int, batch: int) -> dict[str, float]:
+    """The floor for a drain: open, read, parse and rename every file, one directory fsync per batch."""
+    root = base / "rawdrain"
+    fill(root, backlog)
+    pending, trash = root / "pending", root / "trash"
+    names = sorted(os.listdir(pending))
+    dir_fd = os.open(pending, os.O_RDONLY | os.O_DIRECTORY)
+    start = time.perf_counter()
+    for first in range(0, len(names), batch):
+        chunk = names[first : first + batch]
+        for name in chunk:
+            fd = os.open(pending / name, os.O_RDONLY)
+            json.loads(os.read(fd, 1 << 16))
+            os.close(fd)
+        for name in chunk:
+            os.rename(pending / name, trash / name)
+        os.fsync(dir_fd)
+    elapsed = time.perf_counter() - start
+    os.close(dir_fd)
+    shutil.rmtree(root)
+    os.sync()
+    return {"raw_drain_per_s": round(len(names) / elapsed)}
+
+
+def measure_drain(base: Path, backlog: int, batch: int) -> dict[str, float]:
+    root = base / "drain"
+    size = fill(root, backlog)
 
     start = time.perf_counter()
     spool = Spool(root, SpoolSettings(max_files=max(backlog, 10)), sinks=("central",))
@@ -164,7 +196,9 @@ def main() -> None:
     try:
         result = {"dir": str(base)} | measure_writes(base, args.writes, args.rounds)
         result |= measure_unlink(base, 5000)
+        result |= measure_raw_drain(base, args.backlog, args.batch)
         result |= measure_drain(base, args.backlog, args.batch)
+        result["drain_ratio"] = round(result["drain_per_s"] / result["raw_drain_per_s"], 3)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result))
