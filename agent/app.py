@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent import heartbeat
+from agent import heartbeat, threads
 from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
@@ -27,7 +26,6 @@ log = structlog.get_logger("agent")
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
-EXECUTOR_GRACE = 1.0  # seconds idle worker threads get to finish after a clean stop
 
 
 def _runner(settings: Settings, *, with_sinks: bool) -> Any:
@@ -74,18 +72,9 @@ def run_daemon(settings: Settings) -> int:
     async def main() -> None:
         install_signal_handlers(runner)
         await runner.run()
-        # A collector's thread stuck in a system call (a hung NFS mount) can be neither
-        # cancelled nor joined, and asyncio.run and the interpreter would wait for it
-        # forever. Everything is saved and logged by now: leave without it.
-        shutdown = asyncio.ensure_future(asyncio.get_running_loop().shutdown_default_executor())
-        done, _ = await asyncio.wait({shutdown}, timeout=EXECUTOR_GRACE)
-        if not done:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EX_OK)
 
     try:
-        asyncio.run(main())
+        threads.run(main())
     except SpoolError as exc:
         if exc.code == "locked":
             print(f"agent: another agent is running on {settings.state_dir}", file=sys.stderr)
@@ -107,7 +96,7 @@ def once(settings: Settings) -> int:
                 await slot.aclose()
         return doc, statuses
 
-    doc, statuses = asyncio.run(main())
+    doc, statuses = threads.run(main())
     try:
         scrub(doc, runner.allowed)
     except ScrubRejected as rejected:
@@ -140,7 +129,7 @@ def once_push(settings: Settings) -> int:
         finally:
             await runner.aclose()
 
-    return _with_spool_errors(settings, lambda: EX_OK if asyncio.run(main()) else EX_FAIL)
+    return _with_spool_errors(settings, lambda: EX_OK if threads.run(main()) else EX_FAIL)
 
 
 def upload(settings: Settings) -> int:
@@ -165,7 +154,7 @@ def upload(settings: Settings) -> int:
             )
         return all(drained)
 
-    return _with_spool_errors(settings, lambda: EX_OK if asyncio.run(main()) else EX_FAIL)
+    return _with_spool_errors(settings, lambda: EX_OK if threads.run(main()) else EX_FAIL)
 
 
 def _with_spool_errors(settings: Settings, body: Any) -> int:
