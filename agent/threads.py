@@ -4,41 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_Job = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
-    """Runs each call in a daemon thread of its own, and never waits for them at shutdown.
+    """A pool of daemon threads that grows when every thread is busy and is never joined.
 
     A collector stuck in a blocking call (statvfs on a dead NFS server, a read on a
     failing disk) cannot be cancelled; with the default executor it would keep
     ``asyncio.run`` and then the interpreter waiting at exit, so ``agent --once``
-    would hang and a SIGTERM would overrun systemd's stop timeout. The runner never
-    starts a collector again while its previous call is still running, so the number
-    of these threads stays bounded by the number of collectors. (asyncio accepts
-    only a ThreadPoolExecutor as the default executor, hence the base class; none
-    of its pool is used.)
+    would hang and a SIGTERM would overrun systemd's stop timeout. Here a stuck
+    call only keeps its own thread; the next call gets another. The runner never
+    starts a collector again while its previous call still runs, so the pool stays
+    bounded by the number of collectors plus a few. (asyncio accepts only a
+    ThreadPoolExecutor as the default executor, hence the base class; none of its
+    own pool is used.)
     """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        threading.Thread(target=run, name="pop-agent-blocking", daemon=True).start()
+        with self._lock:
+            spare = self._idle > 0
+            if spare:
+                self._idle -= 1  # that idle worker is now promised to this job
+        if not spare:
+            threading.Thread(target=self._work, name="pop-agent-blocking", daemon=True).start()
+        self._jobs.put((future, fn, args, kwargs))
         return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs  # hold nothing while idle
+            with self._lock:
+                self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Nothing to wait for: the threads are daemons and die with the process."""

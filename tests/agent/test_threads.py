@@ -1,0 +1,62 @@
+"""The daemon-thread executor: stuck calls hold only their own thread, idle threads are reused."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+from agent.threads import DaemonThreadExecutor, run
+
+
+def test_idle_threads_are_reused() -> None:
+    """Calls one after another run on one thread, not a new thread each."""
+    executor = DaemonThreadExecutor()
+    names = {executor.submit(threading.get_ident).result(timeout=5) for _ in range(50)}
+    assert len(names) == 1
+
+
+def test_a_stuck_call_does_not_block_the_next() -> None:
+    """While one call is stuck, another still runs, on a second thread."""
+    executor = DaemonThreadExecutor()
+    release = threading.Event()
+    stuck = executor.submit(release.wait, 30)
+    assert executor.submit(lambda: 42).result(timeout=5) == 42
+    release.set()
+    assert stuck.result(timeout=5) is True
+
+
+def test_exceptions_reach_the_caller() -> None:
+    """An exception in the worker is raised by the future."""
+    executor = DaemonThreadExecutor()
+    future = executor.submit(int, "not a number")
+    try:
+        future.result(timeout=5)
+    except ValueError:
+        return
+    raise AssertionError("no exception")
+
+
+def test_run_returns_and_uses_the_pool() -> None:
+    """threads.run gives to_thread the daemon pool and returns the coroutine's result."""
+
+    async def main() -> bool:
+        return isinstance(asyncio.get_running_loop()._default_executor, DaemonThreadExecutor)  # type: ignore[attr-defined]
+
+    assert run(main()) is True
+
+
+def test_process_exits_with_a_stuck_thread() -> None:
+    """A process whose to_thread call never returns still exits as soon as its coroutine is done."""
+    code = (
+        "import asyncio, threading\n"
+        "from agent.threads import run\n"
+        "async def main():\n"
+        "    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    return 7\n"
+        "raise SystemExit(run(main()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert result.returncode == 7
