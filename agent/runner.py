@@ -98,7 +98,11 @@ class Runner:
         self.state_dir = settings.state_dir
         self.counters = Counters()
         self.sink_state = {sink.name: SinkState() for sink in self.sinks}
-        self.spool = Spool(self.state_dir / "spool", settings.spool, sinks=[sink.name for sink in self.sinks])
+        spool_settings = settings.spool
+        if not self.sinks:
+            bound = min(spool_settings.max_files, spool_settings.local_max_files)
+            spool_settings = spool_settings.model_copy(update={"max_files": bound})
+        self.spool = Spool(self.state_dir / "spool", spool_settings, sinks=[sink.name for sink in self.sinks])
         self.seq = SeqCounter(self.state_dir / "seq.json")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")  # one writer: spool calls serialise
         self._stop = asyncio.Event()

@@ -124,6 +124,14 @@ class CollectorsSettings(_Section):
 class SpoolSettings(_Section):
     max_files: int = Field(100_000, ge=10, description="Most heartbeats kept on disk; the oldest are dropped.")
     max_bytes: int = Field(268_435_456, ge=65_536, description="Most bytes kept on disk; the oldest are dropped.")
+    local_max_files: int = Field(
+        8_640,
+        ge=10,
+        description=(
+            "With no sink enabled (telemetry off) the spool is only a local record: it keeps at most this many "
+            "heartbeats (a day at 10 s), so memory and disk stay flat on a POP that never sends."
+        ),
+    )
 
 
 class AlertsSettings(_Section):

@@ -80,7 +80,7 @@ async def test_telemetry_off_sends_nothing(aiohttp_server: Any, tmp_path: Path) 
         tmp_path,
         await start_central(aiohttp_server, central),
         POP_AGENT_TELEMETRY="off",
-        POP_AGENT_SPOOL__MAX_FILES="10",
+        POP_AGENT_SPOOL__LOCAL_MAX_FILES="10",
         POP_AGENT_ALERTS__OUTAGE_AFTER="0.2",
     )
     await daemon.start()
