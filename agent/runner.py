@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 STATUS_FILE = "status.json"
 COLLECTOR_STATE_DIR = "collectors"
+RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a retried batch is not scrubbed again
 STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
 
 
@@ -89,10 +90,13 @@ class Runner:
         self.allowed = allowed
         # A backlog may hold metrics of collectors configured in an earlier run.
         self.backlog_allowed = backlog_allowed if backlog_allowed is not None else allowed
-        # Ids this process scrubbed before spooling them; anything else read from the
-        # spool (a backlog from before a restart, an `agent enqueue` drop) is scrubbed
-        # again on its way out, so nothing reaches a sink unscrubbed by these rules.
-        self._vouched: set[str] = set()
+        # Heartbeats this process spooled were scrubbed on the way in: their ids are
+        # time-ordered and above every id the spool held at start. Anything else read
+        # from the spool (a backlog from before a restart, a file dropped in by hand)
+        # is scrubbed again on its way out, so nothing reaches a sink unscrubbed by
+        # these rules; a few thousand such ids are remembered so retries cost nothing.
+        self._vouch_floor = "~"  # above every id until start() has looked at the spool
+        self._rescrubbed: set[str] = set()
         self.sinks = list(sinks)
         self.notifier = notifier or Notifier()
         self.state_dir = settings.state_dir
@@ -121,6 +125,7 @@ class Runner:
         """Create the state directory, open the spool, restore collectors' state."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self._spool_call(self.spool.open)
+        self._vouch_floor = max(heartbeat.uuid7(), await asyncio.to_thread(self._newest_spooled_id))
         self._start_hooks()
         for slot in self.collectors:
             load = getattr(slot.collector, "load_state", None)
@@ -146,6 +151,11 @@ class Runner:
             notifier=NtfyHook.from_settings(self.settings, self._hook_session),
             pusher=KumaHook.from_settings(self.settings, self._hook_session),
         )
+
+    def _newest_spooled_id(self) -> str:
+        pending = self.spool.root / "pending"
+        with os.scandir(pending) as entries:
+            return max((entry.name.removesuffix(".json") for entry in entries), default="")
 
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
@@ -200,9 +210,6 @@ class Runner:
             return None
         try:
             await self._spool_call(self.spool.put, doc["id"], heartbeat.dumps(doc))
-            if len(self._vouched) > 2 * self.settings.spool.max_files:
-                self._vouched.clear()  # bounded: forgetting only costs a second scrub
-            self._vouched.add(doc["id"])
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
@@ -298,7 +305,7 @@ class Runner:
         passed: list[Pending] = []
         refused: dict[str, str] = {}
         for pending in batch:
-            if pending.id in self._vouched:
+            if pending.id > self._vouch_floor or pending.id in self._rescrubbed:
                 passed.append(pending)
                 continue
             try:
@@ -309,7 +316,9 @@ class Runner:
             except ValueError:
                 refused[pending.id] = "unparseable"
                 continue
-            self._vouched.add(pending.id)
+            if len(self._rescrubbed) >= RESCRUBBED_MEMORY:
+                self._rescrubbed.clear()  # forgetting only costs a second scrub
+            self._rescrubbed.add(pending.id)
             passed.append(pending)
         return passed, refused
 
