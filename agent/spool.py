@@ -133,6 +133,10 @@ class Spool:
         self._bytes = 0
         self._head = 0
         self._cursors: dict[str, _Cursor] = {}
+        # Cursors of sinks not active in this process (``agent enqueue``, or a sink
+        # switched off): kept and saved as they are, and still moved back by a put
+        # of an older id, so the daemon does not take that heartbeat for done.
+        self._dormant: dict[str, _Cursor] = {}
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._aside = {"quarantine": 0, "rejected": 0}
         self._readonly = False
@@ -242,14 +246,17 @@ class Spool:
                 self._counters["dropped_total"] += 1
                 self._save_soon()
                 return
+            every = self._cursors | self._dormant
             if doc_id not in self._sizes and (
-                doc_id in self._saved_ahead or any(doc_id <= c.low for c in self._cursors.values())
+                doc_id in self._saved_ahead or any(doc_id <= c.low for c in every.values())
             ):
                 # Older than what a sink has passed (enqueued late, or the clock
                 # stepped back), or spooled again after delivery while state.json
                 # still names it: correct the cursors on disk first, so a crash
                 # right after the rename cannot take it for done.
-                cursors = {sink: self._lowered(c, doc_id) for sink, c in self._cursors.items()}
+                lowered = {sink: self._lowered(c, doc_id) for sink, c in every.items()}
+                cursors = {sink: lowered[sink] for sink in self._cursors}
+                self._dormant = {sink: lowered[sink] for sink in self._dormant}
                 self._save_state(cursors, self._counters)
                 self._cursors = cursors
             try:
@@ -446,7 +453,7 @@ class Spool:
 
     def _forget(self, doc_id: str) -> None:
         self._bytes -= self._sizes.pop(doc_id)
-        for cursor in self._cursors.values():
+        for cursor in (*self._cursors.values(), *self._dormant.values()):
             cursor.ahead.discard(doc_id)
         while self._head < len(self._ids) and self._ids[self._head] not in self._sizes:
             self._head += 1
@@ -529,7 +536,7 @@ class Spool:
         self._sizes = dict(found)
         self._bytes = sum(self._sizes.values())
         self._head = 0
-        for cursor in self._cursors.values():
+        for cursor in (*self._cursors.values(), *self._dormant.values()):
             self._advance(cursor)
             cursor.ahead.intersection_update(self._sizes)
         return quarantined
@@ -627,11 +634,10 @@ class Spool:
             self._quarantine_path(self._state_path, "state.json")
         saved = state.get("cursors", {})
         self._saved_ahead = {doc_id for cursor in saved.values() for doc_id in cursor["ahead"]}
-        # A sink that was switched off and on again starts from the oldest spooled heartbeat.
-        self._cursors = {
-            sink: _Cursor(saved[sink]["low"], set(saved[sink]["ahead"])) if sink in saved else _Cursor()
-            for sink in self._sink_names
-        }
+        loaded = {sink: _Cursor(cursor["low"], set(cursor["ahead"])) for sink, cursor in saved.items()}
+        # A sink never seen before starts from the oldest spooled heartbeat.
+        self._cursors = {sink: loaded.get(sink, _Cursor()) for sink in self._sink_names}
+        self._dormant = {sink: cursor for sink, cursor in loaded.items() if sink not in self._cursors}
         return damaged
 
     def _save_soon(self) -> None:
@@ -644,10 +650,11 @@ class Spool:
             self._dirty = False
 
     def _save_state(self, cursors: Mapping[str, _Cursor], counters: Mapping[str, int]) -> None:
+        every = {**self._dormant, **cursors}
         state = {
             "version": STATE_VERSION,
             "counters": dict(counters),
-            "cursors": {sink: cursor.to_json() for sink, cursor in cursors.items()},
+            "cursors": {sink: cursor.to_json() for sink, cursor in sorted(every.items())},
         }
         data = json.dumps(state, separators=(",", ":")).encode()
         try:
@@ -657,7 +664,7 @@ class Spool:
             self._sync_dir(str(self.root))
         except OSError as exc:
             raise spool_error(exc) from None
-        self._saved_ahead = {doc_id for cursor in cursors.values() for doc_id in cursor.ahead}
+        self._saved_ahead = {doc_id for cursor in every.values() for doc_id in cursor.ahead}
 
     def _sync_dir(self, path: str) -> None:
         if self._fsync:

@@ -491,6 +491,29 @@ def test_a_sink_switched_on_later_gets_the_whole_backlog(make_spool: Callable[..
     )
 
 
+def test_a_process_without_sinks_keeps_the_daemons_cursors_and_moves_them_for_old_ids(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """``agent enqueue`` (no active sink) neither loses the sinks' cursors nor lets an older id pass for done."""
+    spool = make_spool(SpoolSettings(max_files=10), sinks=("central", "loki"))
+    ids = ids_of(4, start=1_700_000_000_010)
+    for doc_id in ids:
+        spool.put(doc_id, doc(doc_id))
+    spool.settle("central", ids, {})
+    spool.settle("loki", ids[:3], {})
+    spool.close()
+    enqueue = make_spool(SpoolSettings(max_files=10))
+    late = ids_of(10, start=1_700_000_000_000)
+    for doc_id in late:  # the last put drops the oldest, which rewrites state.json
+        enqueue.put(doc_id, doc(doc_id))
+    enqueue.close()
+    daemon = make_spool(SpoolSettings(max_files=10), sinks=("central", "loki"))
+    assert (late[1:10], [*late[1:10], ids[3]]) == (
+        [p.id for p in daemon.batch("central", 20, BIG)],
+        [p.id for p in daemon.batch("loki", 20, BIG)],
+    )
+
+
 def test_a_late_heartbeat_older_than_the_cursor_is_still_delivered(make_spool: Callable[..., Spool]) -> None:
     """A heartbeat enqueued with an id below what a sink has passed is offered to it, also after a restart."""
     spool = make_spool(sinks=("central", "loki"))
