@@ -194,36 +194,36 @@ def _read_document(source: str) -> tuple[Any, str | None]:
         return None, f"{source}: not JSON: nested too deeply"
 
 
-def scrub_document(settings: Settings, source: str) -> int:
-    """``agent scrub``: 0 and the document if accepted, 1 with findings if rejected, 2 if unreadable."""
+def _accepted_document(source: str) -> tuple[Any, int]:
+    """The document in ``source`` if the scrubber accepts it, else ``None`` and the exit code."""
     doc, error = _read_document(source)
     if error:
         print(f"agent: {error}", file=sys.stderr)
-        return EX_USAGE
+        return None, EX_USAGE
     try:
         scrub(doc, declared_metrics())
     except ScrubRejected as rejected:
         for line in describe(rejected.findings):
             print(line, file=sys.stderr)
-        return EX_FAIL
-    print(json.dumps(doc, indent=2))
-    return EX_OK
+        return None, EX_FAIL
+    return doc, EX_OK
+
+
+def scrub_document(settings: Settings, source: str) -> int:
+    """``agent scrub``: 0 and the document if accepted, 1 with findings if rejected, 2 if unreadable."""
+    doc, code = _accepted_document(source)
+    if doc is not None:
+        print(json.dumps(doc, indent=2))
+    return code
 
 
 def enqueue(settings: Settings, source: str) -> int:
     """``agent enqueue``: scrub a document, then spool it for delivery."""
     from agent.spool import Spool
 
-    doc, error = _read_document(source)
-    if error:
-        print(f"agent: {error}", file=sys.stderr)
-        return EX_USAGE
-    try:
-        scrub(doc, declared_metrics())
-    except ScrubRejected as rejected:
-        for line in describe(rejected.findings):
-            print(line, file=sys.stderr)
-        return EX_FAIL
+    doc, code = _accepted_document(source)
+    if doc is None:
+        return code
     spool = Spool(settings.state_dir / "spool", settings.spool)
 
     def put() -> int:
