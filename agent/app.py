@@ -19,6 +19,7 @@ from agent.plugins import collector_refs, sink_refs
 from agent.sample import MetricSpec
 from agent.scrubber import describe, scrub
 from agent.settings import Settings
+from agent.state import drop_incoming
 from agent.version import __version__
 from agent.wiring import AGENT_METRICS, allowed_metrics, build_collectors, build_sinks, telemetry_enabled
 
@@ -225,15 +226,29 @@ def enqueue(settings: Settings, source: str) -> int:
     if doc is None:
         return code
     spool = Spool(settings.state_dir / "spool", settings.spool)
-
-    def put() -> int:
+    raw = heartbeat.dumps(doc)
+    try:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         with spool:
-            spool.put(doc["id"], heartbeat.dumps(doc))
-        print(f"spooled {doc['id']}")
+            spool.put(doc["id"], raw)
+    except SpoolError as exc:
+        if exc.code != "locked":
+            print(f"agent: spool error: {exc.code}", file=sys.stderr)
+            return EX_FAIL
+        # The daemon owns the spool: hand the document to it through incoming/,
+        # which it takes in (scrubbing again) on its next tick.
+        try:
+            drop_incoming(settings.state_dir / "spool", doc["id"], raw)
+        except OSError as error:
+            print(f"agent: cannot write to {settings.state_dir}/spool/incoming ({error.strerror})", file=sys.stderr)
+            return EX_FAIL
+        print(f"handed {doc['id']} to the running daemon")
         return EX_OK
-
-    return _with_spool_errors(settings, put)
+    except OSError as error:
+        print(f"agent: cannot write to {settings.state_dir} ({error.strerror})", file=sys.stderr)
+        return EX_FAIL
+    print(f"spooled {doc['id']}")
+    return EX_OK
 
 
 def _readonly_spool(settings: Settings) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -30,8 +31,8 @@ from agent.sample import MetricSpec, Pending, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool
+from agent.state import INCOMING, read_json, remove_quietly, write_json
 from agent.state import Sequence as SeqCounter
-from agent.state import read_json, write_json
 from agent.systemd import Notifier
 
 log = structlog.get_logger("agent")
@@ -39,6 +40,7 @@ T = TypeVar("T")
 
 STATUS_FILE = "status.json"
 COLLECTOR_STATE_DIR = "collectors"
+INCOMING_PER_TICK = 1000  # documents from `agent enqueue` taken in per tick, so a flood cannot stall ticks
 RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a retried batch is not scrubbed again
 STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
 
@@ -152,6 +154,28 @@ class Runner:
             pusher=KumaHook.from_settings(self.settings, self._hook_session),
         )
 
+    def _take_incoming(self) -> None:
+        """Spool what `agent enqueue` handed over while this daemon held the spool, scrubbed again."""
+        directory = self.spool.root / INCOMING
+        try:
+            names = sorted(name for name in os.listdir(directory) if name.endswith(".json") and name[0] != ".")
+        except FileNotFoundError:
+            return
+        for name in names[:INCOMING_PER_TICK]:
+            path = directory / name
+            try:
+                doc = json.loads(path.read_bytes())
+                scrub(doc, self.backlog_allowed)
+                if f"{doc['id']}.json" != name:
+                    raise ValueError(name)
+                self.spool.put(doc["id"], heartbeat.dumps(doc))
+            except SpoolError:
+                return  # the disk is full or read-only: leave them for a later tick
+            except (ScrubRejected, ValueError, KeyError, TypeError, OSError):
+                self.counters.scrub_rejected_total += 1
+                log.warning("incoming_refused")
+            remove_quietly(path)
+
     def _newest_spooled_id(self) -> str:
         pending = self.spool.root / "pending"
         with os.scandir(pending) as entries:
@@ -201,6 +225,7 @@ class Runner:
 
     async def tick(self) -> dict[str, Any] | None:
         """One tick: collect, scrub, spool, wake the sinks. The spooled heartbeat, or ``None``."""
+        await self._spool_call(self._take_incoming)
         doc, _ = await self.collect()
         try:
             scrub(doc, self.allowed)

@@ -95,3 +95,18 @@ def remove_quietly(path: Path) -> None:
     """Delete ``path`` if it exists."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+INCOMING = "incoming"
+
+
+def drop_incoming(spool_root: Path, doc_id: str, raw: bytes) -> Path:
+    """Leave a heartbeat in ``spool/incoming/`` for the running daemon to take in.
+
+    Written atomically under a dot-name first, so the daemon never reads half a file.
+    """
+    directory = spool_root / INCOMING
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{doc_id}.json"
+    write_atomic(path, raw)
+    return path

@@ -204,3 +204,27 @@ async def test_backlog_is_scrubbed_on_its_way_out(aiohttp_server: Any, tmp_path:
     assert (rejected / f"{tainted['id']}.json").exists()
     reasons = json.loads((rejected / f"{tainted['id']}.reason.json").read_text())
     assert reasons["reason"] == "scrub_ip_address"
+
+
+async def test_enqueue_beside_a_running_daemon(aiohttp_server: Any, tmp_path: Path, run_agent: Any) -> None:
+    """`agent enqueue` while the daemon holds the spool hands the document over, and central gets it."""
+    central = Central()
+    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central))
+    await daemon.start()
+    await wait_for(lambda: len(central.acked) >= 1)
+    doc = json.loads(run_agent("--once").stdout)
+    from agent.heartbeat import uuid7
+
+    doc["id"] = uuid7()
+    path = tmp_path / "drop.json"
+    path.write_text(json.dumps(doc))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "enqueue", str(path), cwd=tmp_path, env=daemon.env,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert b"handed" in out
+    await wait_for(lambda: doc["id"] in central.acked_ids)
+    assert await daemon.stop() == 0
+    assert not list((daemon.state_dir / "spool" / "incoming").glob("*.json"))
