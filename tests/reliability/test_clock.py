@@ -36,6 +36,9 @@ def fake_clock_env(offset_file: Path) -> dict[str, str]:
         "FAKETIME_TIMESTAMP_FILE": str(offset_file),
         "FAKETIME_NO_CACHE": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        # Its "monotonic fix" makes every thread start take tens of milliseconds, and the
+        # daemon starts one per blocking call (agent/threads.py): the ticks would overrun.
+        "FAKETIME_FORCE_MONOTONIC_FIX": "0",
     }
 
 
