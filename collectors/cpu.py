@@ -77,17 +77,13 @@ class CpuCollector:
 
     async def collect(self) -> Sequence[Sample]:
         """Read the CPU counters and load averages, or raise ``CollectorError``."""
-        now = await self._read_times()
+        now, (load1, load5, load15), count = await self._read()
         if self._last is None:
             await asyncio.sleep(self._first_window)
-            self._last, now = now, await self._read_times()
+            self._last = now
+            now, (load1, load5, load15), count = await self._read()
         percent = busy_percent(self._last, now)
         self._last = now
-        try:
-            load1, load5, load15 = await asyncio.to_thread(self._source.getloadavg)
-            count = await asyncio.to_thread(self._source.cpu_count)
-        except (OSError, psutil.Error) as exc:
-            raise CollectorError("load average unreadable", code="cpu_unreadable") from exc
         samples = [
             Sample("cpu_percent", percent),
             Sample("load1", round(load1, 2)),
@@ -98,9 +94,13 @@ class CpuCollector:
             samples.append(Sample("cpu_count", count))
         return samples
 
-    async def _read_times(self) -> dict[str, float]:
+    async def _read(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
+        # One thread hop for every read: the hop, not the reads, is most of a tick's cost.
         try:
-            times = await asyncio.to_thread(self._source.cpu_times)
+            return await asyncio.to_thread(self._read_blocking)
         except (OSError, psutil.Error) as exc:
-            raise CollectorError("cpu times unreadable", code="cpu_unreadable") from exc
-        return dict(times._asdict())
+            raise CollectorError("cpu figures unreadable", code="cpu_unreadable") from exc
+
+    def _read_blocking(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
+        times = dict(self._source.cpu_times()._asdict())
+        return times, self._source.getloadavg(), self._source.cpu_count()

@@ -71,8 +71,7 @@ class MemoryCollector:
     async def collect(self) -> Sequence[Sample]:
         """Read RAM and swap figures, or raise ``CollectorError``."""
         try:
-            ram = await asyncio.to_thread(self._source.virtual_memory)
-            swap = await asyncio.to_thread(self._source.swap_memory)
+            ram, swap = await asyncio.to_thread(self._read)  # one hop for both: it costs more than the reads
         except (OSError, psutil.Error) as exc:
             raise CollectorError("memory figures unreadable", code="memory_unreadable") from exc
         return [
@@ -82,3 +81,6 @@ class MemoryCollector:
             Sample("swap_used_percent", percent(swap.used, swap.total)),
             Sample("swap_total_bytes", swap.total),
         ]
+
+    def _read(self) -> tuple[VirtualMemory, SwapMemory]:
+        return self._source.virtual_memory(), self._source.swap_memory()
