@@ -76,6 +76,11 @@ class NetworkCollector:
 
     def __init__(self, *, source: NetworkSource = psutil) -> None:
         self._source = source
+        # Interface name -> loopback or not. Flags are read only for names not seen
+        # before (psutil's net_if_stats rereads the counters and asks three ioctls
+        # per interface); a name that goes away is forgotten, so one that comes back
+        # is looked at afresh.
+        self._loopback: dict[str, bool] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -84,18 +89,31 @@ class NetworkCollector:
 
     async def collect(self) -> Sequence[Sample]:
         """Sum the interface counters, or raise ``CollectorError``."""
+        known = frozenset(self._loopback)
         try:
-            counters = await asyncio.to_thread(self._source.net_io_counters, pernic=True)
+            counters, stats = await asyncio.to_thread(self._read, known)
         except (OSError, psutil.Error) as exc:
             raise CollectorError("interface counters unreadable", code="net_unreadable") from exc
-        try:
-            stats: Mapping[str, InterfaceStats] = await asyncio.to_thread(self._source.net_if_stats)
-        except (OSError, psutil.Error):
-            stats = {}  # the names still tell a loopback apart on every platform we run on
+        loopback: dict[str, bool] = {}
         totals = dict.fromkeys(FIELDS, 0)
         for interface, values in counters.items():
-            if is_loopback(interface, stats.get(interface)):
+            if interface in self._loopback:
+                loopback[interface] = self._loopback[interface]
+            elif stats is not None and interface in stats:
+                loopback[interface] = is_loopback(interface, stats[interface])
+            if loopback.get(interface, is_loopback(interface, None)):
                 continue
             for metric, field in FIELDS.items():
                 totals[metric] += int(getattr(values, field))
+        self._loopback = loopback
         return [Sample(metric, value) for metric, value in totals.items()]
+
+    def _read(self, known: frozenset[str]) -> tuple[Mapping[str, object], Mapping[str, InterfaceStats] | None]:
+        """The counters, and the flags if an interface is new; ``None`` when the flags are not wanted or unreadable."""
+        counters = self._source.net_io_counters(pernic=True)
+        if known.issuperset(counters):
+            return counters, None
+        try:
+            return counters, self._source.net_if_stats()
+        except (OSError, psutil.Error):
+            return counters, None  # the names still tell a loopback apart on every platform we run on

@@ -46,12 +46,14 @@ class FakeNet:
         self.counters = dict(counters)
         self.stats = stats
         self.asked_pernic: list[bool] = []
+        self.stats_reads = 0
 
     def net_io_counters(self, pernic: bool) -> dict[str, Io]:
         self.asked_pernic.append(pernic)
         return self.counters
 
     def net_if_stats(self) -> Mapping[str, Nic]:
+        self.stats_reads += 1
         if self.stats is None:
             raise OSError(19, "No such device")
         return self.stats
@@ -114,6 +116,43 @@ async def test_a_host_with_only_loopback_reports_zeros() -> None:
     samples = await NetworkCollector(source=FakeNet({"lo": io(7)}, {"lo": Nic("up,loopback")})).collect()
     expected = sums(0)
     assert expected == list(samples)
+
+
+async def test_flags_are_read_again_only_when_an_interface_appears() -> None:
+    """Ticks over the same interfaces read their flags once; a new interface has its flags read."""
+    source = FakeNet({"lo": io(1), "eth0": io(100)}, {"lo": Nic("up,loopback"), "eth0": Nic("up,broadcast")})
+    collector = NetworkCollector(source=source)
+    before = [list(await collector.collect()) for _ in range(3)]
+    source.counters["veth1"] = io(10_000)
+    source.stats = {**(source.stats or {}), "veth1": Nic("up,broadcast")}
+    after = [list(await collector.collect()) for _ in range(2)]
+    expected = ([sums(100)] * 3, [sums(10_100)] * 2, 2)
+    assert expected == (before, after, source.stats_reads)
+
+
+async def test_an_interface_back_under_an_old_name_is_looked_at_afresh() -> None:
+    """An interface that went away and came back with other flags is classified by its new flags."""
+    source = FakeNet({"eth0": io(100), "tap0": io(1)}, {"eth0": Nic("up,broadcast"), "tap0": Nic("up,broadcast")})
+    collector = NetworkCollector(source=source)
+    first = list(await collector.collect())
+    del source.counters["tap0"]
+    gone = list(await collector.collect())
+    source.counters["tap0"] = io(1)
+    source.stats = {"eth0": Nic("up,broadcast"), "tap0": Nic("up,loopback")}
+    back = list(await collector.collect())
+    expected = (sums(101), sums(100), sums(100))
+    assert expected == (first, gone, back)
+
+
+async def test_unreadable_flags_are_tried_again_next_tick() -> None:
+    """While the flags cannot be read, names decide and every tick tries the flags again."""
+    source = FakeNet({"lo": io(1), "eth0": io(100)}, None)
+    collector = NetworkCollector(source=source)
+    failing = [list(await collector.collect()) for _ in range(2)]
+    source.stats = {"lo": Nic("up,loopback"), "eth0": Nic("up,loopback")}
+    readable = [list(await collector.collect()) for _ in range(2)]
+    expected = ([sums(100)] * 2, [sums(0)] * 2, 3)
+    assert expected == (failing, readable, source.stats_reads)
 
 
 async def test_unreadable_counters_are_a_collector_error() -> None:
