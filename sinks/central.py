@@ -30,7 +30,7 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
-from sinks.http import drain, error_for_exception, error_for_status, make_session, request_timeout
+from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
 from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
@@ -145,8 +145,7 @@ class CentralSink:
         self._url = cfg.url
         self.max_batch = cfg.batch_max_count
         self._policy = policy or RetryPolicy(max_attempts=cfg.max_attempts, max_delay=cfg.max_retry_delay)
-        self._session = session
-        self._owns_session = session is None
+        self._http = SessionHolder(session, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
         self._plain_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._gzip_headers = {**self._plain_headers, "Content-Encoding": "gzip"}
 
@@ -197,14 +196,7 @@ class CentralSink:
 
     async def aclose(self) -> None:
         """Close the session if this sink opened it."""
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = make_session(connect_timeout=self._cfg.connect_timeout, read_timeout=self._cfg.read_timeout)
-        return self._session
+        await self._http.aclose()
 
     async def _encode(self, part: Sequence[Pending]) -> tuple[bytes, dict[str, str]]:
         """The body for ``part`` (gzip-compressed from the threshold on) and its headers, built once for all tries."""
@@ -223,7 +215,7 @@ class CentralSink:
         timeout = request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining)
         error: SinkError | None
         try:
-            async with self._get_session().post(
+            async with self._http.get().post(
                 self._url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 error = error_for_status(response.status, response.headers)

@@ -54,6 +54,32 @@ def make_session(
     )
 
 
+class SessionHolder:
+    """A sink's HTTP session: one passed in (borrowed, never closed here) or one made on first use.
+
+    Made lazily because a session must be created inside the running event loop;
+    an owned session closed by accident is made anew rather than failing every send.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession | None, *, connect_timeout: float, read_timeout: float) -> None:
+        self._session = session
+        self._owned = session is None
+        self._timeouts = (connect_timeout, read_timeout)
+
+    def get(self) -> aiohttp.ClientSession:
+        """The session to send with."""
+        if self._session is None or (self._owned and self._session.closed):
+            connect, read = self._timeouts
+            self._session = make_session(connect_timeout=connect, read_timeout=read)
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session if it was made here."""
+        if self._owned and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
 def request_timeout(connect: float, read: float, remaining: float) -> aiohttp.ClientTimeout:
     """Per-request timeouts: the configured ones, never longer than the deadline leaves."""
     total = None if remaining == float("inf") else remaining

@@ -48,7 +48,7 @@ from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
 from sinks.exposition import timestamp_ns
-from sinks.http import drain, error_for_exception, error_for_status, make_session
+from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
@@ -202,8 +202,7 @@ class LokiSink:
         self._url = cfg.url.rstrip("/") + PUSH_PATH
         self.max_batch = cfg.batch_max_count
         self._policy = policy or RetryPolicy()
-        self._session = session
-        self._owns_session = session is None
+        self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
         self._headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         if cfg.tenant_id is not None:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
@@ -319,14 +318,7 @@ class LokiSink:
 
     async def aclose(self) -> None:
         """Close the session if this sink opened it."""
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = make_session(connect_timeout=self._cfg.timeout, read_timeout=self._cfg.timeout)
-        return self._session
+        await self._http.aclose()
 
     async def _post(self, part: Sequence[Entry], deadline: Deadline) -> None:
         """One push of ``part``; raises what its outcome means (:class:`_Refused` for 400 and 413)."""
@@ -337,7 +329,7 @@ class LokiSink:
         timeout = aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout))
         error: SinkError | None
         try:
-            async with self._get_session().post(
+            async with self._http.get().post(
                 self._url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False
             ) as response:
                 error = error_for_status(response.status, response.headers)

@@ -32,7 +32,7 @@ from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render, timestamp_ns
-from sinks.http import drain, error_for_exception, error_for_status, make_session
+from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
@@ -71,8 +71,7 @@ class PushgatewaySink:
         self._base = cfg.url.rstrip("/")
         self.max_batch = MAX_BATCH
         self._policy = policy or RetryPolicy()
-        self._session = session
-        self._owns_session = session is None
+        self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
 
     def __repr__(self) -> str:
         return f"PushgatewaySink(url={self._base!r})"
@@ -156,14 +155,7 @@ class PushgatewaySink:
 
     async def aclose(self) -> None:
         """Close the session if this sink opened it."""
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._owns_session and self._session.closed):
-            self._session = make_session(connect_timeout=self._cfg.timeout, read_timeout=self._cfg.timeout)
-        return self._session
+        await self._http.aclose()
 
     async def _put(self, url: str, body: bytes, deadline: Deadline) -> None:
         """One PUT; raises the :class:`SinkError` its outcome means."""
@@ -173,7 +165,7 @@ class PushgatewaySink:
         headers: dict[str, Any] = {"Content-Type": CONTENT_TYPE}
         error: SinkError | None
         try:
-            async with self._get_session().put(
+            async with self._http.get().put(
                 url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 error = error_for_status(response.status, response.headers)

@@ -509,7 +509,7 @@ async def test_owned_session_is_closed_and_a_passed_session_is_left_open(central
         own_sink = CentralSink(cfg, token=TOKEN, policy=RetryPolicy.immediate())
         await given_sink.send(backlog(1), Deadline(30))
         await own_sink.send(backlog(1), Deadline(30))
-        own_session = own_sink._session
+        own_session = own_sink._http.get()
         await given_sink.aclose()
         await own_sink.aclose()
 
