@@ -385,6 +385,12 @@ class Runner:
             self._deadlines.add(deadline)
             try:
                 await self.drain(sink, deadline)
+            except Exception as exc:  # a spool read that fails, or a sink's bug, must not end delivery for good
+                code = str(getattr(exc, "code", "") or type(exc).__name__)[:32]
+                if state.last_failure != code:
+                    log.error("delivery_failed", sink=sink.name, code=code)
+                state.consecutive_failures += 1
+                state.last_failure = code
             finally:
                 self._deadlines.discard(deadline)
 
