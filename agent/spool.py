@@ -550,7 +550,7 @@ class Spool:
             self._forget(doc_id)
             return None
         except OSError as exc:
-            if exc.errno != errno.ELOOP:  # ELOOP: a symbolic link put there since open()
+            if exc.errno not in (errno.ELOOP, errno.EISDIR):  # a symbolic link or directory put there since open()
                 raise spool_error(exc) from None
             raw = b""
         try:
