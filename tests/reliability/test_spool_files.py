@@ -107,6 +107,10 @@ async def test_garbage_everywhere_while_running(aiohttp_server: Any, make_daemon
     for path, data in zip(daemon.pending()[2:], GARBAGE.values(), strict=False):
         damaged.add(json.loads(path.read_bytes())["seq"])
         path.write_bytes(data)  # in place, as a failing disk would
+    unreadable = daemon.pending()[-1]  # a file whose every read fails, as on a failing disk
+    damaged.add(json.loads(unreadable.read_bytes())["seq"])
+    unreadable.unlink()
+    unreadable.mkdir()
     for folder in FOLDERS:
         litter(spool / folder, f"late-{folder}")
     damage_state_files(daemon.state_dir, b"\x00" * 100, tuple(name for name in STATE_FILES if name != "seq.json"))
