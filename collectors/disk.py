@@ -1,22 +1,31 @@
 """Disk: space and inodes per real mount, with hung mounts timed out and skipped.
 
 A ``statvfs`` on a mount whose NFS server died blocks in the kernel and cannot be
-cancelled. Each call therefore runs in its own daemon thread that the collector
-waits on for at most ``mount_timeout`` seconds; a mount whose thread is still
-running is reported as skipped, and gets no second thread until the first one
-returns. Daemon threads, not the loop's default executor: a stuck call must
-neither starve the other collectors' ``to_thread`` workers nor keep the process
-from exiting.
+cancelled. The calls run in the collector's own long-lived daemon threads, which
+take a tick's mounts one after another; the collector waits for them at most
+``mount_timeout`` seconds. When the work stalls (a thread stuck on one mount) for
+a fraction of that bound, another thread is woken or started for the mounts still
+waiting, so one hung mount delays no other. A mount whose call is still running is
+reported as skipped and is not asked again until that call returns; the stuck
+thread is not waited for and leaves once it returns. Daemon threads, not the
+loop's default executor: a stuck call must neither hold a thread the other
+collectors need nor keep the process from exiting.
+
+The mount table changes rarely: it is read again when the kernel signals a change
+on ``/proc/self/mounts`` (poll's ``POLLPRI``), and at least every ``table_ttl`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import os
+import queue
 import re
+import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 
@@ -29,6 +38,11 @@ if TYPE_CHECKING:
     from agent.settings import Settings
 
 DEFAULT_MOUNT_TIMEOUT = 1.0
+DEFAULT_TABLE_TTL = 60.0
+PROC_MOUNTS = "/proc/self/mounts"
+# Share of the mount bound after which stalled work gets another thread: a healthy
+# statvfs takes microseconds, so a stall this long means a call is stuck or slow.
+_STALL_SHARE = 0.125
 
 # Kernel and virtual file systems, and read-only images that are always full.
 PSEUDO_FSTYPES = frozenset(
@@ -158,6 +172,62 @@ def usage_samples(mount: str, st: StatVfs) -> list[Sample]:
     return samples
 
 
+class TableWatch:
+    """Tells whether the kernel's mount table changed since the last question.
+
+    ``/proc/self/mounts`` polls with ``POLLPRI`` once after each change to the
+    mount namespace; the poll itself clears it. A file that cannot be opened, or one
+    that does not signal (a regular file), never reports a change.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._poll: select.poll | None = None
+
+    def arm(self) -> None:
+        """Start watching (once); changes before this call are not reported."""
+        if self._path is None or self._fd is not None:
+            return
+        try:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._path = None  # nothing to watch: the table's age alone decides
+            return
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLPRI)
+        self._poll.poll(0)  # a fresh open carries no pending change; this keeps it so
+
+    def changed(self) -> bool:
+        """Whether the table changed since the previous call (or since ``arm``)."""
+        if self._poll is None:
+            return False
+        return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._poll.poll(0))
+
+    def close(self) -> None:
+        """Stop watching and release the file."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._poll, self._path = None, None, None
+
+
+class _Round:
+    """One tick's mounts as the statvfs threads see them; guarded by the collector's lock."""
+
+    def __init__(self, mounts: Iterable[str], loop: asyncio.AbstractEventLoop) -> None:
+        self.todo = deque(mounts)
+        self.left = len(self.todo)  # mounts not yet answered
+        self.results: dict[str, StatVfs | Exception] = {}
+        self.open = True  # False once the tick stopped waiting: no thread starts another mount of it
+        self.loop = loop
+        self.done: asyncio.Future[None] = loop.create_future()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class DiskCollector:
     """Space and inodes of every real mount, labelled by mount point.
 
@@ -180,12 +250,23 @@ class DiskCollector:
         source: PartitionSource = psutil,
         statvfs: Callable[[str], StatVfs] = os.statvfs,
         mount_timeout: float = DEFAULT_MOUNT_TIMEOUT,
+        table_ttl: float = DEFAULT_TABLE_TTL,
+        mounts_file: str | None = PROC_MOUNTS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._statvfs = statvfs
         self._mount_timeout = mount_timeout
+        self._table_ttl = table_ttl
+        self._watch = TableWatch(mounts_file)
+        self._clock = clock
+        self._table: tuple[list[str], int] | None = None  # chosen mounts, unlabelable ones
+        self._table_read = 0.0
         self._lock = threading.Lock()
-        self._running: dict[str, threading.Thread] = {}  # mount point -> its statvfs thread
+        self._returned = threading.Condition(self._lock)
+        self._running: set[str] = set()  # mount points whose statvfs call has not returned
+        self._rounds: queue.SimpleQueue[_Round | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a round, not yet promised one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -199,82 +280,137 @@ class DiskCollector:
 
     @property
     def hung(self) -> frozenset[str]:
-        """Mount points whose ``statvfs`` thread has not returned yet."""
+        """Mount points whose ``statvfs`` call has not returned yet."""
         with self._lock:
             return frozenset(self._running)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds for the ``statvfs`` threads; True if none is left."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait up to ``timeout`` seconds for the running ``statvfs`` calls; True if none is left."""
+        with self._returned:
+            return self._returned.wait_for(lambda: not self._running, timeout)
+
+    async def aclose(self) -> None:
+        """Stop watching the mount table and let the idle threads go; a stuck one leaves when it returns."""
+        self._watch.close()
         with self._lock:
-            threads = list(self._running.values())
-        for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not self.hung
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._rounds.put(None)
 
     async def collect(self) -> Sequence[Sample]:
         """Stat every real mount within the bound, or raise ``CollectorError``."""
-        try:
-            partitions = await asyncio.to_thread(self._source.disk_partitions, all=True)
-        except (OSError, psutil.Error) as exc:
-            raise CollectorError("mount table unreadable", code="mounts_unreadable") from exc
-        mounts, skipped = select_mounts(partitions)
-        waiting: dict[asyncio.Future[StatVfs], str] = {}
-        for mount in mounts:
-            future = self._start(mount)
-            if future is None:
-                skipped += 1
-            else:
-                waiting[future] = mount
-        done: set[asyncio.Future[StatVfs]] = set()
-        if waiting:
-            done, late = await asyncio.wait(waiting, timeout=self._mount_timeout)
-            for future in late:
-                future.cancel()  # the thread runs on; the mount stays hung until it returns
-            skipped += len(late)
+        mounts, skipped = await self._mounts()
+        results, unanswered = await self._stat_all(mounts)
         samples: list[Sample] = []
-        for future in sorted(done, key=waiting.__getitem__):
-            error = future.exception()
-            if isinstance(error, OSError):
+        for mount in sorted(results):
+            result = results[mount]
+            if isinstance(result, OSError):
                 skipped += 1  # stale handle, permission denied, unmounted meanwhile
-            elif error is not None:
-                raise error
+            elif isinstance(result, Exception):
+                raise result
             else:
-                samples.extend(usage_samples(waiting[future], future.result()))
-        samples.append(Sample("disk_mounts_skipped", skipped))
+                samples.extend(usage_samples(mount, result))
+        samples.append(Sample("disk_mounts_skipped", skipped + unanswered))
         return samples
 
-    def _start(self, mount: str) -> asyncio.Future[StatVfs] | None:
-        """Run ``statvfs(mount)`` in a fresh daemon thread, unless one is still running."""
-        result: concurrent.futures.Future[StatVfs] = concurrent.futures.Future()
-        with self._lock:
-            if mount in self._running:
-                return None
-            thread = threading.Thread(target=self._stat, args=(mount, result), name="pop-agent-statvfs", daemon=True)
-            self._running[mount] = thread
-        try:
-            thread.start()
-        except RuntimeError:  # the system is out of threads
-            with self._lock:
-                del self._running[mount]
-            return None
-        return asyncio.wrap_future(result)
+    async def _mounts(self) -> tuple[list[str], int]:
+        """The mounts to stat and the unlabelable count, from the cached table while it is current."""
+        changed = self._watch.changed()  # asked first, so that a change during the read is seen next time
+        now = self._clock()
+        if self._table is None or changed or now - self._table_read >= self._table_ttl:
+            try:
+                partitions = await asyncio.to_thread(self._read_table)
+            except (OSError, psutil.Error) as exc:
+                self._table = None  # read again next tick: the change that brought us here is consumed
+                raise CollectorError("mount table unreadable", code="mounts_unreadable") from exc
+            self._table, self._table_read = select_mounts(partitions), now
+        mounts, skipped = self._table
+        return list(mounts), skipped
 
-    def _stat(self, mount: str, result: concurrent.futures.Future[StatVfs]) -> None:
-        # Once running, the collector's cancel can no longer turn the result into an error.
-        running = result.set_running_or_notify_cancel()
-        value: StatVfs | None = None
-        error: Exception | None = None
+    def _read_table(self) -> Sequence[Partition]:
+        self._watch.arm()  # before the read: a change after it must not go unnoticed
+        return self._source.disk_partitions(all=True)
+
+    async def _stat_all(self, mounts: Sequence[str]) -> tuple[dict[str, StatVfs | Exception], int]:
+        """Each mount's ``statvfs`` result or error, and how many mounts got none in time."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            todo = [mount for mount in mounts if mount not in self._running]
+        unanswered = len(mounts) - len(todo)  # still hung from an earlier tick
+        if not todo:
+            return {}, unanswered
+        round_ = _Round(todo, loop)
+        deadline = loop.time() + self._mount_timeout
+        stall = self._mount_timeout * _STALL_SHARE
         try:
-            if running:
-                value = self._statvfs(mount)
-        except Exception as exc:
-            error = exc
+            if self._hand(round_):
+                while (left := deadline - loop.time()) > 0:
+                    await asyncio.wait((round_.done,), timeout=min(left, stall))
+                    if round_.done.done():
+                        break
+                    with self._lock:
+                        waiting = bool(round_.todo)
+                    if waiting:
+                        self._hand(round_)  # the threads on it are stuck or slow: one more for the rest
         finally:
-            # Before the result is published, so that the tick it wakes finds the mount free.
+            # Also when cancelled: a mount of this round must not start beside the next tick's call on it.
             with self._lock:
-                del self._running[mount]
-        if error is not None:
-            result.set_exception(error)
-        elif running:
-            result.set_result(value)  # type: ignore[arg-type]
+                round_.open = False
+                results = dict(round_.results)
+        return results, unanswered + len(todo) - len(results)
+
+    def _hand(self, round_: _Round) -> bool:
+        """Give the round to an idle thread, or to a new one; False if no thread could be started."""
+        with self._lock:
+            spare = self._idle > 0
+            if spare:
+                self._idle -= 1  # that idle thread is now promised to this round
+        if not spare:
+            try:
+                threading.Thread(target=self._work, name="pop-agent-statvfs", daemon=True).start()
+            except RuntimeError:  # the system is out of threads
+                return False
+        self._rounds.put(round_)
+        return True
+
+    def _work(self) -> None:
+        while (round_ := self._rounds.get()) is not None and self._serve(round_):
+            del round_  # hold nothing while idle
+
+    def _serve(self, round_: _Round) -> bool:
+        """Stat the round's mounts until none is left; False when this thread should end."""
+        while True:
+            with self._lock:
+                if not round_.open or not round_.todo:
+                    return self._rest()
+                mount = round_.todo.popleft()
+                self._running.add(mount)
+            result: StatVfs | Exception
+            try:
+                result = self._statvfs(mount)
+            except Exception as exc:
+                result = exc
+            with self._lock:
+                # Before the result is published, so that the tick it wakes finds the mount free.
+                self._running.discard(mount)
+                self._returned.notify_all()
+                finished = False
+                if round_.open:
+                    round_.results[mount] = result
+                    round_.left -= 1
+                    finished = round_.left == 0
+                more = round_.open and bool(round_.todo)
+                # Idle before the tick is woken, so that the next tick finds this thread free.
+                stay = more or self._rest()
+            if finished:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    round_.loop.call_soon_threadsafe(_resolve, round_.done)
+            if not more:
+                return stay
+
+    def _rest(self) -> bool:
+        """With the lock held: become idle, or end if another thread already is (one is all a tick needs)."""
+        if self._idle > 0:
+            return False
+        self._idle += 1
+        return True

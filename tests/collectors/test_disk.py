@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,16 @@ def read_mounts(path: Path) -> list[Part]:
     ]
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakePartitions:
     """A mount table with psutil's ``disk_partitions`` signature."""
 
@@ -81,9 +92,11 @@ class FakeStatvfs:
         self.table = table
         self.release = {path: threading.Event() for path in hang}
         self.calls: Counter[str] = Counter()
+        self.threads: dict[str, list[threading.Thread]] = {}  # path -> the thread of each call
 
     def __call__(self, path: str) -> Vfs:
         self.calls[path] += 1
+        self.threads.setdefault(path, []).append(threading.current_thread())
         if path in self.release:
             self.release[path].wait()
         result = self.table[path]
@@ -317,6 +330,105 @@ async def test_a_hung_mount_gets_no_new_thread_until_its_old_one_returns(
     table = by_mount(await collector.collect())
     after = (["", "/", "/mnt/dead"], 0, 2, frozenset[str]())
     assert after == (sorted(table), table[""]["disk_mounts_skipped"], statvfs.calls["/mnt/dead"], collector.hung)
+
+
+async def test_a_stuck_thread_is_replaced_not_waited_for(statvfs_factory: type[FakeStatvfs]) -> None:
+    """After a call hangs, the other mounts of every tick are served by one other thread, reused."""
+    statvfs = statvfs_factory({"/": simple(), "/mnt/dead": simple(), "/srv/data": simple()}, hang=["/mnt/dead"])
+    source = FakePartitions(
+        [Part("/dev/sda1", "/", "ext4"), Part("nfs:/x", "/mnt/dead", "nfs4"), Part("/dev/sdb1", "/srv/data", "xfs")]
+    )
+    collector = DiskCollector(source=source, statvfs=statvfs, mount_timeout=1.0)
+    reported = [sorted(by_mount(await collector.collect())) for _ in range(4)]
+    stuck = statvfs.threads["/mnt/dead"]
+    later = set(statvfs.threads["/"][1:] + statvfs.threads["/srv/data"][1:])
+    expected = ([["", "/", "/srv/data"]] * 4, 1, 1, False)
+    assert expected == (reported, len(stuck), len(later), stuck[0] in later)
+
+
+async def test_healthy_mounts_reuse_one_thread_that_leaves_at_close(statvfs_factory: type[FakeStatvfs]) -> None:
+    """Ticks without a hang stat every mount in one long-lived thread, which ends when the collector closes."""
+    statvfs = statvfs_factory({"/": simple(), "/srv/data": simple()})
+    source = FakePartitions([Part("/dev/sda1", "/", "ext4"), Part("/dev/sdb1", "/srv/data", "xfs")])
+    # A generous bound: a healthy call never stalls long enough to bring in a second thread.
+    collector = DiskCollector(source=source, statvfs=statvfs, mount_timeout=5.0)
+    for _ in range(5):
+        await collector.collect()
+    threads = set(statvfs.threads["/"] + statvfs.threads["/srv/data"])
+    await collector.aclose()
+    (thread,) = threads
+    thread.join(timeout=30)
+    expected = (10, False)
+    assert expected == (statvfs.calls.total(), thread.is_alive())
+
+
+async def test_the_mount_table_is_read_again_once_its_age_reaches_the_ttl(
+    statvfs_factory: type[FakeStatvfs],
+) -> None:
+    """Within the table's TTL a new mount goes unseen and the table is read once; after it, the mount shows."""
+    statvfs = statvfs_factory({"/": simple(), "/srv/data": simple()})
+    source = FakePartitions([Part("/dev/sda1", "/", "ext4")])
+    clock = FakeClock()
+    collector = DiskCollector(
+        source=source, statvfs=statvfs, mount_timeout=BOUND, table_ttl=60.0, mounts_file=None, clock=clock
+    )
+    first = sorted(by_mount(await collector.collect()))
+    source.parts.append(Part("/dev/sdb1", "/srv/data", "xfs"))
+    clock.now += 59.0
+    within = sorted(by_mount(await collector.collect()))
+    clock.now += 1.0
+    after = sorted(by_mount(await collector.collect()))
+    expected = (["", "/"], ["", "/"], ["", "/", "/srv/data"], 2)
+    assert expected == (first, within, after, len(source.asked_all))
+
+
+_REMOUNT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, subprocess, sys, tempfile
+    import psutil
+    from collectors.disk import DiskCollector
+
+    class Counting:
+        reads = 0
+
+        def disk_partitions(self, all):
+            Counting.reads += 1
+            return psutil.disk_partitions(all=all)
+
+    async def main():
+        collector = DiskCollector(source=Counting())
+        reads = []
+        for _ in range(2):
+            await collector.collect()
+            reads.append(Counting.reads)
+        if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", tempfile.mkdtemp()]).returncode != 0:
+            sys.exit(77)
+        for _ in range(2):
+            await collector.collect()
+            reads.append(Counting.reads)
+        await collector.aclose()
+        print(reads)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a private mount namespace")
+def test_a_change_to_the_kernel_mount_table_is_read_at_the_next_tick() -> None:
+    """A mount made between ticks has the next tick read the table again, well within its TTL."""
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", _REMOUNT_SCRIPT],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode == 77 or result.stderr.startswith("unshare:"):
+        pytest.skip("cannot mount in a private mount namespace here")
+    expected = (0, "[1, 1, 2, 2]\n")
+    assert expected == (result.returncode, result.stdout)
 
 
 def test_a_hung_mount_does_not_keep_the_process_from_exiting() -> None:
