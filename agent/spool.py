@@ -694,7 +694,8 @@ def _parse_state(raw: bytes) -> dict[str, Any]:
 
 
 def _read_file(path: str, size: int, dir_fd: int | None) -> bytes:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_NONBLOCK: a FIFO put there since open() would otherwise block the spool's thread, and with it every tick.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     fd = os.open(path, flags) if dir_fd is None else os.open(os.path.basename(path), flags, dir_fd=dir_fd)
     try:
         data = os.read(fd, size + 1)
