@@ -111,6 +111,10 @@ async def test_garbage_everywhere_while_running(aiohttp_server: Any, make_daemon
     damaged.add(json.loads(unreadable.read_bytes())["seq"])
     unreadable.unlink()
     unreadable.mkdir()
+    fifo = daemon.pending()[-2]  # reading it would wait for a writer that never comes
+    damaged.add(json.loads(fifo.read_bytes())["seq"])
+    fifo.unlink()
+    os.mkfifo(fifo)
     for folder in FOLDERS:
         litter(spool / folder, f"late-{folder}")
     damage_state_files(daemon.state_dir, b"\x00" * 100, tuple(name for name in STATE_FILES if name != "seq.json"))
