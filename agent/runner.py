@@ -13,7 +13,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
+import stat
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -164,6 +166,8 @@ class Runner:
         for name in names[:INCOMING_PER_TICK]:
             path = directory / name
             try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise ValueError(name)  # a directory, link or FIFO (reading a FIFO would block every tick)
                 doc = json.loads(path.read_bytes())
                 scrub(doc, self.backlog_allowed)
                 if f"{doc['id']}.json" != name:
@@ -171,10 +175,14 @@ class Runner:
                 self.spool.put(doc["id"], heartbeat.dumps(doc))
             except SpoolError:
                 return  # the disk is full or read-only: leave them for a later tick
-            except (ScrubRejected, ValueError, KeyError, TypeError, OSError):
+            except (ScrubRejected, ValueError, KeyError, TypeError, OSError, RecursionError):
                 self.counters.scrub_rejected_total += 1
                 log.warning("incoming_refused")
-            remove_quietly(path)
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    remove_quietly(path)
 
     def _newest_spooled_id(self) -> str:
         pending = self.spool.root / "pending"
