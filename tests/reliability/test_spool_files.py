@@ -32,7 +32,7 @@ GARBAGE: dict[str, bytes] = {
     "huge_number": b'{"id": 1e999999}',
 }
 STATE_FILES = ("seq.json", "status.json", "alerts.json", "collectors/cpu.json", "spool/state.json", "spool/lock")
-FOLDERS = ("pending", "tmp", "trash", "quarantine", "rejected")
+FOLDERS = ("pending", "incoming", "tmp", "trash", "quarantine", "rejected")
 
 
 def litter(folder: Path, tag: str) -> int:
