@@ -17,7 +17,7 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from agent.health import AlertHooks, Health
 from agent.sample import MetricSpec, Pending, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
-from agent.spool import Spool
+from agent.spool import Spool, SpoolStats
 from agent.state import INCOMING, read_json, remove_quietly, write_json
 from agent.state import Sequence as SeqCounter
 from agent.systemd import Notifier
@@ -233,7 +233,6 @@ class Runner:
 
     async def tick(self) -> dict[str, Any] | None:
         """One tick: collect, scrub, spool, wake the sinks. The spooled heartbeat, or ``None``."""
-        await self._spool_call(self._take_incoming)
         doc, _ = await self.collect()
         try:
             scrub(doc, self.allowed)
@@ -242,7 +241,8 @@ class Runner:
             log.error("heartbeat_rejected", findings=[f"{path}: {code}" for path, code in rejected.findings])
             return None
         try:
-            await self._spool_call(self.spool.put, doc["id"], heartbeat.dumps(doc))
+            save_state = time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY
+            await self._spool_call(self._put_and_record, doc["id"], heartbeat.dumps(doc), save_state)
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
@@ -257,7 +257,6 @@ class Runner:
             self._spool_failing = False
         for state in self.sink_state.values():
             state.wake.set()
-        await self._after_tick()
         return doc
 
     async def _safe_tick(self) -> dict[str, Any] | None:
@@ -276,7 +275,7 @@ class Runner:
         return doc
 
     async def _own_samples(self) -> list[Sample]:
-        stats = await self._spool_call(self.spool.stats)
+        stats = await self._spool_call(self._incoming_and_stats)
         if self.sinks:
             # Without a sink the spool is a bounded local record: reaching its bound
             # and dropping the oldest is its normal state, not an outage.
@@ -297,11 +296,19 @@ class Runner:
         own.extend(Sample(name, value) for name, value in vars(self.counters).items())
         return own
 
-    async def _after_tick(self) -> None:
-        # On the runner's own thread, not the default executor: hung collector threads can fill that one.
-        await self._spool_call(self.write_status)
-        if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
-            await self._spool_call(self.save_collector_state)
+    # Each trip to the spool thread costs more CPU than the small calls it carries, so a
+    # tick makes two: one before its heartbeat is built, one to store it. On the runner's
+    # own thread, not the default executor: hung collector threads can fill that one.
+
+    def _incoming_and_stats(self) -> SpoolStats:
+        self._take_incoming()
+        return self.spool.stats()
+
+    def _put_and_record(self, heartbeat_id: str, data: bytes, save_state: bool) -> None:
+        self.spool.put(heartbeat_id, data)
+        self.write_status()
+        if save_state:
+            self.save_collector_state()
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -326,9 +333,11 @@ class Runner:
             delivery = await sink.send(batch, deadline)
             elapsed_ms = (time.monotonic() - started) * 1000
             if delivery.acked or delivery.rejected:
-                await self._spool_call(self.spool.settle, sink.name, delivery.acked, delivery.rejected)
+                stats = await self._spool_call(self._settle_and_stats, sink.name, delivery.acked, delivery.rejected)
+            else:
+                stats = await self._spool_call(self.spool.stats)
             self._record_delivery(sink.name, state, delivery, elapsed_ms)
-            await self._observe_delivery(elapsed_ms)
+            self._observe_delivery(elapsed_ms, stats)
             if delivery.failure is not None:
                 return False
         return False
@@ -355,10 +364,13 @@ class Runner:
             passed.append(pending)
         return passed, refused
 
-    async def _observe_delivery(self, elapsed_ms: float) -> None:
+    def _settle_and_stats(self, sink: str, acked: Iterable[str], rejected: Mapping[str, str]) -> SpoolStats:
+        self.spool.settle(sink, acked, rejected)
+        return self.spool.stats()
+
+    def _observe_delivery(self, elapsed_ms: float, stats: SpoolStats) -> None:
         """Feed health the state of delivery as a whole: healthy only while every sink is."""
         failing = [(name, st.last_failure) for name, st in self.sink_state.items() if st.last_failure]
-        stats = await self._spool_call(self.spool.stats)
         failure = f"{failing[0][0]}_{failing[0][1]}"[:32] if failing else None
         events = self.health.observe_delivery(
             ok=not failing, backlog=stats.pending, failure=failure, latency_ms=None if failing else elapsed_ms
