@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +49,12 @@ def run_agent(tmp_path: Path) -> RunAgent:
         )
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_daemons() -> Iterator[None]:
+    """A daemon a failed test left running is killed, so it cannot load the machine for later tests."""
+    yield
+    from tests.integration.daemon import kill_leftovers
+
+    kill_leftovers()

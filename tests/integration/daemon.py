@@ -9,13 +9,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.conftest import agent_env
 
 
 class Daemon:
     """`python -m agent run` in a clean environment, with its stdout/stderr captured to files."""
+
+    started: ClassVar[list[Daemon]] = []  # every daemon a test started, killed after it (see conftest)
 
     def __init__(self, tmp_path: Path, **env: str) -> None:
         self.tmp_path = tmp_path
@@ -35,6 +37,7 @@ class Daemon:
             sys.executable, "-m", "agent", "run", *args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
         )
         log.close()
+        Daemon.started.append(self)
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -76,3 +79,9 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 30, step: flo
         if loop.time() > end:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every daemon a test started and left running (a failed assertion, say)."""
+    while Daemon.started:
+        Daemon.started.pop().kill()
