@@ -24,6 +24,11 @@ for ``--tick-seconds``; CPU (schedstat) divided by the ticks it logged. ``360 x`
 is the tick part of an hour at 10 s, reported beside the measured CPU-s/h.
 
     python bench/idle.py [--window 90] [--interval 10] [--tick-interval 0.5] [--tick-seconds 20]
+                         [--compare DIR]
+
+``--compare DIR`` adds ``agent_compare``: the agent of another tree (say ``git archive``
+of the commit before a change) beside the others in the same window, telemetry off, and
+its per-tick cost right after this tree's, so a change is judged against noise both saw.
 
 Prints one JSON object.
 """
@@ -128,7 +133,7 @@ def python_env() -> dict[str, str]:
     return env
 
 
-def agent_env(state_dir: Path, **extra: str) -> dict[str, str]:
+def agent_env(state_dir: Path, root: Path = ROOT, **extra: str) -> dict[str, str]:
     """The environment for an agent process: no config file, state in ``state_dir``."""
     env = {
         k: v
@@ -142,7 +147,7 @@ def agent_env(state_dir: Path, **extra: str) -> dict[str, str]:
     missing = missing_builtin_collectors()
     if missing:
         env["POP_AGENT_COLLECTORS__DISABLED"] = json.dumps(missing)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     env.update(extra)
     return env
 
@@ -218,14 +223,14 @@ def start_central() -> tuple[ThreadingHTTPServer, str]:
 
 
 def start_agent(
-    work: Path, interval: float, name: str = "agent", central: str | None = None
+    work: Path, interval: float, name: str = "agent", central: str | None = None, root: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], Path]:
     state = work / f"{name}-state"
     log = work / f"{name}.log"
     extra = {}
     if central is not None:
         extra = {"POP_AGENT_SINKS__CENTRAL__URL": central, "POP_AGENT_SINKS__CENTRAL__TOKEN": "bench-token"}
-    env = agent_env(state, **extra)
+    env = agent_env(state, root, **extra)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             agent_command("run", "--interval", str(interval), "--telemetry", "on" if central else "off"),
@@ -314,11 +319,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # -- the runs -------------------------------------------------------------------------------
 
 
-def idle_window(work: Path, window: float, interval: float) -> dict[str, Any]:
+def idle_window(work: Path, window: float, interval: float, compare: Path | None = None) -> dict[str, Any]:
     """Every contender side by side over one window."""
     contenders: list[Contender] = [Contender("floor", start_floor(work))]
     agent_proc, agent_log = start_agent(work, interval)
     contenders.append(Contender("agent", agent_proc))
+    if compare is not None:
+        cmp_proc, _ = start_agent(work, interval, name="agent_compare", root=compare)
+        contenders.append(Contender("agent_compare", cmp_proc, note=f"the agent of {compare}"))
     central, central_url = start_central()
     on_proc, on_log = start_agent(work, interval, name="agent_telemetry_on", central=central_url)
     contenders.append(Contender("agent_telemetry_on", on_proc, note="central sink on, to a local central that acks"))
@@ -382,9 +390,11 @@ def idle_window(work: Path, window: float, interval: float) -> dict[str, Any]:
     return {"window_s": round(measured, 1), "interval_s": interval, "processes": figures, "skipped": skipped}
 
 
-def tick_cost(work: Path, interval: float, seconds: float) -> dict[str, Any]:
+def tick_cost(
+    work: Path, interval: float, seconds: float, root: Path = ROOT, name: str = "agent-ticks"
+) -> dict[str, Any]:
     """CPU of one tick: the agent alone at a short interval, CPU over ticks logged."""
-    proc, log = start_agent(work, interval, name="agent-ticks")
+    proc, log = start_agent(work, interval, name=name, root=root)
     try:
         wait_for(lambda: count_ticks(log) >= 3 or proc.poll() is not None, 30)
         if proc.poll() is not None:
@@ -409,12 +419,16 @@ def tick_cost(work: Path, interval: float, seconds: float) -> dict[str, Any]:
     }
 
 
-def run(window: float, interval: float, tick_interval: float, tick_seconds: float) -> dict[str, Any]:
+def run(
+    window: float, interval: float, tick_interval: float, tick_seconds: float, compare: Path | None = None
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="idle-bench-"))
     try:
         report: dict[str, Any] = {"cpus": os.cpu_count(), "disabled_collectors": missing_builtin_collectors()}
-        report["idle"] = idle_window(work, window, interval)
+        report["idle"] = idle_window(work, window, interval, compare)
         report["tick"] = tick_cost(work, tick_interval, tick_seconds)
+        if compare is not None:
+            report["tick_compare"] = tick_cost(work, tick_interval, tick_seconds, compare, "agent-ticks-compare")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     procs = report["idle"]["processes"]
@@ -435,6 +449,16 @@ def run(window: float, interval: float, tick_interval: float, tick_seconds: floa
         "agent_rss_vs_node_exporter": ratio(agent["rss_mib_median"], ne.get("rss_mib_median")),
         "agent_rss_vs_collectd": ratio(agent["rss_mib_median"], cd.get("rss_mib_median")),
     }
+    if compare is not None:
+        report["ratios"]["agent_compare_cpu_vs_node_exporter"] = ratio(
+            procs["agent_compare"]["cpu_s_per_h"], ne.get("cpu_s_per_h")
+        )
+        report["ratios"]["agent_cpu_vs_agent_compare"] = ratio(
+            agent["cpu_s_per_h"], procs["agent_compare"]["cpu_s_per_h"]
+        )
+        report["ratios"]["agent_tick_vs_agent_compare"] = ratio(
+            report["tick"]["cpu_ms_per_tick"], report["tick_compare"]["cpu_ms_per_tick"]
+        )
     r = report["ratios"]
     report["meets_targets"] = {
         "rss": r["agent_rss_vs_floor"] is not None and r["agent_rss_vs_floor"] <= 1.15,
@@ -449,8 +473,10 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0, help="tick/scrape interval during the window")
     parser.add_argument("--tick-interval", type=float, default=0.5, help="agent interval for the per-tick cost")
     parser.add_argument("--tick-seconds", type=float, default=20.0, help="seconds of the per-tick run")
+    parser.add_argument("--compare", type=Path, help="another tree whose agent runs beside this one's")
     args = parser.parse_args()
-    print(json.dumps(run(args.window, args.interval, args.tick_interval, args.tick_seconds), indent=2))
+    report = run(args.window, args.interval, args.tick_interval, args.tick_seconds, args.compare)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
