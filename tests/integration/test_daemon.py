@@ -228,3 +228,30 @@ async def test_enqueue_beside_a_running_daemon(aiohttp_server: Any, tmp_path: Pa
     await wait_for(lambda: doc["id"] in central.acked_ids)
     assert await daemon.stop() == 0
     assert not list((daemon.state_dir / "spool" / "incoming").glob("*.json"))
+
+
+async def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
+    """Through $NOTIFY_SOCKET: READY=1 at start, WATCHDOG=1 at half the watchdog period between ticks, STOPPING=1."""
+    import socket
+
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.setblocking(False)
+    messages: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    daemon = Daemon(tmp_path, POP_AGENT_INTERVAL="30", NOTIFY_SOCKET=str(address), WATCHDOG_USEC="400000")
+    await daemon.start()
+    await wait_for(lambda: (drain(), messages.count("WATCHDOG=1") >= 4)[1], timeout=30)
+    assert await daemon.stop() == 0
+    drain()
+    sock.close()
+    assert messages[0] == "READY=1"
+    assert messages[-1] == "STOPPING=1"
