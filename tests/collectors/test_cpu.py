@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import pytest
@@ -11,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import CollectorError
-from agent.sample import MetricKind, Sample
+from agent.sample import Sample
 from agent.settings import Settings
 from collectors.base import Collector
 from collectors.cpu import CpuCollector, busy_percent
+from tests.collectors.declared import assert_declared
 
 
 class Times(NamedTuple):
@@ -50,18 +50,6 @@ class FakeCpu:
 
     def cpu_count(self) -> int | None:
         return self.count
-
-
-def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
-    """Every sample is declared by the collector, with exactly the declared label keys."""
-    specs = {spec.name: spec for spec in collector.metrics}
-    expected: list[str] = []
-    assert expected == [s.name for s in samples if s.name not in specs]
-    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
-    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
-    assert expected == [
-        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
-    ]
 
 
 async def test_first_collect_measures_a_short_window() -> None:

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from agent.errors import CollectorError
 from agent.heartbeat import MOUNT
 from agent.privacy import find_sensitive
-from agent.sample import MetricKind, Sample
+from agent.sample import Sample
 from agent.settings import CollectorsSettings, Settings
 from collectors.base import Collector
 from collectors.disk import DiskCollector, representable, select_mounts
+from tests.collectors.declared import assert_declared
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "proc"
 REPO = Path(__file__).parents[2]
@@ -126,18 +127,6 @@ def statvfs_factory() -> Iterator[type[FakeStatvfs]]:
 
 def simple() -> Vfs:
     return Vfs(f_frsize=4096, f_blocks=100, f_bfree=50, f_bavail=50, f_files=10, f_ffree=5)
-
-
-def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
-    """Every sample is declared by the collector, with exactly the declared label keys."""
-    specs = {spec.name: spec for spec in collector.metrics}
-    expected: list[str] = []
-    assert expected == [s.name for s in samples if s.name not in specs]
-    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
-    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
-    assert expected == [
-        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
-    ]
 
 
 def by_mount(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import pytest
 
 from agent.errors import CollectorError
-from agent.sample import MetricKind, Sample
+from agent.sample import Sample
 from agent.settings import Settings
 from collectors.base import Collector
 from collectors.memory import MemoryCollector
+from tests.collectors.declared import assert_declared
 
 
 class Ram(NamedTuple):
@@ -37,18 +36,6 @@ class FakeMemory:
 
     def swap_memory(self) -> Swap:
         return self.swap
-
-
-def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
-    """Every sample is declared by the collector, with exactly the declared label keys."""
-    specs = {spec.name: spec for spec in collector.metrics}
-    expected: list[str] = []
-    assert expected == [s.name for s in samples if s.name not in specs]
-    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
-    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
-    assert expected == [
-        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
-    ]
 
 
 async def test_ram_in_use_is_what_is_not_available() -> None:

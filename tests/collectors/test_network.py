@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import pytest
 
 from agent.errors import CollectorError
-from agent.sample import MetricKind, Sample
+from agent.sample import Sample
 from agent.settings import Settings
 from collectors.base import Collector
 from collectors.network import NetworkCollector
+from tests.collectors.declared import assert_declared
 
 
 class Io(NamedTuple):
@@ -57,18 +57,6 @@ class FakeNet:
         if self.stats is None:
             raise OSError(19, "No such device")
         return self.stats
-
-
-def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
-    """Every sample is declared by the collector, with exactly the declared label keys."""
-    specs = {spec.name: spec for spec in collector.metrics}
-    expected: list[str] = []
-    assert expected == [s.name for s in samples if s.name not in specs]
-    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
-    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
-    assert expected == [
-        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
-    ]
 
 
 def sums(base: int) -> list[Sample]:

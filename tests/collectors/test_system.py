@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pytest
 
 from agent.errors import CollectorError
-from agent.sample import MetricKind, Sample
+from agent.sample import Sample
 from agent.settings import Settings
 from collectors.base import Collector
 from collectors.system import SystemCollector
+from tests.collectors.declared import assert_declared
 
 
 class FakeSystem:
@@ -26,18 +26,6 @@ class FakeSystem:
 
     def pids(self) -> list[int]:
         return self.table
-
-
-def assert_declared(collector: Collector, samples: Sequence[Sample]) -> None:
-    """Every sample is declared by the collector, with exactly the declared label keys."""
-    specs = {spec.name: spec for spec in collector.metrics}
-    expected: list[str] = []
-    assert expected == [s.name for s in samples if s.name not in specs]
-    assert expected == [s.name for s in samples if tuple(k for k, _ in s.labels) != specs[s.name].labels]
-    assert expected == [s.name for s in samples if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", s.name)]
-    assert expected == [
-        spec.name for spec in collector.metrics if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total")
-    ]
 
 
 async def test_uptime_and_process_count_are_exact() -> None:
