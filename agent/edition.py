@@ -16,7 +16,7 @@ UPLOAD_SINKS = ("sinks.central", "sinks.pushgateway", "sinks.loki")
 def edition() -> Edition:
     """``"commercial"`` or ``"community"`` (the default)."""
     try:
-        from agent._build import EDITION  # type: ignore[import-not-found,unused-ignore]
+        from agent._build import EDITION  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         return "community"
     return "commercial" if EDITION == "commercial" else "community"
