@@ -57,15 +57,16 @@ async def ticks_during(daemon: Daemon, seconds: float) -> int:
     return len(ticks(daemon)) - before
 
 
-async def assert_keeps_rhythm(daemon: Daemon, seconds: float = 2.0, interval: float = INTERVAL) -> None:
-    """Over ``seconds`` the daemon spools at least a quarter of the heartbeats its interval promises.
+async def assert_keeps_rhythm(daemon: Daemon, seconds: float = 3.0, interval: float = INTERVAL) -> None:
+    """Over ``seconds`` the daemon spools at least an eighth of the heartbeats its interval promises.
 
-    The slack is generous on purpose: the machine is shared; a stalled or dead
-    tick loop spools none at all.
+    The slack is generous on purpose: the machine is shared (a fully loaded run
+    once gave 4 heartbeats in 2 s at 0.1 s); a stalled or dead tick loop spools
+    none at all, which is what this tells apart.
     """
     count = await ticks_during(daemon, seconds)
     expected = seconds / interval
-    assert count >= expected / 4, f"{count} heartbeats in {seconds} s, expected about {expected:.0f}"
+    assert count >= expected / 8, f"{count} heartbeats in {seconds} s, expected about {expected:.0f}"
 
 
 def assert_seq_rhythm(first: int, last: int, seconds: float, interval: float = INTERVAL) -> None:
