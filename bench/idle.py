@@ -204,7 +204,12 @@ def start_floor(work: Path) -> subprocess.Popen[bytes]:
 
 
 class _Accept(BaseHTTPRequestHandler):
-    """A central that acknowledges everything (the bench process pays for it, not the agent)."""
+    """A central that acknowledges everything (the bench process pays for it, not the agent).
+
+    HTTP/1.1 so the agent's connection is kept alive between ticks, as a real central would.
+    """
+
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -59,6 +59,16 @@ class _Wait:
         return float(self._jitter(state))
 
 
+class _OutOfTime(stop_base):
+    """Stop when the deadline has passed, or the next wait would outlast it."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return self._deadline.expired or (state.upcoming_sleep or 0.0) >= self._deadline.remaining()
+
+
 async def with_retries(policy: RetryPolicy, deadline: Deadline, attempt: Callable[[], Awaitable[T]]) -> T:
     """Run ``attempt`` until it succeeds, raising the last error when tries or time run out.
 
@@ -66,12 +76,8 @@ async def with_retries(policy: RetryPolicy, deadline: Deadline, attempt: Callabl
     deadline is not started: the batch stays spooled for the next tick instead.
     """
 
-    class _OutOfTime(stop_base):
-        def __call__(self, state: RetryCallState) -> bool:
-            return deadline.expired or (state.upcoming_sleep or 0.0) >= deadline.remaining()
-
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts) | _OutOfTime(),
+        stop=stop_after_attempt(policy.max_attempts) | _OutOfTime(deadline),
         wait=_Wait(policy),
         retry=retry_if_exception_type(TransientSinkError),
         sleep=deadline.sleep,
