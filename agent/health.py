@@ -51,7 +51,7 @@ STATE_VERSION = 1
 SPOOL_HIGH = 0.9
 SPOOL_LOW = 0.8
 
-_CODE = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
+_CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}", re.ASCII)  # a code has at least one letter or digit
 
 log = structlog.get_logger()
 
