@@ -253,7 +253,22 @@ def _describe(exc: ValidationError) -> str:
     return "invalid setting: " + "; ".join(parts)
 
 
+_URL_CREDENTIALS = re.compile(r"^(https?://)[^/@\s]+@", re.IGNORECASE)
+
+
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets shown as ``**********``."""
-    dumped: dict[str, Any] = settings.model_dump(mode="json")
+    """The effective configuration as plain data, secrets shown as ``**********``.
+
+    Secret fields are masked by their type; a sink URL that carries credentials
+    (``https://user:password@host/``) has them masked too.
+    """
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: mask(item) for key, item in value.items()}
+        if isinstance(value, str):
+            return _URL_CREDENTIALS.sub(r"\1**********@", value)
+        return value
+
+    dumped: dict[str, Any] = mask(settings.model_dump(mode="json"))
     return dumped

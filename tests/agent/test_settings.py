@@ -141,3 +141,10 @@ def test_missing_config_file(tmp_path: Path) -> None:
     """An explicit config file that does not exist is an error, not silently ignored."""
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_credentials_in_a_sink_url_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sink URL with user:password shows them masked in the effective configuration."""
+    monkeypatch.setenv("POP_AGENT_SINKS__LOKI__URL", "https://pop:hunter2@loki.example:3100")
+    dumped = masked_dump(load_settings())
+    assert dumped["sinks"]["loki"]["url"] == "https://**********@loki.example:3100"
