@@ -124,7 +124,10 @@ def test_counts_through_both_rotations_and_garbage(tmp_path: Path, fmt: str) -> 
     got = drain(collector)
     assert expected_lines == got["requests_total"]
     assert 6 == got["log_lines_malformed_total{log=access}"]
-    assert abs(got["unique_ips_1h"] - 150) <= 2
+    # Exactly these 150 clients are in the window (no spelling counted twice), as the
+    # sketch counts them under this run's random key; two of them may share a register.
+    assert sketch_count(tmp_path, people) == got["unique_ips_1h"]
+    assert abs(got["unique_ips_1h"] - 150) <= 7  # near exact: ±1 typical, 5% bound safe for any key
     assert got["unique_ips_1h"] == got["unique_ips_24h"]
 
 
@@ -185,7 +188,8 @@ def test_sketches_and_offsets_survive_a_restart(tmp_path: Path) -> None:
     after.load_state(state)
     got = values(after)
     assert 200 == got["requests_total"]
-    assert abs(got["unique_ips_1h"] - 150) <= 1
+    assert sketch_count(tmp_path, sorted(set(first + second))) == got["unique_ips_1h"]
+    assert abs(got["unique_ips_1h"] - 150) <= 7  # near exact: ±1 typical, 5% bound safe for any key
     key_file = tmp_path / "state" / KEY_FILE
     assert 0o600 == stat.S_IMODE(key_file.stat().st_mode)
 
