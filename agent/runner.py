@@ -30,8 +30,8 @@ from agent import heartbeat
 from agent.collecting import CollectorSlot, collect_all
 from agent.deadline import Deadline
 from agent.errors import ScrubRejected, SpoolError
-from agent.health import AlertHooks, Health
-from agent.sample import MetricSpec, Pending, Sample
+from agent.health import AlertHooks, Health, fixed_code
+from agent.sample import Delivery, MetricSpec, Pending, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
@@ -379,7 +379,7 @@ class Runner:
         )
         self.hooks.dispatch(events)
 
-    def _record_delivery(self, name: str, state: SinkState, delivery: Any, elapsed_ms: float) -> None:
+    def _record_delivery(self, name: str, state: SinkState, delivery: Delivery, elapsed_ms: float) -> None:
         state.acked_total += len(delivery.acked)
         state.rejected_total += len(delivery.rejected)
         if delivery.rejected:
@@ -408,11 +408,9 @@ class Runner:
             try:
                 await self.drain(sink, deadline)
             except Exception as exc:  # a spool read that fails, or a sink's bug, must not end delivery for good
-                code = str(getattr(exc, "code", "") or type(exc).__name__)[:32]
-                if state.last_failure != code:
-                    log.error("delivery_failed", sink=sink.name, code=code)
-                state.consecutive_failures += 1
-                state.last_failure = code
+                # A fixed code if the error carries one, else its class name: never its text.
+                code = fixed_code(getattr(exc, "code", None), type(exc).__name__[:32])
+                self._record_delivery(sink.name, state, Delivery(failure=code), 0.0)
             finally:
                 self._deadlines.discard(deadline)
 
