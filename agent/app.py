@@ -113,42 +113,32 @@ def once(settings: Settings) -> int:
 
 def once_push(settings: Settings) -> int:
     """``agent --once --push``: one tick through the spool and every sink."""
-    runner = _runner(settings, with_sinks=True)
-    if not runner.sinks:
-        print("agent: nothing to push to: telemetry is off or no sink is configured", file=sys.stderr)
-        return EX_FAIL
-
-    async def main() -> bool:
-        await runner.start()
-        try:
-            doc = await runner.tick()
-            if doc is None:
-                return False
-            deadline = Deadline(UPLOAD_DEADLINE)
-            drained = await asyncio.gather(*(runner.drain(sink, deadline) for sink in runner.sinks))
-            return all(drained)
-        finally:
-            await runner.aclose()
-
-    return _with_spool_errors(settings, lambda: EX_OK if threads.run(main()) else EX_FAIL)
+    return _deliver_now(settings, tick_first=True)
 
 
 def upload(settings: Settings) -> int:
     """``agent upload``: drain the spool once, now, and say what was acknowledged."""
+    return _deliver_now(settings, tick_first=False)
+
+
+def _deliver_now(settings: Settings, *, tick_first: bool) -> int:
+    """Drain every sink once (after one tick if asked); exit 0 only when nothing is left."""
     runner = _runner(settings, with_sinks=True)
     if not runner.sinks:
-        print("agent: nothing to upload to: telemetry is off or no sink is configured", file=sys.stderr)
+        print("agent: nothing to send to: telemetry is off or no sink is configured", file=sys.stderr)
         return EX_FAIL
 
     async def main() -> bool:
         await runner.start()
         try:
+            if tick_first and await runner.tick() is None:
+                return False
             deadline = Deadline(UPLOAD_DEADLINE)
             drained = await asyncio.gather(*(runner.drain(sink, deadline) for sink in runner.sinks))
+            left = runner.spool.stats().pending  # before aclose, which closes the spool
         finally:
             await runner.aclose()
         for name, state in runner.sink_state.items():
-            left = runner.spool.stats().pending
             print(
                 f"{name}: acked {state.acked_total}, rejected {state.rejected_total}, "
                 f"{'failed: ' + state.last_failure if state.last_failure else 'ok'}; {left} pending"

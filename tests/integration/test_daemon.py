@@ -255,3 +255,32 @@ async def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     sock.close()
     assert messages[0] == "READY=1"
     assert messages[-1] == "STOPPING=1"
+
+
+async def test_upload_drains_by_hand_and_counts_what_is_left(aiohttp_server: Any, tmp_path: Path) -> None:
+    """`agent upload` with central down leaves the backlog and says how much; with central up it drains all."""
+    central = Central()
+    central.respond = lambda batch: web.Response(status=503)
+    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central))
+    await daemon.start()
+    await wait_for(lambda: len(daemon.pending()) >= 4)
+    assert await daemon.stop() == 0
+    backlog = len(daemon.pending())
+
+    env = {**daemon.env, "POP_AGENT_SINKS__CENTRAL__MAX_ATTEMPTS": "1"}
+
+    async def upload() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "upload", cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
+    code, out = await upload()
+    assert code == 1
+    assert f"{backlog} pending" in out
+    central.respond = None
+    code, out = await upload()
+    assert code == 0
+    assert "0 pending" in out
+    assert daemon.pending() == []
