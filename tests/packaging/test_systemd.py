@@ -29,6 +29,9 @@ ANALYZE_CMD = ANALYZE or "systemd-analyze"
 SYSTEM_PYTHON = "/usr/bin/python3"
 MAX_EXPOSURE = 1.5
 SERVICE_UID = 64_999  # stands in for the DynamicUser= id
+# Tools in the project venv the agent never imports; left out of the sandbox's copy.
+DEV_ONLY = ("mypy*", "*mypyc*", "pip", "pip-*", "setuptools*", "pygments*", "hypothesis*", "_pytest", "pytest*",
+            "ruff*", "jsonschema*", "rpds*", "build", "build-*", "hatchling*", "__pycache__")  # fmt: skip
 ADM_GID = 4
 WAIT = 60.0  # generous bound on the agent's first ticks on a loaded machine; not a timing assertion
 
@@ -165,8 +168,13 @@ def sandbox() -> Iterator[tuple[Path, list[str]]]:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    # The source checkout (community with the upload code), and the project venv's dependencies.
-    Path(purelib, "pop_agent_source.pth").write_text(f"{REPO}\n{sysconfig.get_paths()['purelib']}\n")
+    # The source (community with the upload code) and the project venv's runtime dependencies,
+    # copied: the unit's user cannot read a checkout under a private directory (mktemp -d, /root).
+    source, deps = work / "src", work / "deps"
+    for package in ("agent", "collectors", "sinks"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(sysconfig.get_paths()["purelib"], deps, ignore=shutil.ignore_patterns(*DEV_ONLY), symlinks=True)
+    Path(purelib, "pop_agent_source.pth").write_text(f"{source}\n{deps}\n")
     try:
         yield venv / "bin" / "python", [SYSTEM_PYTHON, str(SANDBOX), str(policy), "--"]
     finally:
