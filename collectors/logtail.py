@@ -144,17 +144,19 @@ class LogFollower:
                 held.offset += cut + 1
                 held.skipping = False
                 data = data[cut + 1 :]
-            buf = held.fragment + data if held.fragment else data
-            end = buf.rfind(b"\n") + 1
+            end = data.rfind(b"\n") + 1
             if end == 0:
-                held.fragment = buf
-                if len(buf) > self._max_line:
+                held.fragment += data
+                if len(held.fragment) > self._max_line:
                     self.oversized_lines += 1
-                    held.offset += len(buf)
+                    held.offset += len(held.fragment)
                     held.fragment = b""
                     held.skipping = True
                 continue
-            complete, held.fragment = buf[:end], buf[end:]
+            # One copy at most: a chunk of a megabyte per read adds up on a long backlog.
+            whole = not held.fragment and end == len(data)
+            complete = data if whole else b"".join((held.fragment, memoryview(data)[:end]))
+            held.fragment = data[end:]
             count = complete.count(b"\n")
             if count > budget:
                 cut = -1
