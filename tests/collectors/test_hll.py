@@ -91,7 +91,9 @@ def test_ipv6_spellings_are_one_client(address: ipaddress.IPv6Address) -> None:
     assert {address.packed} == {hll.packed_address(form.encode()) for form in forms}
 
 
-@pytest.mark.parametrize("token", ["-", "", "example.org", "1.2.3", "300.1.1.1", "[::1", "01.2.3.4", "::g"])
+@pytest.mark.parametrize(
+    "token", ["-", "", "example.org", "1.2.3", "300.1.1.1", "[::1", "01.2.3.4", "::g", "1.2.3.4\x00", "::1\x00"]
+)
 def test_non_addresses_are_refused(token: str) -> None:
     """Tokens that are not IP addresses give no client."""
     assert hll.packed_address(token) is None

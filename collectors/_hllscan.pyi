@@ -1,0 +1,9 @@
+"""Types of the C module collectors._hllscan (source: _hllscan.c)."""
+
+from collections.abc import Iterable
+
+def update_of(key: bytes, token: bytes, /) -> int: ...
+def apply(key: bytes, registers: bytearray, tokens: Iterable[bytes], cache: bytearray, /) -> int: ...
+def scan_combined(
+    key: bytes, registers: bytearray, cache: bytearray, lines: bytes, prefix: bytes, suffix: bytes, /
+) -> int: ...
