@@ -22,22 +22,30 @@ Windows follow the log's own timestamps, not arrival time:
   very first start the follower seeks back (binary search on timestamps, at most
   ``BACKFILL_MAX_BYTES``) to fill them.
 
-The per-line work runs in C: one compiled regular expression finds every line of
-a chunk (``findall``), and its matches are counted against the chunk's line count;
-only when they differ (garbage, escaped quotes) does the chunk go through the
-strict expression, or, for JSON, ``json.loads`` line by line, so counts are those
-of line-by-line parsing. A chunk whose lines all fall in one 10-minute bucket too
-old for the rates is read with an expression that has that bucket's time stamp
-prefix built in and captures only addresses. Otherwise statuses are counted with a
+No Python code runs per line on the common paths. Lines are read a megabyte at
+a time. A chunk whose
+lines all fall in one 10-minute bucket too old for the rates (a backlog, the
+first start) needs only their addresses: the C module ``collectors._hllscan``
+checks each line against that bucket's shape (:func:`bulk_expression`, whose
+time stamp prefix is literal) and applies its address to the bucket's
+registers, without a Python object per line; a chunk it refuses takes the
+general path. Otherwise one compiled regular expression finds every line of a
+chunk (``findall``), and its matches are counted against the chunk's line
+count; only when they differ (garbage, escaped quotes) does the chunk go
+through the strict expression, or, for JSON, ``json.loads`` line by line, so
+counts are those of line-by-line parsing. Statuses are counted with a
 ``Counter`` over (time stamp, class) pairs and time stamps are parsed once per
-distinct stamp. Addresses are deduplicated with a ``set`` of their hashes per chunk
-and time bucket; only those not met before are normalised and hashed. Register
-updates are gathered per read and applied to each sketch once.
+distinct stamp.
 
-Addresses never outlive the chunk of lines they were read in. Within a chunk
-they are deduplicated, then known only by Python's per-process keyed SipHash
-(``hash()``; the key is random per process and never written) in one bounded
-cache, and by the register update they cause. The registers are hashed with
+Without the C module (built where a compiler is present) the same counts come
+from Python: the bulk chunks go through :func:`bulk_expression`, addresses are
+deduplicated with a ``set`` of their hashes per chunk and time bucket, and only
+those not met before are normalised and hashed.
+
+Addresses never outlive the chunk of lines they were read in. After it they are
+known only by Python's per-process keyed SipHash (``hash()``; the key is random
+per process and never written) in one bounded cache (a dict in Python, a 2 MiB
+table in C), and by the register update they cause. The registers are hashed with
 BLAKE2b under a sketch key that is random per POP install, kept 0600 in the state
 directory: a per-process key would make a restarted agent count each client of
 the last 24 hours a second time. What is saved across restarts is offsets,
@@ -123,6 +131,16 @@ def combined_time(text: bytes) -> float | None:
     except (KeyError, ValueError):
         return None
     return moment.timestamp()
+
+
+def bulk_expression(stamp: bytes) -> re.Pattern[bytes]:
+    """The addresses of the lines stamped in the 10-minute span of ``stamp`` (matches start at the newline before).
+
+    The bulk path's definition of a line, in Python; ``collectors._hllscan``
+    matches the same lines (``scan_combined``) and tests hold the two together.
+    """
+    literal = re.escape(stamp[:16]) + rb"\d:[0-5]\d" + re.escape(stamp[20:])
+    return re.compile(rb"\n([^ ]+) [^\[]*\[" + literal + rb'\] "[^"]*" [1-5]\d\d(?=[ \r\n])')
 
 
 def json_time(value: object) -> float | None:
@@ -293,11 +311,10 @@ class LogCounter:
         self.hasher: hll.KeyedHasher | None = None
         self._cache: dict[int, int] = {}  # hash(token) -> register update, or 0 for no address
         self._seen: dict[int, set[int]] = {}  # fine bucket -> hash(token) already gathered there
-        self._pending: dict[int, list[int]] = {}  # fine bucket -> register updates gathered in this step
+        self._pending: dict[int, bytearray] = {}  # fine bucket -> registers gathered in this step
         self._times: dict[bytes, float | None] = {}
         self._shape: tuple[re.Pattern[bytes], tuple[int, int, int]] | None = None
-        self._bulk: tuple[bytes, re.Pattern[bytes]] | None = None
-        self._bulk_bucket = 0
+        self._bulk_re: tuple[bytes, re.Pattern[bytes]] | None = None  # (stamp literal, expression), in Python
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -319,33 +336,30 @@ class LogCounter:
         return read
 
     def _combined(self, chunk: bytes, lines: int, now: float) -> None:
-        data = b"\n" + chunk
-        if b"\\" in data and b'\\"' in data:
-            records = COMBINED.findall(data)
+        if b"\\" in chunk and b'\\"' in chunk:
+            records = COMBINED.findall(b"\n" + chunk)
         else:
-            bulk = self._bulk_pattern(data, now)
-            if bulk is not None:
-                tokens = bulk.findall(data)
-                if len(tokens) == lines:
-                    self.total += lines
-                    self._apply(tokens, self._bulk_bucket * FINE_BUCKET, now)
-                    return
+            bulk = self._bulk_stamp(chunk, now)
+            if bulk is not None and self._bulk(chunk, lines, *bulk, now):
+                self.total += lines
+                return
+            data = b"\n" + chunk
             records = COMBINED_FAST.findall(data)
             if len(records) != lines:
                 records = COMBINED.findall(data)
         self._aggregate(records, lines, self._time, now)
 
-    def _bulk_pattern(self, data: bytes, now: float) -> re.Pattern[bytes] | None:
-        """An expression for the lines of the first line's 10-minute bucket, if it is old enough.
+    def _bulk_stamp(self, chunk: bytes, now: float) -> tuple[bytes, int] | None:
+        """The first line's time stamp and 10-minute bucket, if that is old enough for the bulk path.
 
         Most chunks of a log read after the fact lie in one bucket, too old for
         the rates: then only the addresses are needed. The bucket's date, hour
-        and tens of minutes are literal in the expression, so a match is a valid
-        line of that bucket, and a chunk with as many matches as lines lies
-        wholly in it. Local 10-minute spans are buckets only for time zones whole
-        in tens of minutes; other zones take the general path.
+        and tens of minutes are literal in what the bulk path matches, so a match
+        is a valid line of that bucket, and a chunk with as many matches as lines
+        lies wholly in it. Local 10-minute spans are buckets only for time zones
+        whole in tens of minutes; other zones take the general path.
         """
-        first = COMBINED.match(data)
+        first = COMBINED.match(b"\n" + chunk[: chunk.find(b"\n") + 1])
         if first is None:
             return None
         stamp = first.group(2)
@@ -355,12 +369,22 @@ class LogCounter:
         bucket = int(when // FINE_BUCKET)
         if (bucket + 1) * FINE_BUCKET > now - RECENT_S:
             return None  # may hold lines that the rates need
-        key = stamp[:16] + stamp[20:]
-        if self._bulk is None or self._bulk[0] != key:
-            literal = re.escape(stamp[:16]) + rb"\d:[0-5]\d" + re.escape(stamp[20:])
-            self._bulk = (key, re.compile(rb"\n([^ ]+) [^\[]*\[" + literal + rb'\] "[^"]*" [1-5]\d\d(?=[ \r\n])'))
-        self._bulk_bucket = bucket
-        return self._bulk[1]
+        return stamp, bucket
+
+    def _bulk(self, chunk: bytes, lines: int, stamp: bytes, bucket: int, now: float) -> bool:
+        """Count the addresses of a chunk whose lines all lie in ``stamp``'s bucket; ``False`` if they do not."""
+        prefix, suffix = stamp[:16], stamp[20:]
+        registers = self._registers(bucket * FINE_BUCKET, now)
+        if self.hasher is not None and self.hasher.native:
+            scratch = registers if registers is not None else bytearray(hll.M)  # too old to count: only check
+            return self.hasher.scan_combined(scratch, chunk, prefix, suffix) == lines
+        if self._bulk_re is None or self._bulk_re[0] != prefix + suffix:
+            self._bulk_re = (prefix + suffix, bulk_expression(stamp))
+        tokens = self._bulk_re[1].findall(b"\n" + chunk)
+        if len(tokens) != lines:
+            return False
+        self._apply(tokens, bucket * FINE_BUCKET, now)
+        return True
 
     def _json(self, chunk: bytes, lines: int, now: float) -> None:
         if self._shape is None:
@@ -430,14 +454,29 @@ class LogCounter:
         for bucket, tokens in groups.items():
             self._apply(tokens, bucket * FINE_BUCKET, now)
 
-    def _apply(self, tokens: Collection[bytes], when: float, now: float) -> None:
-        """Gather the register updates of addresses first met in the fine bucket holding ``when``."""
-        if self.hasher is None or not tokens:
-            return
+    def _registers(self, when: float, now: float) -> bytearray | None:
+        """This step's registers for the fine bucket holding ``when``; ``None`` if it is too old to count."""
+        if self.hasher is None:
+            return None
         when = min(when, now)
         if int(when // COARSE_BUCKET) < self.coarse.first_live(now):
-            return
+            return None
         fine_id = int(when // FINE_BUCKET)
+        registers = self._pending.get(fine_id)
+        if registers is None:
+            registers = self._pending[fine_id] = bytearray(hll.M)
+        return registers
+
+    def _apply(self, tokens: Collection[bytes], when: float, now: float) -> None:
+        """Gather the register updates of the addresses among ``tokens`` for the fine bucket holding ``when``."""
+        registers = self._registers(when, now)
+        if registers is None or self.hasher is None or not tokens:
+            return
+        fine_id = int(min(when, now) // FINE_BUCKET)
+        if self.hasher.native:
+            self.hasher.add_tokens(registers, tokens)
+            return
+        # In Python, only addresses first met in this bucket are looked up.
         seen = self._seen.get(fine_id)
         if seen is None:
             seen = self._seen[fine_id] = set()
@@ -452,7 +491,7 @@ class LogCounter:
             seen |= fresh
         cached = list(map(self._cache.get, fresh))
         updates = self._learn(fresh, tokens) if None in cached else cast("list[int]", cached)
-        self._pending.setdefault(fine_id, []).extend(updates)
+        hll.apply_updates(registers, updates)
 
     def _learn(self, fresh: set[int], tokens: Collection[bytes]) -> list[int]:
         """The register updates of ``fresh``, normalising and hashing the addresses not met before."""
@@ -469,18 +508,13 @@ class LogCounter:
         return list(map(cache.__getitem__, fresh))
 
     def _flush(self, now: float) -> None:
-        """Apply the register updates gathered in this step, each sketch once."""
+        """Merge the registers gathered in this step into the sketches, each sketch once."""
         first_fine = self.fine.first_live(now)
-        for fine_id, gathered in sorted(self._pending.items()):
-            updates = set(gathered)  # the same int objects from the cache: cheap to deduplicate
-            coarse_id = fine_id * FINE_BUCKET // COARSE_BUCKET
-            # The coarse sketch is the union of its 10-minute ones: update only the
-            # finer sketch while it is in its window, then fold it in.
+        for fine_id, registers in sorted(self._pending.items()):
+            # The coarse sketch is the union of its 10-minute ones.
             if fine_id >= first_fine:
-                self.fine.add(fine_id, updates)
-                self.coarse.absorb(coarse_id, self.fine.registers(fine_id))
-            else:
-                self.coarse.add(coarse_id, updates)
+                self.fine.absorb(fine_id, registers)
+            self.coarse.absorb(fine_id * FINE_BUCKET // COARSE_BUCKET, registers)
         self._pending.clear()
 
     def _prune(self, now: float) -> None:
@@ -606,8 +640,10 @@ class RequestsCollector:
         state_dir: Path | None = None,
         sketch_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
+        native: bool = True,
     ) -> None:
         self._interval = interval
+        self._native = native
         self._state_dir = state_dir
         self._key = sketch_key
         self._clock = clock
@@ -686,7 +722,7 @@ class RequestsCollector:
             with contextlib.suppress(OSError):
                 key = load_or_create_key(self._state_dir / KEY_FILE)
         # Without a durable key, counts are right within this process but restart afresh.
-        hasher = hll.KeyedHasher(key if key is not None else os.urandom(32))
+        hasher = hll.KeyedHasher(key if key is not None else os.urandom(32), native=self._native)
         self._key_id = hasher.key_id()
         for log in self.logs.values():
             log.hasher = hasher

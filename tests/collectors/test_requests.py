@@ -27,6 +27,16 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 GARBAGE = ["", "garbage", '1.2.3.4 - - [not a time] "GET / HTTP/1.1" 200 1', "\x00\x01binary", "{}", "[1, 2]"]
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on the C module's path and on the pure-Python one an agent built without a compiler takes."""
+    if request.param == "python":
+        monkeypatch.setattr(hll, "_native", None)  # as when collectors._hllscan was never built
+    elif not hll.native_available():
+        pytest.skip("collectors._hllscan is not built (no C compiler or Python headers)")
+    return str(request.param)
+
+
 def combined(addr: str, t: float, status: int = 200) -> str:
     g = time.gmtime(t)
     stamp = f"{g.tm_mday:02d}/{MONTHS[g.tm_mon - 1]}/{g.tm_year}:{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
