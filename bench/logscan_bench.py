@@ -7,7 +7,10 @@ addresses, one in five IPv6, stamped over one hour), then in the same run:
 - the collector reading the whole file tick by tick as on a first start, with
   ``now`` ten minutes after the last line (lines old enough for the bulk path),
 - the same with ``now`` at the last line (every line on the per-second path),
-- one more bulk run under ``tracemalloc`` for peak Python memory.
+- the bulk run again on the pure-Python path (an agent built without a C
+  compiler, so without ``collectors._hllscan``),
+- one more bulk run under ``tracemalloc`` for peak Python memory (the C
+  module's 2 MiB cache is a ``bytearray``, so it is counted).
 
 Prints one JSON object: lines/s of each, the ratio to the pipeline, the unique
 count against the truth, and the state per window (in memory and as saved).
@@ -71,9 +74,9 @@ def pipeline(path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, int(out.strip())
 
 
-def scan(path: Path, now: float, lines: int) -> tuple[float, RequestsCollector]:
+def scan(path: Path, now: float, lines: int, *, native: bool = True) -> tuple[float, RequestsCollector]:
     cfg = RequestsSettings(access_log=path, max_lines_per_tick=200_000)
-    collector = RequestsCollector(cfg, interval=10.0, sketch_key=b"bench-key-" * 4, clock=lambda: now)
+    collector = RequestsCollector(cfg, interval=10.0, sketch_key=b"bench-key-" * 4, clock=lambda: now, native=native)
     log = collector.logs["access"]
     started = time.perf_counter()
     while log.total + log.malformed < lines:
@@ -99,6 +102,7 @@ def main() -> None:
         bulk = [scan(path, end + 600, args.lines) for _ in range(args.repeat)]
         bulk_s, collector = min(b[0] for b in bulk), bulk[0][1]
         recent_s = min(scan(path, end, args.lines)[0] for _ in range(args.repeat))
+        python_s = min(scan(path, end + 600, args.lines, native=False)[0] for _ in range(args.repeat))
         tracemalloc.start()
         scan(path, end + 600, args.lines)
         peak = tracemalloc.get_traced_memory()[1]
@@ -116,6 +120,9 @@ def main() -> None:
             "ratio_to_pipeline": round(pipe_s / bulk_s, 2),
             "collector_recent_lines_per_s": round(args.lines / recent_s),
             "ratio_recent_to_pipeline": round(pipe_s / recent_s, 2),
+            "native": hll.native_available(),
+            "python_lines_per_s": round(args.lines / python_s),
+            "ratio_python_to_pipeline": round(pipe_s / python_s, 2),
             "peak_python_mib": round(peak / 2**20, 2),
             "unique_ips_1h": samples["unique_ips_1h"],
             "unique_ips_24h": samples["unique_ips_24h"],
