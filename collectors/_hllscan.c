@@ -23,9 +23,10 @@
  *       making a Python object per line and without holding the GIL; returns the
  *       number of lines, or -1 at the first line of another shape.
  *
- * The cache is the caller's bytearray: slots of (Python's per-process hash of a
- * token, its update), so that an address met again costs one probe instead of a
- * BLAKE2b call. No address and no reversible hash is kept, here or there.
+ * The cache is the caller's bytearray: slots of (a token's SipHash under a key
+ * random per process and never written, as Python's hash(); its update), so that
+ * an address met again costs one probe instead of a BLAKE2b call. No address and
+ * no hash that outlives the process is kept, here or there.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -34,6 +35,7 @@
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define P 14
 #define M (1 << P)
@@ -186,9 +188,46 @@ static int packed_address(const char *text, size_t len, uint8_t out[16]) {
 
 /* ---- one token into the registers, through the caller's cache ---- */
 
-/* One slot of the cache: the per-process hash of a token and the update it causes. */
+/* ---- the cache's tags: SipHash-1-3 (as CPython's hash() of bytes) under a key random per process ---- */
+
+static uint64_t tag_k0, tag_k1; /* set once at import from getrandom(), never written anywhere */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define HALF_ROUND(a, b, c, d, s, t) \
+    a += b;                          \
+    c += d;                          \
+    b = ROTL(b, s) ^ a;              \
+    d = ROTL(d, t) ^ c;              \
+    a = ROTL(a, 32);
+#define SIP_ROUND(v0, v1, v2, v3)            \
+    HALF_ROUND(v0, v1, v2, v3, 13, 16);      \
+    HALF_ROUND(v2, v1, v0, v3, 17, 21);
+
+static uint64_t token_tag(const char *token, size_t len) {
+    const uint8_t *in = (const uint8_t *)token;
+    uint64_t b = (uint64_t)len << 56;
+    uint64_t v0 = tag_k0 ^ UINT64_C(0x736f6d6570736575), v1 = tag_k1 ^ UINT64_C(0x646f72616e646f6d);
+    uint64_t v2 = tag_k0 ^ UINT64_C(0x6c7967656e657261), v3 = tag_k1 ^ UINT64_C(0x7465646279746573);
+    for (; len >= 8; in += 8, len -= 8) {
+        uint64_t m = load64(in);
+        v3 ^= m;
+        SIP_ROUND(v0, v1, v2, v3);
+        v0 ^= m;
+    }
+    for (size_t i = 0; i < len; i++) b |= (uint64_t)in[i] << (8 * i);
+    v3 ^= b;
+    SIP_ROUND(v0, v1, v2, v3);
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    return (v0 ^ v1) ^ (v2 ^ v3);
+}
+
+/* One slot of the cache: the tag of a token and the update it causes. */
 typedef struct {
-    Py_hash_t tag;
+    uint64_t tag;
     uint32_t value; /* 0: empty; NOT_ADDRESS; else update + 1 */
     uint32_t unused;
 } slot_t;
@@ -201,18 +240,8 @@ typedef struct {
     size_t mask;
 } sketch_t;
 
-/* Python's own hash of the bytes (SipHash, keyed per process, never written): a bytes
- * object's hash() is the same number, so apply() and scan_combined() share one cache. */
-static inline Py_hash_t token_tag(const char *token, size_t len) {
-#if PY_VERSION_HEX >= 0x030E0000
-    return Py_HashBuffer(token, (Py_ssize_t)len);
-#else
-    return _Py_HashBytes(token, (Py_ssize_t)len);
-#endif
-}
-
 /* Apply one token; 1 if it was an address. Needs no Python object: callable without the GIL. */
-static int add_token(sketch_t *sk, const char *token, size_t len, Py_hash_t tag) {
+static int add_token(sketch_t *sk, const char *token, size_t len, uint64_t tag) {
     slot_t *slot = &sk->table[(size_t)tag & sk->mask];
     uint32_t value = slot->value;
     if (value == 0 || slot->tag != tag) {
@@ -319,8 +348,9 @@ static PyObject *apply(PyObject *self, PyObject *args) {
                 PyErr_SetString(PyExc_TypeError, "tokens must be bytes");
                 break;
             }
-            Py_hash_t tag = PyObject_Hash(item); /* cached in the object; the same as token_tag() */
-            applied += add_token(&sk, PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item), tag);
+            const char *token = PyBytes_AS_STRING(item);
+            size_t len = (size_t)PyBytes_GET_SIZE(item);
+            applied += add_token(&sk, token, len, token_tag(token, len));
             Py_DECREF(item);
         }
         Py_DECREF(iterator);
@@ -347,7 +377,7 @@ static PyObject *scan_combined(PyObject *self, PyObject *args) {
         enum { BATCH = 16 };
         const char *tokens[BATCH];
         size_t lens[BATCH];
-        Py_hash_t tags[BATCH];
+        uint64_t tags[BATCH];
         const char *p = data.buf, *end = p + data.len;
         while (p < end && lines >= 0) {
             int n = 0;
@@ -391,4 +421,13 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_hllscan", "Keyed HyperLogLog updates for many addresses at once.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__hllscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__hllscan(void) {
+    uint64_t key[2];
+    if (getrandom(key, sizeof key, 0) != (ssize_t)sizeof key) {
+        PyErr_SetString(PyExc_ImportError, "no random key for the cache tags");
+        return NULL;
+    }
+    tag_k0 = key[0];
+    tag_k1 = key[1];
+    return PyModule_Create(&module);
+}

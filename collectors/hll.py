@@ -36,8 +36,9 @@ normalising, hashing and updating a register, runs in the C module
 ``collectors._hllscan`` when it was built (``make setup`` and the wheels build it
 where a C compiler is present). It does what this module does, address by
 address, with the same results (tests hold the two to each other), and keeps a
-2 MiB table from Python's per-process ``hash()`` of a token to its update, so
-that an address met again costs a table probe rather than a BLAKE2b call.
+2 MiB table from a token's SipHash under a key random per process (as Python's
+``hash()``) to its update, so that an address met again costs a table probe
+rather than a BLAKE2b call.
 Without it the same counts come from this module, about three times slower.
 
 Registers hold a hash's bucket and rank only: an address cannot be read back

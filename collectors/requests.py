@@ -43,9 +43,10 @@ deduplicated with a ``set`` of their hashes per chunk and time bucket, and only
 those not met before are normalised and hashed.
 
 Addresses never outlive the chunk of lines they were read in. After it they are
-known only by Python's per-process keyed SipHash (``hash()``; the key is random
-per process and never written) in one bounded cache (a dict in Python, a 2 MiB
-table in C), and by the register update they cause. The registers are hashed with
+known only by a per-process keyed SipHash (Python's ``hash()``, or the C
+module's own; the key is random per process and never written) in one bounded
+cache (a dict in Python, a 2 MiB table in C), and by the register update they
+cause. The registers are hashed with
 BLAKE2b under a sketch key that is random per POP install, kept 0600 in the state
 directory: a per-process key would make a restarted agent count each client of
 the last 24 hours a second time. What is saved across restarts is offsets,
