@@ -9,6 +9,7 @@ addresses, one in five IPv6, stamped over one hour), then in the same run:
 - the same with ``now`` at the last line (every line on the per-second path),
 - the bulk run again on the pure-Python path (an agent built without a C
   compiler, so without ``collectors._hllscan``),
+- the same log written as JSON lines (``format = "json"``), read the bulk way,
 - one more bulk run under ``tracemalloc`` for peak Python memory (the C
   module's 2 MiB cache is a ``bytearray``, so it is counted).
 
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +43,7 @@ SPAN = 3600
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def generate(path: Path, lines: int, distinct: int, seed: int = 1) -> None:
+def generate(path: Path, lines: int, distinct: int, seed: int = 1, fmt: str = "combined") -> None:
     """Write the test log: ``distinct`` addresses drawn uniformly, time stamps increasing."""
     rng = random.Random(seed)
     addresses = []
@@ -60,9 +62,17 @@ def generate(path: Path, lines: int, distinct: int, seed: int = 1) -> None:
                 g = time.gmtime(t)
                 day = f"{g.tm_mday:02d}/{MONTHS[g.tm_mon - 1]}/{g.tm_year}"
                 stamp = stamps[t] = f"{day}:{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d} +0000"
+            address, status = addresses[rng.randrange(distinct)], statuses[n % 7]
+            if fmt == "json":
+                iso = datetime.fromtimestamp(t, UTC).isoformat()
+                out.write(
+                    f'{{"time": "{iso}", "remote_addr": "{address}", "request": "GET /vault/{n % 977} HTTP/1.1", '
+                    f'"status": {status}, "bytes": {n % 5000}, "user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}}\n'
+                )
+                continue
             out.write(
-                f'{addresses[rng.randrange(distinct)]} - - [{stamp}] "GET /vault/{n % 977} HTTP/1.1" '
-                f'{statuses[n % 7]} {n % 5000} "-" "Mozilla/5.0 (X11; Linux x86_64)"\n'
+                f'{address} - - [{stamp}] "GET /vault/{n % 977} HTTP/1.1" '
+                f'{status} {n % 5000} "-" "Mozilla/5.0 (X11; Linux x86_64)"\n'
             )
 
 
@@ -74,8 +84,10 @@ def pipeline(path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, int(out.strip())
 
 
-def scan(path: Path, now: float, lines: int, *, native: bool = True) -> tuple[float, RequestsCollector]:
-    cfg = RequestsSettings(access_log=path, max_lines_per_tick=200_000)
+def scan(
+    path: Path, now: float, lines: int, *, native: bool = True, fmt: str = "combined"
+) -> tuple[float, RequestsCollector]:
+    cfg = RequestsSettings(access_log=path, format=fmt, max_lines_per_tick=200_000)
     collector = RequestsCollector(cfg, interval=10.0, sketch_key=b"bench-key-" * 4, clock=lambda: now, native=native)
     log = collector.logs["access"]
     started = time.perf_counter()
@@ -94,8 +106,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = (args.keep or Path(tmp)) / "access.log"
+        json_path = path.with_name("access.json.log")
         if not (args.reuse and path.exists()):
             generate(path, args.lines, args.distinct)
+        if not (args.reuse and json_path.exists()):
+            generate(json_path, args.lines, args.distinct, fmt="json")
         end = START + SPAN
         runs = [pipeline(path) for _ in range(args.repeat)]
         pipe_s, pipe_count = min(r[0] for r in runs), runs[0][1]
@@ -103,6 +118,7 @@ def main() -> None:
         bulk_s, collector = min(b[0] for b in bulk), bulk[0][1]
         recent_s = min(scan(path, end, args.lines)[0] for _ in range(args.repeat))
         python_s = min(scan(path, end + 600, args.lines, native=False)[0] for _ in range(args.repeat))
+        json_s = min(scan(json_path, end + 600, args.lines, fmt="json")[0] for _ in range(args.repeat))
         tracemalloc.start()
         scan(path, end + 600, args.lines)
         peak = tracemalloc.get_traced_memory()[1]
@@ -123,6 +139,8 @@ def main() -> None:
             "native": hll.native_available(),
             "python_lines_per_s": round(args.lines / python_s),
             "ratio_python_to_pipeline": round(pipe_s / python_s, 2),
+            "json_lines_per_s": round(args.lines / json_s),
+            "ratio_json_to_pipeline": round(pipe_s / json_s, 2),
             "peak_python_mib": round(peak / 2**20, 2),
             "unique_ips_1h": samples["unique_ips_1h"],
             "unique_ips_24h": samples["unique_ips_24h"],
