@@ -64,14 +64,18 @@ class Sequence:
     the highest number this process may hand out, and is moved forward (durably)
     before a number past it is used. A crash skips the rest of a block, which is
     allowed; a number is never handed out twice.
+
+    Each reservation is written to two files (``seq.json`` and ``seq.json.1``),
+    each atomically: a file damaged from outside (a bad disk block, a hand edit)
+    costs nothing while the other one reads, so ``seq`` does not restart at 0
+    and go back under central's feet. Only when both are unreadable does it.
     """
 
     def __init__(self, path: Path, *, block: int = 1000) -> None:
-        self._path = path
+        self._paths = (path, path.with_name(path.name + ".1"))
         self._block = block
-        stored = read_json(path) or {}
-        reserved = stored.get("reserved", -1)
-        self._next = reserved + 1 if isinstance(reserved, int) and reserved >= 0 else 0
+        reservations = [_reservation(candidate) for candidate in self._paths]
+        self._next = max((r + 1 for r in reservations if r is not None), default=0)
         self._reserved = self._next - 1
 
     def peek(self) -> int:
@@ -84,11 +88,17 @@ class Sequence:
             # Reserved in memory only once the reservation is on disk: a failed write
             # (a full disk) must fail every take, not hand out numbers a restart reuses.
             reserved = self._next + self._block - 1
-            write_json(self._path, {"reserved": reserved})
+            for path in self._paths:
+                write_json(path, {"reserved": reserved})
             self._reserved = reserved
         value = self._next
         self._next += 1
         return value
+
+
+def _reservation(path: Path) -> int | None:
+    reserved = (read_json(path) or {}).get("reserved")
+    return reserved if isinstance(reserved, int) and not isinstance(reserved, bool) and reserved >= 0 else None
 
 
 def remove_quietly(path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from agent import heartbeat
 from agent.sample import Sample
@@ -53,6 +54,27 @@ def test_sequence_increases_across_restarts(tmp_path: Path) -> None:
     assert taken == list(range(15))
     assert min(later) > max(taken)
     assert later == sorted(set(later))
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"reserved": "9"}', b"\x00" * 64, None])
+def test_sequence_survives_one_damaged_state_file(tmp_path: Path, damage: bytes | None) -> None:
+    """A garbled, emptied or deleted seq file does not send seq back while its twin reads; both gone restart at 0."""
+    path = tmp_path / "seq.json"
+    first = Sequence(path, block=10)
+    taken = [first.take() for _ in range(25)]
+    for victim in (path, path.with_name("seq.json.1")):
+        if damage is None:
+            victim.unlink()
+        else:
+            victim.write_bytes(damage)
+        after = Sequence(path, block=10).take()
+        assert after > max(taken), victim.name
+        Sequence(path, block=10)  # reading alone repairs nothing and breaks nothing
+        first = Sequence(path, block=10)
+        taken = [first.take() for _ in range(25)]  # both files are whole again
+    path.write_bytes(b"garbage")
+    path.with_name("seq.json.1").write_bytes(b"garbage")
+    assert 0 == Sequence(path, block=10).take()
 
 
 def test_peek_does_not_write(tmp_path: Path) -> None:
