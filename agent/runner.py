@@ -21,7 +21,7 @@ import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -29,9 +29,10 @@ import structlog
 from agent import heartbeat
 from agent.collecting import CollectorSlot, collect_all
 from agent.deadline import Deadline
+from agent.delivery import BacklogScrubber, SinkState
 from agent.errors import ScrubRejected, SpoolError
 from agent.health import AlertHooks, Health, fixed_code
-from agent.sample import Delivery, MetricSpec, Pending, Sample
+from agent.sample import Delivery, MetricSpec, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
@@ -45,7 +46,6 @@ T = TypeVar("T")
 STATUS_FILE = "status.json"
 COLLECTOR_STATE_DIR = "collectors"
 INCOMING_PER_TICK = 1000  # documents from `agent enqueue` taken in per tick, so a flood cannot stall ticks
-RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a retried batch is not scrubbed again
 STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
 
 
@@ -57,19 +57,6 @@ class Counters:
     collector_errors_total: int = 0
     tick_overruns_total: int = 0
     spool_write_errors_total: int = 0
-
-
-@dataclass
-class SinkState:
-    """What ``agent status`` shows of one sink."""
-
-    last_ack: float | None = None
-    last_failure: str | None = None
-    consecutive_failures: int = 0
-    acked_total: int = 0
-    rejected_total: int = 0
-    last_delivery_ms: float | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 class Runner:
@@ -96,13 +83,7 @@ class Runner:
         self.allowed = allowed
         # A backlog may hold metrics of collectors configured in an earlier run.
         self.backlog_allowed = backlog_allowed if backlog_allowed is not None else allowed
-        # Heartbeats this process spooled were scrubbed on the way in: their ids are
-        # time-ordered and above every id the spool held at start. Anything else read
-        # from the spool (a backlog from before a restart, a file dropped in by hand)
-        # is scrubbed again on its way out, so nothing reaches a sink unscrubbed by
-        # these rules; a few thousand such ids are remembered so retries cost nothing.
-        self._vouch_floor = "~"  # above every id until start() has looked at the spool
-        self._rescrubbed: set[str] = set()
+        self.backlog = BacklogScrubber(self.backlog_allowed)
         self.sinks = list(sinks)
         self.notifier = notifier or Notifier()
         self.state_dir = settings.state_dir
@@ -131,7 +112,7 @@ class Runner:
         """Create the state directory, open the spool, restore collectors' state."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self._spool_call(self.spool.open)
-        self._vouch_floor = max(heartbeat.uuid7(), await asyncio.to_thread(self._newest_spooled_id))
+        self.backlog.vouch_above(max(heartbeat.uuid7(), await asyncio.to_thread(self._newest_spooled_id)))
         self._start_hooks()
         for slot in self.collectors:
             load = getattr(slot.collector, "load_state", None)
@@ -324,7 +305,7 @@ class Runner:
             batch = await self._spool_call(self.spool.batch, sink.name, sink.max_batch, 4 * 1024 * 1024)
             if not batch:
                 return True
-            batch, refused = self._scrub_backlog(batch)
+            batch, refused = self.backlog.check(batch)
             if refused:
                 self.counters.scrub_rejected_total += len(refused)
                 log.warning("spooled_heartbeats_refused", sink=sink.name, count=len(refused))
@@ -338,33 +319,11 @@ class Runner:
                 stats = await self._spool_call(self._settle_and_stats, sink.name, delivery.acked, delivery.rejected)
             else:
                 stats = await self._spool_call(self.spool.stats)
-            self._record_delivery(sink.name, state, delivery, elapsed_ms)
+            state.record(sink.name, delivery, elapsed_ms)
             self._observe_delivery(elapsed_ms, stats)
             if delivery.failure is not None:
                 return False
         return False
-
-    def _scrub_backlog(self, batch: list[Pending]) -> tuple[list[Pending], dict[str, str]]:
-        """Scrub every heartbeat this process did not spool itself; refused ones get a reason code."""
-        passed: list[Pending] = []
-        refused: dict[str, str] = {}
-        for pending in batch:
-            if pending.id > self._vouch_floor or pending.id in self._rescrubbed:
-                passed.append(pending)
-                continue
-            try:
-                scrub(pending.doc, self.backlog_allowed)
-            except ScrubRejected as rejected:
-                refused[pending.id] = "scrub_" + rejected.findings[0][1]
-                continue
-            except ValueError:
-                refused[pending.id] = "unparseable"
-                continue
-            if len(self._rescrubbed) >= RESCRUBBED_MEMORY:
-                self._rescrubbed.clear()  # forgetting only costs a second scrub
-            self._rescrubbed.add(pending.id)
-            passed.append(pending)
-        return passed, refused
 
     def _settle_and_stats(self, sink: str, acked: Iterable[str], rejected: Mapping[str, str]) -> SpoolStats:
         self.spool.settle(sink, acked, rejected)
@@ -379,24 +338,6 @@ class Runner:
         )
         self.hooks.dispatch(events)
 
-    def _record_delivery(self, name: str, state: SinkState, delivery: Delivery, elapsed_ms: float) -> None:
-        state.acked_total += len(delivery.acked)
-        state.rejected_total += len(delivery.rejected)
-        if delivery.rejected:
-            log.warning("heartbeats_rejected", sink=name, count=len(delivery.rejected))
-        if delivery.failure is None:
-            if state.consecutive_failures:
-                log.info("delivery_recovered", sink=name, after_failures=state.consecutive_failures)
-            state.consecutive_failures = 0
-            state.last_failure = None
-            state.last_ack = time.time()
-            state.last_delivery_ms = round(elapsed_ms, 1)
-        else:
-            if state.last_failure != delivery.failure:
-                log.warning("delivery_failed", sink=name, code=delivery.failure)
-            state.consecutive_failures += 1
-            state.last_failure = delivery.failure
-
     async def _deliver_loop(self, sink: Any) -> None:
         state = self.sink_state[sink.name]
         send_budget = max(60.0, 3 * self.settings.interval)
@@ -410,7 +351,7 @@ class Runner:
             except Exception as exc:  # a spool read that fails, or a sink's bug, must not end delivery for good
                 # A fixed code if the error carries one, else its class name: never its text.
                 code = fixed_code(getattr(exc, "code", None), type(exc).__name__[:32])
-                self._record_delivery(sink.name, state, Delivery(failure=code), 0.0)
+                state.record(sink.name, Delivery(failure=code), 0.0)
             finally:
                 self._deadlines.discard(deadline)
 
