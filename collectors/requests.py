@@ -661,6 +661,13 @@ class RequestsCollector:
         self._key_id: str | None = None
 
     @classmethod
+    def implementation(cls) -> str:
+        """Which log scanner this build runs, for ``agent collectors``."""
+        if hll.native_available():
+            return "log scan: C module"
+        return "log scan: pure Python (C module not built)"
+
+    @classmethod
     def from_settings(cls, settings: Settings) -> RequestsCollector | None:
         """A collector for the configured logs, or ``None`` when no log is configured."""
         cfg = settings.collectors.requests

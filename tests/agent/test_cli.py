@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from collectors import hll
 from tests.conftest import REPO, RunAgent, agent_env
 
 SCHEMA = json.loads((REPO / "docs" / "heartbeat.schema.json").read_text())
@@ -128,6 +129,9 @@ def test_collectors_lists_plugins(run_agent: RunAgent) -> None:
     assert result.returncode == 0
     for name in ("cpu", "memory", "disk", "network", "system", "vaults", "requests", "central", "pushgateway", "loki"):
         assert f"  {name} " in result.stdout
+    requests_line = next(line for line in result.stdout.splitlines() if line.startswith("  requests "))
+    expected = "C module" if hll.native_available() else "pure Python (C module not built)"
+    assert requests_line.endswith(f"(log scan: {expected})")
 
 
 @pytest.fixture
