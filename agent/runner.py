@@ -36,6 +36,7 @@ from agent.sample import Delivery, MetricSpec, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
+from agent.spool_io import error_code
 from agent.state import INCOMING, read_json, remove_quietly, write_json
 from agent.state import Sequence as SeqCounter
 from agent.systemd import Notifier
@@ -101,6 +102,7 @@ class Runner:
         self._started = time.monotonic()
         self._spool_failing = False
         self._tick_failing = False
+        self._status_failing = False
         self._last_state_save = 0.0
         self.health = Health.from_settings(settings)
         self.hooks = AlertHooks(self.health)
@@ -482,8 +484,22 @@ class Runner:
         }
 
     def write_status(self) -> None:
-        # Atomic but not fsynced: the file is advisory and rewritten every tick.
-        write_json(self.state_dir / STATUS_FILE, self.status(), durable=False)
+        """Rewrite ``status.json``; a full or read-only disk is logged once, never fatal.
+
+        Atomic but not fsynced: the file is advisory and rewritten every tick. A
+        failure must not fail the tick that already spooled its heartbeat, nor the
+        shutdown that flushed the sinks.
+        """
+        try:
+            write_json(self.state_dir / STATUS_FILE, self.status(), durable=False)
+        except OSError as exc:
+            if not self._status_failing:
+                log.warning("status_not_written", code=error_code(exc))
+            self._status_failing = True
+            return
+        if self._status_failing:
+            log.info("status_written_again")
+            self._status_failing = False
 
     def save_collector_state(self) -> None:
         self._last_state_save = time.monotonic()

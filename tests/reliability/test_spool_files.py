@@ -134,3 +134,23 @@ async def test_garbage_everywhere_while_running(aiohttp_server: Any, make_daemon
     assert set() == damaged & {doc["seq"] for doc in central.acked}  # set aside, not sent
     assert len(list((spool / "quarantine").iterdir())) >= len(damaged)
     assert events(daemon, "tick_failed") == []
+
+
+async def test_an_unwritable_status_file_costs_one_warning(aiohttp_server: Any, make_daemon: Any) -> None:
+    """status.json blocked by a directory: ticks, delivery and shutdown go on; one warning, then one all-clear."""
+    central = Central()
+    daemon = make_daemon(await start_central(aiohttp_server, central))
+    blocker = daemon.state_dir / "status.json"
+    blocker.mkdir(parents=True)
+    (blocker / "inside").write_bytes(b"x")  # a non-empty directory: the atomic rename onto it fails
+    await daemon.start()
+    await wait_for(lambda: len(central.acked) >= 3)
+    await assert_keeps_rhythm(daemon)
+    (blocker / "inside").unlink()
+    blocker.rmdir()
+    await wait_for(lambda: bool(events(daemon, "status_written_again")))
+    assert 0 == await daemon.stop()
+    assert_delivered(daemon, central)
+    assert [line["code"] for line in events(daemon, "status_not_written")] == ["io"]  # fixed codes only
+    assert events(daemon, "tick_failed") == []
+    assert json.loads(blocker.read_bytes())["pop"] == "test-pop"
