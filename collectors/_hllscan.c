@@ -12,21 +12,25 @@
  *   hash                   -> BLAKE2b, keyed, 8-byte digest, as hll.KeyedHasher
  *   update                 -> index << 8 | rank, as hll.update_of_hash
  *
- * Functions:
- *   update_of(key, token) -> int       the update one token causes, -1 if not an address
- *   apply(key, registers, tokens, cache) -> int
+ * Interface: one Scanner per sketch key, holding the key's BLAKE2b state and a
+ * cache; nothing else is kept, here or anywhere.
+ *   Scanner(key, slots=2**18)
+ *   .update_of(token) -> int        the update one token causes, -1 if not an address
+ *   .apply(registers, tokens) -> int
  *       apply every token's update to unpacked registers (a bytearray of 2**14);
  *       returns how many tokens were addresses.
- *   scan_combined(key, registers, cache, lines, prefix, suffix) -> int
+ *   .scan_combined(registers, lines, prefix, suffix) -> int
  *       the same for the address field of every line of a chunk of combined-format
  *       lines stamped in one 10-minute span (requests.py's bulk path), without
  *       making a Python object per line and without holding the GIL; returns the
  *       number of lines, or -1 at the first line of another shape.
  *
- * The cache is the caller's bytearray: slots of (a token's SipHash under a key
- * random per process and never written, as Python's hash(); its update), so that
- * an address met again costs one probe instead of a BLAKE2b call. No address and
- * no hash that outlives the process is kept, here or there.
+ * The cache maps a token's SipHash (under a key random per process and never
+ * written, as Python's hash()) to its update, so that an address met again costs
+ * one probe instead of a BLAKE2b call. It lives inside the Scanner, out of
+ * Python's reach: whatever a caller passes, every register index comes from this
+ * file's own arithmetic. A Scanner serves one call at a time (a second, from
+ * another thread while the first runs without the GIL, raises RuntimeError).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -225,36 +229,38 @@ static uint64_t token_tag(const char *token, size_t len) {
     return (v0 ^ v1) ^ (v2 ^ v3);
 }
 
-/* One slot of the cache: the tag of a token and the update it causes. */
-typedef struct {
-    uint64_t tag;
-    uint32_t value; /* 0: empty; NOT_ADDRESS; else update + 1 */
-    uint32_t unused;
-} slot_t;
-#define NOT_ADDRESS UINT32_MAX
+/* One slot of the cache, one word, so that a slot is never half written: the tag's
+ * bits above the index bits, then the update + 1 in the low 22 bits (0: empty). */
+#define VALUE_BITS 22
+#define VALUE_MASK ((UINT64_C(1) << VALUE_BITS) - 1)
+#define NOT_ADDRESS VALUE_MASK /* no valid update + 1 has all 22 bits set: ranks stop at Q + 1 */
 
 typedef struct {
     uint64_t state[8]; /* BLAKE2b after the key block */
-    uint8_t *registers;
-    slot_t *table;
+    uint64_t *table;
     size_t mask;
-} sketch_t;
+    unsigned index_bits;
+} cache_t;
 
 /* Apply one token; 1 if it was an address. Needs no Python object: callable without the GIL. */
-static int add_token(sketch_t *sk, const char *token, size_t len, uint64_t tag) {
-    slot_t *slot = &sk->table[(size_t)tag & sk->mask];
-    uint32_t value = slot->value;
-    if (value == 0 || slot->tag != tag) {
+static int add_token(cache_t *c, uint8_t *registers, const char *token, size_t len, uint64_t tag) {
+    uint64_t *slot = &c->table[tag & c->mask];
+    uint64_t check = (tag >> c->index_bits) << VALUE_BITS;
+    uint64_t word = *slot;
+    uint32_t value;
+    if ((word & VALUE_MASK) && (word & ~VALUE_MASK) == (check & ~VALUE_MASK)) {
+        value = (uint32_t)(word & VALUE_MASK);
+    } else {
         uint8_t packed[16];
         int n = packed_address(token, len, packed);
-        value = n ? update_of_hash(keyed_hash(sk->state, packed, (size_t)n)) + 1 : NOT_ADDRESS;
-        slot->tag = tag;
-        slot->value = value;
+        value = n ? update_of_hash(keyed_hash(c->state, packed, (size_t)n)) + 1 : (uint32_t)NOT_ADDRESS;
+        *slot = (check & ~VALUE_MASK) | value;
     }
     if (value == NOT_ADDRESS) return 0;
     value -= 1;
+    uint32_t index = (value >> 8) & (M - 1);
     uint8_t rank = (uint8_t)(value & 0xff);
-    if (sk->registers[value >> 8] < rank) sk->registers[value >> 8] = rank;
+    if (registers[index] < rank) registers[index] = rank;
     return 1;
 }
 
@@ -292,57 +298,87 @@ static const char *combined_address(const char *line, const char *end, const Py_
 
 /* ---- the Python interface ---- */
 
-static int parse_key(Py_buffer *key, uint64_t state[8]) {
-    if (key->len < 16 || key->len > MAX_KEY) {
+typedef struct {
+    PyObject_HEAD
+    cache_t cache;
+    int busy;
+} Scanner;
+
+static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key", "slots", NULL};
+    Py_buffer key;
+    Py_ssize_t slots = (Py_ssize_t)1 << 18;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner in use");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|n:Scanner", kwlist, &key, &slots)) return -1;
+    int ok = key.len >= 16 && key.len <= MAX_KEY;
+    if (ok) keyed_state(self->cache.state, key.buf, key.len);
+    PyBuffer_Release(&key);
+    if (!ok) {
         PyErr_SetString(PyExc_ValueError, "sketch key must be 16 to 64 bytes");
         return -1;
     }
-    keyed_state(state, key->buf, key->len);
+    if (slots < 1 || slots > ((Py_ssize_t)1 << 24) || (slots & (slots - 1))) {
+        PyErr_SetString(PyExc_ValueError, "slots must be a power of two up to 2**24");
+        return -1;
+    }
+    PyMem_Free(self->cache.table);
+    self->cache.table = PyMem_Calloc((size_t)slots, sizeof(uint64_t));
+    if (!self->cache.table) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->cache.mask = (size_t)slots - 1;
+    self->cache.index_bits = (unsigned)__builtin_ctzll((unsigned long long)slots);
     return 0;
 }
 
-static int parse_sketch(sketch_t *sk, Py_buffer *key, Py_buffer *registers, Py_buffer *cache) {
-    size_t slots = (size_t)cache->len / sizeof(slot_t);
+static void Scanner_dealloc(Scanner *self) {
+    PyMem_Free(self->cache.table);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int claim(Scanner *self) {
+    if (!self->cache.table) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner already in use by another thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+static int parse_registers(Py_buffer *registers) {
     if (registers->len != M) {
         PyErr_SetString(PyExc_ValueError, "registers must be 2**14 bytes");
         return -1;
     }
-    if (slots == 0 || (slots & (slots - 1)) || (size_t)cache->len != slots * sizeof(slot_t)) {
-        PyErr_SetString(PyExc_ValueError, "cache must be a power of two of 16-byte slots");
-        return -1;
-    }
-    sk->registers = registers->buf;
-    sk->table = cache->buf;
-    sk->mask = slots - 1;
-    return parse_key(key, sk->state);
+    return 0;
 }
 
-static PyObject *update_of(PyObject *self, PyObject *args) {
-    Py_buffer key, token;
-    uint64_t state[8];
+static PyObject *Scanner_update_of(Scanner *self, PyObject *args) {
+    Py_buffer token;
     uint8_t packed[16];
-    PyObject *result = NULL;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*:update_of", &key, &token)) return NULL;
-    if (parse_key(&key, state) == 0) {
-        int n = packed_address(token.buf, (size_t)token.len, packed);
-        result = PyLong_FromLong(n ? (long)update_of_hash(keyed_hash(state, packed, (size_t)n)) : -1L);
-    }
-    PyBuffer_Release(&key);
+    if (!self->cache.table) return PyErr_Format(PyExc_RuntimeError, "Scanner not initialised");
+    if (!PyArg_ParseTuple(args, "y*:update_of", &token)) return NULL;
+    int n = packed_address(token.buf, (size_t)token.len, packed);
     PyBuffer_Release(&token);
-    return result;
+    return PyLong_FromLong(n ? (long)update_of_hash(keyed_hash(self->cache.state, packed, (size_t)n)) : -1L);
 }
 
-static PyObject *apply(PyObject *self, PyObject *args) {
-    Py_buffer key, registers, cache;
+static PyObject *Scanner_apply(Scanner *self, PyObject *args) {
+    Py_buffer registers;
     PyObject *tokens, *iterator = NULL, *item;
-    sketch_t sk;
     Py_ssize_t applied = 0;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*Ow*:apply", &key, &registers, &tokens, &cache)) return NULL;
-    if (parse_sketch(&sk, &key, &registers, &cache) == 0) iterator = PyObject_GetIter(tokens);
-    if (iterator) {
-        while ((item = PyIter_Next(iterator))) {
+    if (!PyArg_ParseTuple(args, "w*O:apply", &registers, &tokens)) return NULL;
+    if (parse_registers(&registers) == 0 && claim(self) == 0) {
+        iterator = PyObject_GetIter(tokens);
+        while (iterator && (item = PyIter_Next(iterator))) {
             if (!PyBytes_Check(item)) {
                 Py_DECREF(item);
                 PyErr_SetString(PyExc_TypeError, "tokens must be bytes");
@@ -350,35 +386,34 @@ static PyObject *apply(PyObject *self, PyObject *args) {
             }
             const char *token = PyBytes_AS_STRING(item);
             size_t len = (size_t)PyBytes_GET_SIZE(item);
-            applied += add_token(&sk, token, len, token_tag(token, len));
+            applied += add_token(&self->cache, registers.buf, token, len, token_tag(token, len));
             Py_DECREF(item);
         }
-        Py_DECREF(iterator);
+        Py_XDECREF(iterator);
+        self->busy = 0;
     }
-    PyBuffer_Release(&key);
     PyBuffer_Release(&registers);
-    PyBuffer_Release(&cache);
     if (PyErr_Occurred()) return NULL;
     return PyLong_FromSsize_t(applied);
 }
 
-static PyObject *scan_combined(PyObject *self, PyObject *args) {
-    Py_buffer key, registers, cache, data, prefix, suffix;
-    sketch_t sk;
+static PyObject *Scanner_scan_combined(Scanner *self, PyObject *args) {
+    Py_buffer registers, prefix, suffix;
+    PyObject *data;
     Py_ssize_t lines = 0;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*w*y*y*y*:scan_combined", &key, &registers, &cache, &data, &prefix, &suffix))
-        return NULL;
-    if (parse_sketch(&sk, &key, &registers, &cache) == 0) {
-        /* Only buffers held for this call are touched: other threads may run meanwhile. */
+    /* The lines must be an immutable bytes object: nothing can change them while the GIL is released. */
+    if (!PyArg_ParseTuple(args, "w*Sy*y*:scan_combined", &registers, &data, &prefix, &suffix)) return NULL;
+    if (parse_registers(&registers) == 0 && claim(self) == 0) {
+        cache_t *cache = &self->cache;
+        uint8_t *regs = registers.buf;
+        const char *p = PyBytes_AS_STRING(data), *end = p + PyBytes_GET_SIZE(data);
         Py_BEGIN_ALLOW_THREADS
         /* Lines go in batches: the cache slots of a batch are fetched from memory
-         * together, since a probe of the 2 MiB table is mostly a cache miss. */
+         * together, since a probe of the table is mostly a cache miss. */
         enum { BATCH = 16 };
         const char *tokens[BATCH];
         size_t lens[BATCH];
         uint64_t tags[BATCH];
-        const char *p = data.buf, *end = p + data.len;
         while (p < end && lines >= 0) {
             int n = 0;
             while (n < BATCH && p < end) {
@@ -390,35 +425,48 @@ static PyObject *scan_combined(PyObject *self, PyObject *args) {
                 }
                 tokens[n] = token;
                 tags[n] = token_tag(token, lens[n]);
-                __builtin_prefetch(&sk.table[(size_t)tags[n] & sk.mask]);
+                __builtin_prefetch(&cache->table[tags[n] & cache->mask]);
                 n++;
                 p = eol + 1;
             }
-            for (int i = 0; i < n; i++) add_token(&sk, tokens[i], lens[i], tags[i]);
+            for (int i = 0; i < n; i++) add_token(cache, regs, tokens[i], lens[i], tags[i]);
             if (lines >= 0) lines += n;
         }
         Py_END_ALLOW_THREADS
+        self->busy = 0;
     }
-    PyBuffer_Release(&key);
     PyBuffer_Release(&registers);
-    PyBuffer_Release(&cache);
-    PyBuffer_Release(&data);
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&suffix);
     if (PyErr_Occurred()) return NULL;
     return PyLong_FromSsize_t(lines);
 }
 
-static PyMethodDef methods[] = {
-    {"update_of", update_of, METH_VARARGS, "update_of(key, token) -> register update (index << 8 | rank), or -1."},
-    {"apply", apply, METH_VARARGS, "apply(key, registers, tokens, cache) -> number of tokens that were addresses."},
-    {"scan_combined", scan_combined, METH_VARARGS,
-     "scan_combined(key, registers, cache, lines, prefix, suffix) -> lines applied, or -1 at the first other line."},
+static PyMethodDef Scanner_methods[] = {
+    {"update_of", (PyCFunction)Scanner_update_of, METH_VARARGS,
+     "update_of(token) -> register update (index << 8 | rank), or -1 if the token is not an address."},
+    {"apply", (PyCFunction)Scanner_apply, METH_VARARGS,
+     "apply(registers, tokens) -> number of tokens that were addresses."},
+    {"scan_combined", (PyCFunction)Scanner_scan_combined, METH_VARARGS,
+     "scan_combined(registers, lines, prefix, suffix) -> lines applied, or -1 at the first other line."},
     {NULL, NULL, 0, NULL},
 };
 
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._hllscan.Scanner",
+    .tp_basicsize = sizeof(Scanner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Scanner(key, slots=2**18): keyed HyperLogLog updates for many addresses at once.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Scanner_init,
+    .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_methods = Scanner_methods,
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_hllscan", "Keyed HyperLogLog updates for many addresses at once.", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_hllscan", "Keyed HyperLogLog updates for many addresses at once.", -1, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__hllscan(void) {
@@ -429,5 +477,12 @@ PyMODINIT_FUNC PyInit__hllscan(void) {
     }
     tag_k0 = key[0];
     tag_k1 = key[1];
-    return PyModule_Create(&module);
+    if (PyType_Ready(&ScannerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Scanner", (PyObject *)&ScannerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -35,10 +35,10 @@ Speed (:meth:`KeyedHasher.add_tokens`): the per-address work of a log scan,
 normalising, hashing and updating a register, runs in the C module
 ``collectors._hllscan`` when it was built (``make setup`` and the wheels build it
 where a C compiler is present). It does what this module does, address by
-address, with the same results (tests hold the two to each other), and keeps a
-2 MiB table from a token's SipHash under a key random per process (as Python's
-``hash()``) to its update, so that an address met again costs a table probe
-rather than a BLAKE2b call. Without it the same counts come from this module,
+address, with the same results (tests hold the two to each other), and keeps,
+out of Python's reach, a 2 MiB table from a token's SipHash under a key random
+per process (as Python's ``hash()``) to its update, so that an address met again
+costs a table probe rather than a BLAKE2b call. Without it the same counts come from this module,
 about four times slower (``make bench``).
 
 Registers hold a hash's bucket and rank only: an address cannot be read back
@@ -63,6 +63,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from functools import lru_cache, reduce
 from types import ModuleType
+from typing import Any
 
 _native: ModuleType | None
 try:
@@ -81,7 +82,6 @@ SKETCH_BYTES = M // 2  # register bytes of one stored sketch, before its overflo
 OVERFLOW_ENTRY_BYTES = 3
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _LANE_HIGH = int.from_bytes(b"\x80" * M, "big")
-NATIVE_CACHE_SLOTS = 1 << 17  # 16 bytes each: 2 MiB, a probe hit for nearly every address of 50,000
 
 
 def _pton(family: int, text: str) -> bytes | None:
@@ -136,7 +136,7 @@ class KeyedHasher:
     run both).
     """
 
-    __slots__ = ("_base", "_cache", "_key", "_native")
+    __slots__ = ("_base", "_key", "_native", "_scanner")
 
     def __init__(self, key: bytes, *, native: bool = True) -> None:
         if not 16 <= len(key) <= 64:
@@ -144,22 +144,23 @@ class KeyedHasher:
         self._key = key
         self._base = hashlib.blake2b(key=key, digest_size=8)  # copied per address: no key setup each time
         self._native = _native if native else None
-        self._cache: bytearray | None = None  # allocated on first use: only a log scan needs it
+        self._scanner: Any = None  # created on first use: only a log scan needs its cache
 
     @property
     def native(self) -> bool:
         """Whether :meth:`add_tokens` runs in C."""
         return self._native is not None
 
-    def _native_cache(self) -> bytearray:
-        if self._cache is None:
-            self._cache = bytearray(16 * NATIVE_CACHE_SLOTS)
-        return self._cache
+    def _native_scanner(self) -> Any:
+        if self._scanner is None:
+            assert self._native is not None
+            self._scanner = self._native.Scanner(self._key)
+        return self._scanner
 
     def add_tokens(self, registers: bytearray, tokens: Iterable[bytes]) -> None:
         """Apply to unpacked registers the update of every token that is an address (normalised first)."""
         if self._native is not None:
-            self._native.apply(self._key, registers, tokens, self._native_cache())
+            self._native_scanner().apply(registers, tokens)
             return
         for token in tokens:
             packed = packed_address(token)
@@ -181,7 +182,7 @@ class KeyedHasher:
         """
         if self._native is None:
             raise RuntimeError("scan_combined needs the C module")
-        return int(self._native.scan_combined(self._key, registers, self._native_cache(), lines, prefix, suffix))
+        return int(self._native_scanner().scan_combined(registers, lines, prefix, suffix))
 
     def key_id(self) -> str:
         """A fingerprint of the key, so that state built with another key is not mixed in."""

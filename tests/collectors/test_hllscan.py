@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,15 +19,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 KEY = bytes(range(32))
-CACHE = 16 << 17  # the size KeyedHasher gives it
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 T0 = 1_795_330_800  # 2026-11-22T04:20:00Z, the start of a 10-minute span
 
 
-def native() -> object:
+def scanner(key: bytes = KEY, **options: int) -> Any:
     from collectors import _hllscan
 
-    return _hllscan
+    return _hllscan.Scanner(key, **options)
 
 
 def spelt(address: ipaddress.IPv4Address | ipaddress.IPv6Address, form: int) -> str:
@@ -55,7 +56,7 @@ def python_update(key: bytes, token: bytes) -> int:
 @given(TOKENS, st.binary(min_size=16, max_size=64))
 def test_one_token_gives_the_update_python_gives(token: bytes, key: bytes) -> None:
     """Normalisation, keyed BLAKE2b and the register update agree for any token under any key."""
-    assert python_update(key, token) == native().update_of(key, token)  # type: ignore[attr-defined]
+    assert python_update(key, token) == scanner(key, slots=1).update_of(token)
 
 
 @given(st.lists(TOKENS, max_size=60))
@@ -71,24 +72,60 @@ def test_a_cache_of_one_slot_evicts_without_miscounting() -> None:
     """Tokens evicting each other from the cache, and met again, still set exactly their own registers."""
     tokens = [f"198.51.100.{i}".encode() for i in range(200)] * 3 + [b"-", b"::ffff:198.51.100.7"]
     tiny, full = bytearray(hll.M), bytearray(hll.M)
-    assert 601 == native().apply(KEY, tiny, tokens, bytearray(16))  # type: ignore[attr-defined]
-    native().apply(KEY, full, tokens, bytearray(CACHE))  # type: ignore[attr-defined]
+    assert 601 == scanner(slots=1).apply(tiny, tokens)
+    scanner().apply(full, tokens)
     in_python = bytearray(hll.M)
     hll.KeyedHasher(KEY, native=False).add_tokens(in_python, set(tokens))
     assert (in_python, in_python) == (tiny, full)
 
 
+def test_each_key_has_its_own_cache() -> None:
+    """Two keys over the same addresses set each its own registers, as Python does for each."""
+    tokens = [f"192.0.2.{i}".encode() for i in range(50)]
+    for key in (KEY, bytes(range(1, 33))):
+        in_c, in_python = bytearray(hll.M), bytearray(hll.M)
+        hasher = hll.KeyedHasher(key)
+        hasher.add_tokens(in_c, tokens)
+        hasher.add_tokens(in_c, tokens)  # the second pass comes from the cache
+        hll.KeyedHasher(key, native=False).add_tokens(in_python, tokens)
+        assert in_python == in_c
+
+
 def test_bad_arguments_are_refused() -> None:
     """Wrong sizes and types raise instead of writing out of bounds."""
-    module = native()
     with pytest.raises(ValueError):
-        module.apply(KEY, bytearray(10), [b"1.2.3.4"], bytearray(CACHE))  # type: ignore[attr-defined]
+        scanner(b"short")
     with pytest.raises(ValueError):
-        module.apply(KEY, bytearray(hll.M), [b"1.2.3.4"], bytearray(48))  # type: ignore[attr-defined]
+        scanner(slots=3)
     with pytest.raises(ValueError):
-        module.apply(b"short", bytearray(hll.M), [b"1.2.3.4"], bytearray(CACHE))  # type: ignore[attr-defined]
+        scanner().apply(bytearray(10), [b"1.2.3.4"])
     with pytest.raises(TypeError):
-        module.apply(KEY, bytearray(hll.M), ["1.2.3.4"], bytearray(CACHE))  # type: ignore[attr-defined]
+        scanner().apply(bytearray(hll.M), ["1.2.3.4"])
+    with pytest.raises(TypeError):  # lines must be immutable bytes: they are read without the GIL
+        scanner().scan_combined(bytearray(hll.M), bytearray(b"x\n"), b"p" * 16, b"s" * 6)
+
+
+def test_a_scanner_serves_one_call_at_a_time() -> None:
+    """While one thread scans without the GIL, another thread's call on the same scanner is refused, not mixed in."""
+    stamp = stamp_of(T0).encode()
+    chunk = "".join(line(f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", T0 + i % 600) + "\n" for i in range(400_000)).encode()
+    shared, scanning_registers = scanner(), bytearray(hll.M)
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(shared.scan_combined(scanning_registers, chunk, stamp[:16], stamp[20:]))
+    )
+    refused = 0
+    worker.start()
+    while worker.is_alive():
+        try:
+            shared.apply(bytearray(hll.M), [b"192.0.2.1"])
+        except RuntimeError:
+            refused += 1
+    worker.join()
+    assert refused > 0
+    expected = bytearray(hll.M)
+    scanner().scan_combined(expected, chunk, stamp[:16], stamp[20:])
+    assert ([400_000], expected) == (result, scanning_registers)
 
 
 def stamp_of(t: int) -> str:
@@ -122,7 +159,7 @@ def test_scan_combined_takes_a_chunk_exactly_when_the_bulk_expression_does(lines
     stamp = stamp_of(T0).encode()
     tokens = bulk_expression(stamp).findall(b"\n" + chunk)
     registers = bytearray(hll.M)
-    got = native().scan_combined(KEY, registers, bytearray(CACHE), chunk, stamp[:16], stamp[20:])  # type: ignore[attr-defined]
+    got = scanner(slots=4).scan_combined(registers, chunk, stamp[:16], stamp[20:])
     if len(tokens) == len(lines):
         expected = bytearray(hll.M)
         hll.KeyedHasher(KEY, native=False).add_tokens(expected, tokens)
@@ -135,4 +172,4 @@ def test_scan_combined_refuses_a_last_line_without_its_newline() -> None:
     """A chunk is whole lines; an unterminated one is not a line of the span."""
     stamp = stamp_of(T0).encode()
     chunk = (line("192.0.2.1", T0) + "\n" + line("192.0.2.2", T0)).encode()
-    assert -1 == native().scan_combined(KEY, bytearray(hll.M), bytearray(CACHE), chunk, stamp[:16], stamp[20:])  # type: ignore[attr-defined]
+    assert -1 == scanner().scan_combined(bytearray(hll.M), chunk, stamp[:16], stamp[20:])
