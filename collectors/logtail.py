@@ -7,8 +7,9 @@
   again at 0. (A file truncated and regrown past the offset between two reads
   cannot be told apart from a growing one; ``tail -F`` has the same limit.)
 - A missing file is waited for quietly. Only complete lines are handed out; a
-  trailing fragment is kept until its newline arrives. A line longer than
-  ``max_line`` is dropped and counted.
+  trailing fragment is left in the file and read again once its newline has
+  arrived, so no log text (an address, say) is held between reads. A line longer
+  than ``max_line`` is dropped and counted.
 - The saved position is ``(inode, offset of the last complete line)``: never
   the content of a fragment. On restore, a file replaced meanwhile is looked
   for among its rotated siblings (``access.log.1``) by inode, and finished first.
@@ -134,7 +135,7 @@ class LogFollower:
         while budget > 0:
             data = held.fh.read(self._chunk)
             if not data:
-                return
+                break
             held.idle_reads = 0
             if held.skipping:
                 cut = data.find(b"\n")
@@ -167,6 +168,9 @@ class LogFollower:
             held.offset += len(complete)
             budget -= count
             yield complete, count
+        if held.fragment and not held.skipping:
+            held.fh.seek(held.offset)  # the partial line is read again, whole, at a later read
+            held.fragment = b""
 
     def _check_truncated(self, held: _Open) -> None:
         try:

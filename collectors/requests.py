@@ -313,7 +313,7 @@ class LogCounter:
         self._cache: dict[int, int] = {}  # hash(token) -> register update, or 0 for no address
         self._seen: dict[int, set[int]] = {}  # fine bucket -> hash(token) already gathered there
         self._pending: dict[int, bytearray] = {}  # fine bucket -> registers gathered in this step
-        self._times: dict[bytes, float | None] = {}
+        self._times: dict[bytes, float] = {}  # time stamps met lately, parsed
         self._shape: tuple[re.Pattern[bytes], tuple[int, int, int]] | None = None
         self._bulk_re: tuple[bytes, re.Pattern[bytes]] | None = None  # (stamp literal, expression), in Python
 
@@ -409,21 +409,29 @@ class LogCounter:
         if last is not None:
             self._shape = json_shape(last)  # the log may have changed its fields: follow its latest lines
 
+    # Only text that parsed as a time is remembered across chunks: what sits between
+    # the brackets of a malformed line may be anything, an address included.
+
     def _time(self, text: bytes) -> float | None:
-        when = self._times.get(text, -1.0)
-        if when == -1.0:
-            if len(self._times) > 4096:
-                self._times.clear()
-            when = self._times[text] = combined_time(text) if TIME_STAMP.fullmatch(text) else None
+        when = self._times.get(text)
+        if when is None and TIME_STAMP.fullmatch(text):
+            when = combined_time(text)
+            if when is not None:
+                self._remember_time(text, when)
         return when
 
     def _json_time(self, raw: bytes) -> float | None:
-        when = self._times.get(raw, -1.0)
-        if when == -1.0:
-            if len(self._times) > 4096:
-                self._times.clear()
-            when = self._times[raw] = json_time(json.loads(raw))
+        when = self._times.get(raw)
+        if when is None:
+            when = json_time(json.loads(raw))
+            if when is not None:
+                self._remember_time(raw, when)
         return when
+
+    def _remember_time(self, text: bytes, when: float) -> None:
+        if len(self._times) >= 4096:
+            self._times.clear()
+        self._times[text] = when
 
     def _aggregate(
         self, records: Sequence[tuple[bytes, Any, Any]], lines: int, resolve: Callable[[Any], float | None], now: float

@@ -255,6 +255,50 @@ def test_no_address_is_kept_in_state_or_output(
             assert not any(needle.lower() in hay.lower() for needle in needles)
 
 
+def reachable_text(root: object) -> list[bytes]:
+    """Every bytes or str value reachable from ``root`` through containers and instance attributes."""
+    found: list[bytes] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, int | float | bool | type(None)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, bytes | bytearray | str):
+            found.append(obj.encode("latin-1", "replace") if isinstance(obj, str) else bytes(obj))
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif getattr(type(obj), "__module__", "").startswith(("collectors.", "agent.")):
+            stack.extend(getattr(obj, "__dict__", {}).values())
+            stack.extend(getattr(obj, name) for name in getattr(type(obj), "__slots__", ()) if hasattr(obj, name))
+    return found
+
+
+def test_no_address_outlives_the_chunk_it_was_read_in(tmp_path: Path) -> None:
+    """After a read, nothing the collector holds contains an input address, whichever field the address was in."""
+    people = clients(40)
+    text = "".join(combined(a, NOW - 3 * 3600) for a in people)  # the bulk path
+    text += "".join(combined(a, NOW - 20) for a in people)  # the per-second path
+    text += "".join(f'vhost [{a}] "GET / HTTP/1.1" 200 1\n' for a in people)  # an address where a time belongs
+    write(tmp_path / "access.log", text)
+    collector = make(tmp_path)
+    drain(collector)
+    write(tmp_path / "access.log", "".join(f"{a}\n" for a in people))  # garbage lines that are bare addresses
+    drain(collector)
+    write(tmp_path / "access.log", combined(people[0], NOW - 5)[:30])  # a line still being written
+    drain(collector)
+    held = b"\n".join(reachable_text(collector))
+    assert held  # the walk does reach the collector's data (paths, formats, time stamps)
+    for addr in people:
+        ip = ipaddress.ip_address(addr)
+        assert not any(needle.encode() in held for needle in {addr, ip.exploded, *spellings(addr)})
+        assert ip.packed not in held
+
+
 def test_from_settings_needs_a_log(tmp_path: Path) -> None:
     """Without a log the collector is not configured; with one it is."""
     assert RequestsCollector.from_settings(Settings(state_dir=tmp_path)) is None
