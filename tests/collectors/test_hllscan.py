@@ -108,7 +108,8 @@ def test_bad_arguments_are_refused() -> None:
 def test_a_scanner_serves_one_call_at_a_time() -> None:
     """While one thread scans without the GIL, another thread's call on the same scanner is refused, not mixed in."""
     stamp = stamp_of(T0).encode()
-    chunk = "".join(line(f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", T0 + i % 600) + "\n" for i in range(400_000)).encode()
+    lines = (line(f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}", T0 + i % 600) for i in range(400_000))
+    chunk = "".join(text + "\n" for text in lines).encode()
     shared, scanning_registers = scanner(), bytearray(hll.M)
     result: list[int] = []
     worker = threading.Thread(
