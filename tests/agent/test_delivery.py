@@ -9,20 +9,13 @@ from structlog.testing import capture_logs
 from agent import heartbeat
 from agent.delivery import RESCRUBBED_MEMORY, BacklogScrubber, SinkState
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
+from tests.heartbeats import make_heartbeat
 
 ALLOWED = {"cpu_percent": MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")}
 
 
 def doc(seq: int, **metrics: float) -> dict[str, Any]:
-    return heartbeat.build(
-        pop="test-pop",
-        seq=seq,
-        edition="community",
-        version="0.1.0",
-        interval=10.0,
-        samples=[Sample(name, value) for name, value in metrics.items()],
-        collectors={"cpu": "ok"},
-    )
+    return make_heartbeat(seq, [Sample(name, value) for name, value in metrics.items()])
 
 
 def pending(document: dict[str, Any]) -> Pending:

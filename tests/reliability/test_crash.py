@@ -19,6 +19,7 @@ from aiohttp import web
 from agent import heartbeat
 from agent.settings import SpoolSettings
 from agent.spool import Spool
+from tests.heartbeats import make_heartbeat
 from tests.reliability.harness import (
     Central,
     assert_delivered,
@@ -37,15 +38,7 @@ def spool_backlog(state_dir: Path, count: int) -> set[str]:
     ids = set()
     with Spool(state_dir / "spool", SpoolSettings(), sinks=["central"], fsync=False) as spool:
         for index in range(count):
-            doc = heartbeat.build(
-                pop="test-pop",
-                seq=BACKLOG_SEQ + index,
-                edition="community",
-                version="0.1.0",
-                interval=0.1,
-                samples=(),
-                collectors={},
-            )
+            doc = make_heartbeat(BACKLOG_SEQ + index, collectors={}, interval=0.1)
             spool.put(doc["id"], heartbeat.dumps(doc))
             ids.add(doc["id"])
     return ids

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent import heartbeat
 from agent.app import enqueue
 from agent.settings import load_settings
+from tests.heartbeats import make_heartbeat
 from tests.reliability.harness import (
     Central,
     assert_delivered,
@@ -40,15 +40,7 @@ LEAKS = ("203.0.113.77", "2001:db8::4242", "alice@example.com", "ghp_" + "A1b2C3
 
 
 def valid_doc(seq: int) -> dict[str, Any]:
-    return heartbeat.build(
-        pop="test-pop",
-        seq=seq,
-        edition="community",
-        version="0.1.0",
-        interval=10.0,
-        samples=(),
-        collectors={"cpu": "ok"},
-    )
+    return make_heartbeat(seq)
 
 
 def _nest(depth: int) -> Any:

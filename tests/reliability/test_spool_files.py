@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import heartbeat
+from tests.heartbeats import make_heartbeat
 from tests.reliability.harness import (
     Central,
     assert_delivered,
@@ -50,9 +51,7 @@ def litter(folder: Path, tag: str) -> int:
     (folder / f"{heartbeat.uuid7()}.json").symlink_to("/etc/hostname")
     os.mkfifo(folder / f"{heartbeat.uuid7()}.json")
     # A valid heartbeat under the wrong name.
-    doc = heartbeat.build(
-        pop="test-pop", seq=1, edition="community", version="0.1.0", interval=1.0, samples=(), collectors={}
-    )
+    doc = make_heartbeat(1, collectors={}, interval=1.0)
     (folder / f"{heartbeat.uuid7()}.json").write_bytes(heartbeat.dumps(doc))
     return count + 5
 
