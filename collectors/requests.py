@@ -23,17 +23,16 @@ Windows follow the log's own timestamps, not arrival time:
   ``BACKFILL_MAX_BYTES``) to fill them.
 
 No Python code runs per line on the common paths. Lines are read a megabyte at
-a time. A chunk whose
-lines all fall in one 10-minute bucket too old for the rates (a backlog, the
-first start) needs only their addresses: the C module ``collectors._hllscan``
-checks each line against that bucket's shape (:func:`bulk_expression`, whose
-time stamp prefix is literal) and applies its address to the bucket's
-registers, without a Python object per line; a chunk it refuses takes the
-general path. Otherwise one compiled regular expression finds every line of a
-chunk (``findall``), and its matches are counted against the chunk's line
-count; only when they differ (garbage, escaped quotes) does the chunk go
-through the strict expression, or, for JSON, ``json.loads`` line by line, so
-counts are those of line-by-line parsing. Statuses are counted with a
+a time. A chunk whose lines all fall in one 10-minute bucket too old for the
+rates (a backlog, the first start) needs only their addresses: the C module
+``collectors._hllscan`` checks each line against that bucket's shape
+(:func:`bulk_expression`, whose time stamp prefix is literal) and applies its
+address to the bucket's registers, without a Python object per line; a chunk it
+refuses takes the general path. Otherwise one compiled regular expression finds
+every line of a chunk (``findall``), and its matches are counted against the
+chunk's line count; only when they differ (garbage, escaped quotes) does the
+chunk go through the strict expression, or, for JSON, ``json.loads`` line by
+line, so counts are those of line-by-line parsing. Statuses are counted with a
 ``Counter`` over (time stamp, class) pairs and time stamps are parsed once per
 distinct stamp.
 
@@ -42,15 +41,17 @@ from Python: the bulk chunks go through :func:`bulk_expression`, addresses are
 deduplicated with a ``set`` of their hashes per chunk and time bucket, and only
 those not met before are normalised and hashed.
 
-Addresses never outlive the chunk of lines they were read in. After it they are
-known only by a per-process keyed SipHash (Python's ``hash()``, or the C
-module's own; the key is random per process and never written) in one bounded
-cache (a dict in Python, a 2 MiB table in C), and by the register update they
-cause. The registers are hashed with
-BLAKE2b under a sketch key that is random per POP install, kept 0600 in the state
-directory: a per-process key would make a restarted agent count each client of
-the last 24 hours a second time. What is saved across restarts is offsets,
-counters, per-second counts and registers, never an address or a reversible hash.
+Addresses never outlive the chunk of lines they were read in (a line still
+being written is left in the file, and only parsed time stamps are remembered).
+After it they are known only by a per-process keyed SipHash (Python's
+``hash()``, or the C module's own; the key is random per process and never
+written) in one bounded cache (a dict in Python, a 2 MiB table inside the C
+module's ``Scanner``), and by the register update they cause. The registers are
+hashed with BLAKE2b under a sketch key that is random per POP install, kept 0600
+in the state directory: a per-process key would make a restarted agent count
+each client of the last 24 hours a second time. What is saved across restarts
+is offsets, counters, per-second counts and registers, never an address or a
+reversible hash.
 """
 
 from __future__ import annotations
