@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from tests.integration.centralserver import Central
 from tests.integration.daemon import Daemon, wait_for
 
@@ -37,6 +39,11 @@ def daemon_for(tmp_path: Path, url: str, **env: str) -> Daemon:
         "POP_AGENT_COLLECTORS__DISABLED": NOT_HERE,
     }
     return Daemon(tmp_path, **{**settings, **env})
+
+
+def unavailable(batch: Any) -> web.Response:
+    """A central answer that keeps every heartbeat spooled: 503, retry at once."""
+    return web.Response(status=503, headers={"Retry-After": "0"})
 
 
 def ticks(daemon: Daemon) -> list[int]:

@@ -6,8 +6,6 @@ import asyncio
 import os
 from typing import Any
 
-from aiohttp import web
-
 from tests.reliability.harness import (
     Central,
     assert_delivered,
@@ -19,14 +17,11 @@ from tests.reliability.harness import (
     make_writable,
     start_central,
     ticks,
+    unavailable,
     wait_for,
 )
 
 FAULT_SECONDS = 2.0
-
-
-def unavailable(batch: Any) -> web.Response:
-    return web.Response(status=503, headers={"Retry-After": "0"})
 
 
 async def test_full_disk_keeps_ticking_logs_once_and_resumes(

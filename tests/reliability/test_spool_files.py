@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from agent import heartbeat
 from tests.heartbeats import make_heartbeat
 from tests.reliability.harness import (
@@ -18,6 +16,7 @@ from tests.reliability.harness import (
     events,
     start_central,
     ticks,
+    unavailable,
     wait_for,
 )
 from tests.reliability.test_crash import spool_backlog
@@ -61,10 +60,6 @@ def damage_state_files(state_dir: Path, data: bytes, names: tuple[str, ...] = ST
         path = state_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-
-
-def unavailable(batch: Any) -> web.Response:
-    return web.Response(status=503, headers={"Retry-After": "0"})
 
 
 def sent_only_heartbeats(central: Central, valid: set[str]) -> None:
