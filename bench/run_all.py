@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
     "idle": ("idle.py", ["--window", "180", "--interval", "10", "--tick-interval", "0.5", "--tick-seconds", "20"]),
     "spool": ("spool_bench.py", [] if FULL else ["--writes", "1000", "--rounds", "3", "--backlog", "20000"]),
     "drain": ("drain_bench.py", [] if FULL else ["--count", "20000", "--rounds", "1"]),
+    "scrub": ("scrub_bench.py", [] if FULL else ["--heartbeats", "1000", "--rounds", "3"]),
     "logscan": (
         "logscan_bench.py",
         ["--lines", "1000000", "--distinct", "50000", "--repeat", "3"],  # best of three: a scan takes about 1 s
@@ -185,6 +186,27 @@ def headline(scripts: dict[str, Any]) -> list[dict[str, Any]]:
             row("node_exporter CPU (scraped every 10 s)", dig(procs, "node_exporter", "cpu_s_per_h"), "CPU-s/h"),
             row("collectd RSS", dig(procs, "collectd", "rss_mib_median"), "MiB"),
             row("collectd CPU", dig(procs, "collectd", "cpu_s_per_h"), "CPU-s/h"),
+        ]
+    sc = s.get("scrub", {})
+    if sc:
+        steady_ratio = dig(sc, "ratios", "steady_vs_floor")
+        rows += [
+            row(
+                "scrub per heartbeat (steady)",
+                dig(sc, "this", "steady"),
+                "us",
+                "model_validate alone",
+                steady_ratio,
+                "<= 10",
+                (steady_ratio or 99) <= 10,
+            ),
+            row(
+                "scrub per heartbeat (cold)",
+                dig(sc, "this", "cold"),
+                "us",
+                "model_validate alone",
+                dig(sc, "ratios", "cold_vs_floor"),
+            ),
         ]
     sp = s.get("spool", {})
     if sp:
