@@ -26,8 +26,11 @@ COLLECTOR_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 POP_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 # UUIDv7 (lower-case hex, version nibble 7) or a ULID (Crockford base32).
 HEARTBEAT_ID = r"^([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}|[0-7][0-9A-HJKMNP-TV-Z]{25})$"
-TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$"
-VERSION = r"^\d{1,4}\.\d{1,4}\.\d{1,4}([.+-]?[a-z0-9]{1,16}){0,4}$"
+# ASCII digits spelt out: in pydantic-core's Rust regex (and Python's re) \d matches
+# every script's digits, while JSON Schema's ECMA-262 \d means [0-9]; [0-9] means the
+# same to all three, so the model and the published schema judge alike.
+TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
+VERSION = r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}([.+-]?[a-z0-9]{1,16}){0,4}$"
 MOUNT = r"^/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?$"
 
 # Strict floats accept JSON integers but not booleans or numeric strings.

@@ -23,6 +23,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 
+from agent.token_prefixes import KnownTokens
+
 IP_ADDRESS = "ip_address"
 EMAIL_ADDRESS = "email_address"
 # A reason code, not a credential.
@@ -42,8 +44,25 @@ _V6_EIGHT_GROUPS = re.compile(rf"{_HEXTET}(?::{_HEXTET}){{7}}")
 # An octet as inet_aton and people read it: leading zeros, octal (0377), hex (0xff).
 # The lookbehind keeps the engine from restarting inside a digit run.
 _OCTET = r"(?:0[xX][0-9A-Fa-f]{1,2}|0*+(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9][0-9]?)|0++[0-3][0-7]{2}|0++)"
-# Dashes as well as dots: ip-10-0-0-1.ec2.internal and its kin.
-_V4 = re.compile(rf"(?<![0-9]){_OCTET}([.-]){_OCTET}\1{_OCTET}\1{_OCTET}(?![0-9])")
+# Any of the separators people and tools put between octets, mixed or not: dots,
+# dashes (ip-10-0-0-1.ec2.internal), underscores (Prometheus' and Graphite's
+# 10_0_0_7), slashes (a mount /srv/10/0/0/7).
+_V4_SEPARATORS = "._/-"
+_V4 = re.compile(
+    rf"(?<![0-9]){_OCTET}[{_V4_SEPARATORS}]{_OCTET}[{_V4_SEPARATORS}]{_OCTET}[{_V4_SEPARATORS}]{_OCTET}(?![0-9])"
+)
+_V4_SPLIT = re.compile(rf"[{_V4_SEPARATORS}]")
+# IPv6 with its colons written as dashes or underscores (2001-db8-0-0-0-0-0-1,
+# 2001_db8_..., as DNS names and metric paths write it): eight groups, mixed or not.
+# Not dots: eight dotted numbers are a version or an OID far more often.
+_V6_EIGHT_RESPELT = re.compile(rf"{_HEXTET}(?:[_-]{_HEXTET}){{7}}")
+# ... and compressed: '--' or '__' for '::' (2001-db8--1, fe80__1). Groups must be whole
+# words, so that "backup--daily" is not read as ::da; at least two are needed, so
+# that a bare "--" or "--add" is not an address.
+_V6_COMPRESSED_RESPELT = re.compile(
+    rf"(?<![0-9A-Za-z])(?:(?:{_HEXTET}[_-]){{1,7}}|[_-])[_-](?:{_HEXTET}(?:[_-]{_HEXTET}){{0,6}})?(?![0-9A-Za-z])"
+)
+_V6_RESPELT_SPLIT = re.compile(r"[_-]")
 # Seven groups of at most four digits, and a little slack for one over-long group.
 _NEIGHBOURHOOD = 40
 _HEX_TAIL = re.compile(r"[0-9A-Fa-f:]*\Z")
@@ -55,18 +74,32 @@ _ARPA_V6 = re.compile(r"((?:[0-9A-Fa-f]\.){32})ip6\.arpa", re.IGNORECASE)
 _EMAIL_DOMAIN = re.compile(r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z][A-Za-z0-9-]{1,62}")
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.!#$%&'*+/=?^_`{|}~-")
 _PERCENT_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+# Characters that show as nothing (or as a mark on the character before), by block:
+# ASCII and C1 controls, soft hyphen, combining marks, Arabic letter mark, Hangul
+# fillers, Khmer and Mongolian invisibles, zero-width and bidi controls, word joiner
+# and invisible operators, variation selectors, BOM, tag characters.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u0300-\u036f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    "\u1ab0-\u1aff\u1dc0-\u1dff\u200b-\u200f\u202a-\u202e\u2060-\u206f\u20d0-\u20ff\u3164"
+    "\ufe00-\ufe0f\ufe20-\ufe2f\ufeff\uffa0\U000e0000-\U000e007f\U000e0100-\U000e01ef]"
+)
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# Dots, dashes and colons NFKC leaves alone but a reader takes for ASCII ones.
+_LOOKALIKE_SEPARATORS = str.maketrans(
+    {
+        **dict.fromkeys("\u3002\uff61\u2024\u2027\u00b7\u0701\u0702", "."),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58", "-"),
+        **dict.fromkeys("\u2236\u02d0\ua789\u05c3\u0589\u1361\u16ec\ufe30", ":"),
+    }
+)
+# Python's \d is every script's decimal digits; those not ASCII are read as their value.
+_NON_ASCII_DIGIT = re.compile(r"(?![0-9])\d")
 
 _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]++\.[A-Za-z0-9_-]++\.")
 _HEX_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32}")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{32,}+")
-_KNOWN_TOKEN = re.compile(
-    r"gh[pousr]_[A-Za-z0-9]{20}"
-    r"|github_pat_[A-Za-z0-9_]{20}"
-    r"|xox[baprs]-[A-Za-z0-9-]{10}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
-    r"|[rs]k_live_[A-Za-z0-9]{10}"
-    r"|(?i:bearer)\s++[A-Za-z0-9._~+/-]{8}"
-)
+_KNOWN_TOKENS = KnownTokens()
+_BEARER = re.compile(r"(?i:bearer)\s++[A-Za-z0-9._~+/-]{8}")
 _UPPER = re.compile(r"[A-Z]")
 _LOWER = re.compile(r"[a-z]")
 _DIGIT = re.compile(r"[0-9]")
@@ -96,9 +129,8 @@ def _renderings(text: str) -> list[str]:
     """The forms of ``text`` worth scanning: as given, normalised, percent-decoded."""
     forms = [text]
     current = text
-    if not text.isascii():
-        # Full-width digits and colons are addresses to anyone who reads them.
-        current = unicodedata.normalize("NFKC", text)
+    if not text.isascii() or _ASCII_CONTROL.search(text):
+        current = _as_read(text)
         if current != text:
             forms.append(current)
     for _ in range(_MAX_DECODE_ROUNDS):
@@ -113,6 +145,22 @@ def _renderings(text: str) -> list[str]:
         # Windows UNC spelling: 2001-db8--1.ipv6-literal.net.
         forms.append(current.replace("-", ":"))
     return forms
+
+
+def _as_read(text: str) -> str:
+    """``text`` as a person reads it: compatibility forms folded, invisible characters gone.
+
+    Full-width digits and colons (NFKC folds them), other scripts' digits, dots,
+    dashes and colons that only look alike, and zero-width, bidi, tag, control and
+    combining characters placed inside an address, are all an address to a reader.
+    """
+    folded = unicodedata.normalize("NFKC", text)
+    folded = _INVISIBLE.sub("", folded).translate(_LOOKALIKE_SEPARATORS)
+    return _NON_ASCII_DIGIT.sub(_ascii_digit, folded)
+
+
+def _ascii_digit(digit: re.Match[str]) -> str:
+    return str(unicodedata.decimal(digit.group(), 0))
 
 
 def _decode_escapes(escapes: re.Match[str]) -> str:
@@ -142,9 +190,17 @@ def _ip_candidates(text: str) -> Iterator[tuple[str, Callable[[str], object]]]:
     if text.count(":") >= 7:
         for match in _V6_EIGHT_GROUPS.finditer(text):
             yield match.group(), ipaddress.IPv6Address
-    if text.count(".") >= 3 or text.count("-") >= 3:
+    separators = sum(text.count(separator) for separator in _V4_SEPARATORS)
+    if separators >= 3:
         for match in _V4.finditer(text):
-            yield _v4_canonical(match.group().split(match.group(1))), ipaddress.IPv4Address
+            yield _v4_canonical(_V4_SPLIT.split(match.group())), ipaddress.IPv4Address
+    if text.count("-") + text.count("_") >= 7:
+        for match in _V6_EIGHT_RESPELT.finditer(text):
+            yield ":".join(_V6_RESPELT_SPLIT.split(match.group())), ipaddress.IPv6Address
+    if "--" in text or "__" in text or "-_" in text or "_-" in text:
+        for match in _V6_COMPRESSED_RESPELT.finditer(text):
+            if (candidate := _v6_compressed_respelt(match.group())) is not None:
+                yield candidate, ipaddress.IPv6Address
     if "ip6.arpa" in text.lower():
         for match in _ARPA_V6.finditer(text):
             nibbles = match.group(1).replace(".", "")[::-1]
@@ -176,6 +232,21 @@ def _edge_groups(groups: list[str], *, take_tail: bool) -> list[str]:
             break
         taken.append(group)
     return taken
+
+
+def _v6_compressed_respelt(text: str) -> str | None:
+    """The '::' form of a dashed or underscored compressed address, or None if it has under two groups.
+
+    More than seven groups (a long run before the '--') keep the seven nearest it.
+    """
+    left_text, right_text = re.split(r"[_-]{2}", text, maxsplit=1)
+    left = [group for group in _V6_RESPELT_SPLIT.split(left_text) if group]
+    right = [group for group in _V6_RESPELT_SPLIT.split(right_text) if group]
+    if len(left) + len(right) < 2:
+        return None
+    right = right[:7]
+    left = left[len(left) - (7 - len(right)) :] if len(left) + len(right) > 7 else left
+    return ":".join(left) + "::" + ":".join(right)
 
 
 def _v4_canonical(groups: list[str]) -> str:
@@ -211,7 +282,7 @@ def _has_email_address(text: str) -> bool:
 def _has_secret_token(text: str) -> bool:
     if "-----BEGIN" in text:
         return True
-    if _JWT.search(text) or _HEX_RUN.search(text) or _KNOWN_TOKEN.search(text):
+    if _JWT.search(text) or _HEX_RUN.search(text) or _BEARER.search(text) or _KNOWN_TOKENS.search(text):
         return True
     for match in _BASE64_RUN.finditer(text):
         run = match.group()
