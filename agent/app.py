@@ -11,13 +11,13 @@ from typing import Any, TextIO
 
 import structlog
 
-from agent import heartbeat, threads
+from agent import heartbeat, jsondoc, threads
 from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.plugins import collector_refs, sink_refs
 from agent.sample import MetricSpec
-from agent.scrubber import describe, scrub
+from agent.scrubber import Allowlist, describe, scrub
 from agent.settings import Settings
 from agent.state import drop_incoming
 from agent.version import __version__
@@ -53,15 +53,23 @@ def _extra_metrics() -> tuple[MetricSpec, ...]:
     return tuple(HEALTH_METRICS)
 
 
-def declared_metrics() -> dict[str, MetricSpec]:
-    """Every metric any installed collector or the agent declares: the allowlist for foreign documents."""
+def declared_metrics() -> Allowlist:
+    """The allowlist for foreign documents: every metric and collector this build has registered.
+
+    A foreign document (``agent scrub``, ``enqueue``, a spooled file this process did
+    not write) may come from any configuration of this build, so it is held to every
+    installed collector's name and declarations rather than to those running now.
+    """
     specs: list[MetricSpec] = [*AGENT_METRICS, *_extra_metrics()]
+    names: list[str] = []
     for ref in collector_refs():
         try:
-            specs.extend(ref.load().metrics)
+            plugin = ref.load()
+            specs.extend(plugin.metrics)
         except (ConfigError, ImportError, AttributeError):
             continue
-    return {spec.name: spec for spec in specs}
+        names.append(getattr(plugin, "name", ref.name))
+    return Allowlist(specs, collectors=names)
 
 
 def run_daemon(settings: Settings) -> int:
@@ -175,7 +183,7 @@ def _read_document(source: str) -> tuple[Any, str | None]:
     except OSError as exc:
         return None, f"{source}: cannot read ({exc.strerror})"
     try:
-        return json.loads(raw), None
+        return jsondoc.loads(raw), None
     except UnicodeDecodeError:
         return None, f"{source}: not UTF-8 text"
     except ValueError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import math
 import os
 import random
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from agent import heartbeat
+from agent import heartbeat, jsondoc
 from agent.collecting import CollectorSlot, collect_all
 from agent.deadline import Deadline
 from agent.delivery import BacklogScrubber, SinkState
@@ -153,7 +152,7 @@ class Runner:
             try:
                 if not stat.S_ISREG(os.lstat(path).st_mode):
                     raise ValueError(name)  # a directory, link or FIFO (reading a FIFO would block every tick)
-                doc = json.loads(path.read_bytes())
+                doc = jsondoc.loads(path.read_bytes())
                 scrub(doc, self.backlog_allowed)
                 if f"{doc['id']}.json" != name:
                     raise ValueError(name)

@@ -12,19 +12,44 @@ JSON paths and fixed reason codes only, never the offending value.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.errors import ScrubRejected
-from agent.heartbeat import HEARTBEAT_ID, METRIC_NAME, TIMESTAMP, Heartbeat
+from agent.heartbeat import HEARTBEAT_ID, TIMESTAMP, Heartbeat, Labels, Series
+from agent.jsondoc import RepeatedKeys
 from agent.privacy import find_sensitive
 from agent.sample import MetricSpec
 
 Finding = tuple[str, str]  # (JSON path, reason code)
 
-_SAFE_KEY = re.compile(METRIC_NAME)
+
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    return frozenset(field.alias or name for model in models for name, field in model.model_fields.items())
+
+
+# The names the schema itself declares: a finding may print these as they are.
+_SCHEMA_NAMES = _field_names(Heartbeat, Series, Labels)
+
+
+class Allowlist(dict[str, MetricSpec]):
+    """What a heartbeat may hold by name: declared metrics (this mapping) and collector names.
+
+    ``collectors`` names the collectors whose results may appear under ``collectors``:
+    for a heartbeat this process builds, the ones it runs; for a foreign document,
+    every collector this build has registered. A plain mapping of metrics, without
+    this class, allows no collector at all.
+    """
+
+    def __init__(self, metrics: Iterable[MetricSpec] = (), collectors: Collection[str] = ()) -> None:
+        super().__init__((spec.name, spec) for spec in metrics)
+        self.collectors = frozenset(collectors)
+        # Names this build declared, and only those, may appear in a finding's path.
+        self.printable = _SCHEMA_NAMES | self.keys() | self.collectors
+
+
 # Ids and timestamps are new in every heartbeat, so the verdict cache below never
 # helps them; their fixed shapes hold no dots, colons, @ or long runs, so the
 # tripwire has nothing to find in them (a number hidden in their digits is what
@@ -61,17 +86,23 @@ def scrub(doc: Any, allowed: Mapping[str, MetricSpec]) -> dict[str, Any]:
 
 
 def check(doc: Any, allowed: Mapping[str, MetricSpec]) -> Iterator[Finding]:
-    """Every finding against ``doc``: tripwire hits, schema violations, undeclared metrics."""
+    """Every finding against ``doc``: tripwire hits, repeated keys, schema violations, undeclared names.
+
+    A path names a key only if the schema or this build declared it; any other key
+    is given by its position among its object's keys (``$.metrics[3]``), so that no
+    finding repeats any part of what it rejects.
+    """
     if not isinstance(doc, dict):
         yield ("$", "not_an_object")
         return
-    yield from _tripwire(doc, "$")
+    printable = allowed.printable if isinstance(allowed, Allowlist) else _SCHEMA_NAMES | allowed.keys()
+    yield from _tripwire(doc, "$", printable)
     try:
         Heartbeat.model_validate(doc)
     except ValidationError as exc:
         for error in exc.errors(include_input=False, include_url=False, include_context=False):
-            yield (_path(doc, error["loc"]), _PYDANTIC_CODES.get(error["type"], error["type"]))
-    yield from _undeclared(doc, allowed)
+            yield (_path(doc, error["loc"], printable), _PYDANTIC_CODES.get(error["type"], error["type"]))
+    yield from _undeclared(doc, allowed, printable)
 
 
 def sensitive(text: str) -> str | None:
@@ -86,29 +117,40 @@ def sensitive(text: str) -> str | None:
     return reason
 
 
-def _tripwire(value: Any, path: str) -> Iterator[Finding]:
+def _tripwire(value: Any, path: str, printable: Collection[str]) -> Iterator[Finding]:
     if isinstance(value, str):
         reason = sensitive(value)
         if reason:
             yield (path, reason)
     elif isinstance(value, dict):
+        if isinstance(value, RepeatedKeys):
+            # The parser kept the last value only; what the document also holds was never judged.
+            yield (path, "duplicate_key")
         for index, (key, item) in enumerate(value.items()):
-            key_path = _join(path, key, index)
+            key_path = _join(path, key, index, printable)
             if isinstance(key, str) and (reason := sensitive(key)):
                 yield (key_path, reason)
-            yield from _tripwire(item, key_path)
+            yield from _tripwire(item, key_path, printable)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _tripwire(item, f"{path}[{index}]")
+            yield from _tripwire(item, f"{path}[{index}]", printable)
 
 
-def _undeclared(doc: dict[str, Any], allowed: Mapping[str, MetricSpec]) -> Iterator[Finding]:
+def _undeclared(
+    doc: dict[str, Any], allowed: Mapping[str, MetricSpec], printable: Collection[str]
+) -> Iterator[Finding]:
     metrics = doc.get("metrics")
     if isinstance(metrics, dict):
         for index, name in enumerate(metrics):
             spec = allowed.get(name) if isinstance(name, str) else None
             if spec is None or spec.labels:
-                yield (_join("$.metrics", name, index), "undeclared_metric")
+                yield (_join("$.metrics", name, index, printable), "undeclared_metric")
+    collectors = doc.get("collectors")
+    if isinstance(collectors, dict):
+        running = allowed.collectors if isinstance(allowed, Allowlist) else frozenset()
+        for index, name in enumerate(collectors):
+            if name not in running:
+                yield (_join("$.collectors", name, index, printable), "unknown_collector")
     series = doc.get("series")
     if isinstance(series, list):
         for index, item in enumerate(series):
@@ -122,15 +164,15 @@ def _undeclared(doc: dict[str, Any], allowed: Mapping[str, MetricSpec]) -> Itera
                 yield (f"$.series[{index}].labels", "undeclared_label")
 
 
-def _join(path: str, key: Any, index: int) -> str:
-    """Append a key to a JSON path, by position when the key itself is not safe to print."""
-    if isinstance(key, str) and _SAFE_KEY.match(key) and sensitive(key) is None:
+def _join(path: str, key: Any, index: int, printable: Collection[str]) -> str:
+    """Append a key to a JSON path: by name if declared, else by its position among the object's keys."""
+    if isinstance(key, str) and key in printable and sensitive(key) is None:
         return f"{path}.{key}"
-    return f"{path}{{#{index}}}"
+    return f"{path}[{index}]"
 
 
-def _path(doc: Any, loc: tuple[int | str, ...]) -> str:
-    """Render a pydantic error location as a JSON path, walking ``doc`` to index unsafe keys."""
+def _path(doc: Any, loc: tuple[int | str, ...], printable: Collection[str]) -> str:
+    """Render a pydantic error location as a JSON path, walking ``doc`` to index undeclared keys."""
     path, node = "$", doc
     for part in loc:
         if isinstance(part, int):
@@ -147,10 +189,10 @@ def _path(doc: Any, loc: tuple[int | str, ...]) -> str:
         if isinstance(node, dict):
             keys = list(node)
             index = keys.index(part) if part in node else len(keys)
-            path = _join(path, part, index)
+            path = _join(path, part, index, printable)
             node = node.get(part)
         else:
-            path = _join(path, part, 0)
+            path = _join(path, part, 0, printable)
             node = None
     return path
 

@@ -12,6 +12,7 @@ from agent.edition import Edition, upload_installed
 from agent.errors import ConfigError
 from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
 from agent.sample import MetricKind, MetricSpec
+from agent.scrubber import Allowlist
 from agent.settings import Settings
 
 UPLOAD_HINT = "install the upload component (make wheel EDITION=upload; pip install pop_agent_upload-*.whl)"
@@ -95,8 +96,9 @@ def build_sinks(settings: Settings, telemetry: bool) -> list[Any]:
     return sinks
 
 
-def allowed_metrics(slots: Iterable[CollectorSlot], extra: Sequence[MetricSpec] = ()) -> dict[str, MetricSpec]:
-    """The scrubber's allowlist: every metric declared by a running collector or the agent."""
+def allowed_metrics(slots: Iterable[CollectorSlot], extra: Sequence[MetricSpec] = ()) -> Allowlist:
+    """The scrubber's allowlist: every metric declared by a running collector or the agent, and those collectors."""
+    slots = list(slots)
     allowed: dict[str, MetricSpec] = {}
     for spec in (*AGENT_METRICS, *extra, *(spec for slot in slots for spec in slot.metrics)):
         if spec.name in allowed and allowed[spec.name] != spec:
@@ -104,7 +106,7 @@ def allowed_metrics(slots: Iterable[CollectorSlot], extra: Sequence[MetricSpec] 
         if (spec.kind is MetricKind.COUNTER) != spec.name.endswith("_total"):
             raise ConfigError(f"metric {spec.name}: counters, and only counters, end in _total")
         allowed[spec.name] = spec
-    return allowed
+    return Allowlist(allowed.values(), collectors=[slot.name for slot in slots])
 
 
 def secrets_of(settings: Settings) -> list[str]:

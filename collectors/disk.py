@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.privacy import find_sensitive
 from agent.sample import MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
@@ -62,16 +63,9 @@ _ANONYMOUS_DEVICES = frozenset({"", "none"})
 MOUNT_PATH = re.compile(r"/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?")
 # The scrubber rejects a whole heartbeat over one string that looks like an address
 # or a secret, so a mount named after its NFS server or a volume id would silence
-# the POP for good. Such paths are skipped instead, by a net deliberately wider
-# than the scrubber's (the tests hold one against the other).
-_SUSPECT = re.compile(
-    r"[0-9]+(?:[.-][0-9]+){3}"  # IPv4, dotted or dashed
-    r"|0[xX]|[0-9A-Fa-f]{32}"  # hex octets, digests
-    r"|eyJ|-----BEGIN|(?i:ipv6-literal)"  # JWT, PEM, Windows' spelling of IPv6
-    r"|gh[pousr]_|github_pat_|xox[baprs]-|AKIA|ASIA|[rs]k_live_"  # vendor token prefixes
-)
-_WORD_RUN = re.compile(r"[A-Za-z0-9/_-]{32,}")
-_MIXED = (re.compile(r"[A-Z]"), re.compile(r"[a-z]"), re.compile(r"[0-9]"))
+# the POP for good. Such paths are skipped instead, judged by the scrubber's own
+# tripwire (agent.privacy: standard library only, no side effects at import), so
+# that the two can never disagree.
 
 
 class Partition(Protocol):
@@ -117,14 +111,7 @@ class StatVfs(Protocol):
 
 def representable(path: str) -> bool:
     """Whether a mount point may appear as a label: plain segments, nothing like an address or a token."""
-    if MOUNT_PATH.fullmatch(path) is None or _SUSPECT.search(path) is not None:
-        return False
-    for match in _WORD_RUN.finditer(path):
-        run = match.group()
-        words = run.split("/") if run.startswith("/") else [run]
-        if any(len(word) >= 32 and all(kind.search(word) for kind in _MIXED) for word in words):
-            return False  # looks like base64
-    return True
+    return MOUNT_PATH.fullmatch(path) is not None and find_sensitive(path) is None
 
 
 def select_mounts(partitions: Iterable[Partition]) -> tuple[list[str], int]:

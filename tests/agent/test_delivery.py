@@ -9,9 +9,10 @@ from structlog.testing import capture_logs
 from agent import heartbeat
 from agent.delivery import RESCRUBBED_MEMORY, BacklogScrubber, SinkState
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
+from agent.scrubber import Allowlist
 from tests.heartbeats import make_heartbeat
 
-ALLOWED = {"cpu_percent": MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")}
+ALLOWED = Allowlist([MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")], collectors=["cpu"])
 
 
 def doc(seq: int, **metrics: float) -> dict[str, Any]:
