@@ -75,10 +75,19 @@ class Heartbeat(_Strict):
     edition: Literal["community", "commercial"] = Field(description="The build's edition.")
     agent_version: str = Field(pattern=VERSION, description="The agent's version.")
     interval_s: Number = Field(gt=0, description="Seconds between ticks.")
-    metrics: dict[MetricName, Number] = Field(max_length=512, description="Unlabelled samples: name to number.")
+    # patternProperties alone would let a JSON Schema validator pass any other key;
+    # the model refuses them, and so must the published schema.
+    metrics: dict[MetricName, Number] = Field(
+        max_length=512,
+        description="Unlabelled samples: name to number.",
+        json_schema_extra={"additionalProperties": False},
+    )
     series: list[Series] = Field(default_factory=list, max_length=1024, description="Labelled samples.")
     collectors: dict[CollectorName, CollectorStatus] = Field(
-        default_factory=dict, max_length=64, description="Each collector's result this tick, as a fixed code."
+        default_factory=dict,
+        max_length=64,
+        description="Each collector's result this tick, as a fixed code.",
+        json_schema_extra={"additionalProperties": False},
     )
 
 
