@@ -56,11 +56,16 @@ _V4_SPLIT = re.compile(rf"[{_V4_SEPARATORS}]")
 # 2001_db8_..., as DNS names and metric paths write it): eight groups, mixed or not.
 # Not dots: eight dotted numbers are a version or an OID far more often.
 _V6_EIGHT_RESPELT = re.compile(rf"{_HEXTET}(?:[_-]{_HEXTET}){{7}}")
-# ... and compressed: '--' or '__' for '::' (2001-db8--1, fe80__1). Groups must be whole
-# words, so that "backup--daily" is not read as ::da; at least two are needed, so
-# that a bare "--" or "--add" is not an address.
+# ... and compressed: '--' or '__' for '::' (2001-db8--1, fe80__1). A group is a whole
+# run of hex digits, and two groups at least are needed, so that neither "backup--daily"
+# (no group before, "da" after) nor a bare "--" is read as an address; where a letter
+# is glued on ("code--base"), a digit is needed too (see _v6_compressed_respelt).
+# The expression itself asks for a group on some side, so that a megabyte of "x--"
+# gives the loop below nothing to do.
 _V6_COMPRESSED_RESPELT = re.compile(
-    rf"(?<![0-9A-Za-z])(?:(?:{_HEXTET}[_-]){{1,7}}|[_-])[_-](?:{_HEXTET}(?:[_-]{_HEXTET}){{0,6}})?(?![0-9A-Za-z])"
+    rf"(?<![0-9A-Fa-f])"
+    rf"(?:(?:{_HEXTET}[_-]){{1,7}}[_-](?:{_HEXTET}(?:[_-]{_HEXTET}){{0,6}})?|[_-]{{2}}{_HEXTET}(?:[_-]{_HEXTET}){{1,6}})"
+    rf"(?![0-9A-Fa-f])"
 )
 _V6_RESPELT_SPLIT = re.compile(r"[_-]")
 # Seven groups of at most four digits, and a little slack for one over-long group.
@@ -199,7 +204,8 @@ def _ip_candidates(text: str) -> Iterator[tuple[str, Callable[[str], object]]]:
             yield ":".join(_V6_RESPELT_SPLIT.split(match.group())), ipaddress.IPv6Address
     if "--" in text or "__" in text or "-_" in text or "_-" in text:
         for match in _V6_COMPRESSED_RESPELT.finditer(text):
-            if (candidate := _v6_compressed_respelt(match.group())) is not None:
+            glued = text[match.start() - 1 : match.start()].isalnum() or text[match.end() : match.end() + 1].isalnum()
+            if (candidate := _v6_compressed_respelt(match.group(), needs_digit=glued)) is not None:
                 yield candidate, ipaddress.IPv6Address
     if "ip6.arpa" in text.lower():
         for match in _ARPA_V6.finditer(text):
@@ -234,15 +240,17 @@ def _edge_groups(groups: list[str], *, take_tail: bool) -> list[str]:
     return taken
 
 
-def _v6_compressed_respelt(text: str) -> str | None:
-    """The '::' form of a dashed or underscored compressed address, or None if it has under two groups.
+def _v6_compressed_respelt(text: str, *, needs_digit: bool) -> str | None:
+    """The '::' form of a dashed or underscored compressed address, or None if it is too short to be one.
 
-    More than seven groups (a long run before the '--') keep the seven nearest it.
+    Under two groups is too short; so is a run without a digit where ``needs_digit``
+    (a letter glued on: "code--base" is words). More than seven groups (a long run
+    before the '--') keep the seven nearest it.
     """
     left_text, right_text = re.split(r"[_-]{2}", text, maxsplit=1)
     left = [group for group in _V6_RESPELT_SPLIT.split(left_text) if group]
     right = [group for group in _V6_RESPELT_SPLIT.split(right_text) if group]
-    if len(left) + len(right) < 2:
+    if len(left) + len(right) < 2 or (needs_digit and _DIGIT.search(text) is None):
         return None
     right = right[:7]
     left = left[len(left) - (7 - len(right)) :] if len(left) + len(right) > 7 else left

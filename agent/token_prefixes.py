@@ -195,8 +195,8 @@ TOKEN_PREFIXES: tuple[TokenPrefix, ...] = (
         "PuTTY-User-Key-File-",
         "PuTTY",
         "https://the.earth.li/~sgtatham/putty/latest/htmldoc/AppendixC.html",
-        ALNUM + r":\- ",
-        4,
+        "0-9:",  # the file's first line, "PuTTY-User-Key-File-3:", marks a private key as PEM's does
+        2,
     ),
 )
 

@@ -10,10 +10,11 @@ import uuid
 from datetime import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.privacy import EMAIL_ADDRESS, IP_ADDRESS, SECRET_TOKEN, find_sensitive
+from agent.token_prefixes import TOKEN_PREFIXES, TokenPrefix
 
 # Neither digits, hex letters nor any separator an address or token is made of,
 # so that surrounding text can neither form an address nor glue onto one.
@@ -46,6 +47,11 @@ def _v4_renderings(address: ipaddress.IPv4Address, port: int) -> list[str]:
         f"%5B{address}%5D",
         f"q=%20{address}",
         f"{address}/24",
+        "_".join(str(octet) for octet in octets),
+        "ip_" + "_".join(str(octet) for octet in octets) + "_9100",
+        "hosts." + "_".join(str(octet) for octet in octets) + ".cpu",
+        "/srv/nfs/" + "/".join(str(octet) for octet in octets),
+        "{}.{}-{}_{}".format(*octets),
         f"::ffff:{address}",
         f"64:ff9b::{address}",
         f"0:0:0:0:0:ffff:{address}",
@@ -78,7 +84,19 @@ def _v6_renderings(address: ipaddress.IPv6Address, port: int, zone: str) -> list
         f"face:{exploded}",
         f"{exploded}:{port}",
         f"{compressed}/64",
+        exploded.replace(":", "-"),
+        exploded.replace(":", "_"),
+        "node_" + exploded.replace(":", "_") + "_9100",
+        exploded.replace(":", "-") + ".ipv6-literal.net",
+        *_dashed_compressed(compressed),
     ]
+
+
+def _dashed_compressed(compressed: str) -> list[str]:
+    """The compressed form with dashes and with underscores, where two groups or more remain."""
+    if "." in compressed or len([group for group in compressed.split(":") if group]) < 2:
+        return []  # "--" or "--1" alone reads as a word's dashes
+    return [compressed.replace(":", "-"), compressed.replace(":", "_"), "x " + compressed.replace(":", "-") + " y"]
 
 
 def _embedded(renderings: st.SearchStrategy[list[str]]) -> st.SearchStrategy[str]:
@@ -222,6 +240,64 @@ def test_secret_tokens_are_found(tokens: st.SearchStrategy[str], data: st.DataOb
     assert SECRET_TOKEN == find_sensitive(text)
 
 
+@pytest.mark.parametrize("entry", TOKEN_PREFIXES, ids=lambda entry: f"{entry.vendor}:{entry.prefix}")
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_every_listed_token_prefix_is_found(entry: TokenPrefix, data: st.DataObject) -> None:
+    """Each vendor's token, as its documentation shapes it, is found anywhere in a string."""
+    tail = data.draw(st.from_regex(rf"[{entry.tail}]{{{entry.min_tail},{entry.min_tail + 40}}}", fullmatch=True))
+    text = data.draw(_SURROUNDINGS) + data.draw(st.sampled_from([" ", "=", "\n", "'"])) + entry.prefix + tail
+    # A random tail can hold what reads as an address too ("0--0"); that is found first.
+    assert find_sensitive(text + data.draw(st.sampled_from(["", " ", '"', ";"]))) in (SECRET_TOKEN, IP_ADDRESS)
+
+
+@pytest.mark.parametrize("entry", TOKEN_PREFIXES, ids=lambda entry: f"{entry.vendor}:{entry.prefix}")
+def test_a_prefix_alone_is_not_a_token(entry: TokenPrefix) -> None:
+    """A prefix followed by less than a token's length of text is not flagged: the tail is what is secret."""
+    assert None is find_sensitive(f"see {entry.prefix} docs")
+
+
+def test_every_token_prefix_names_its_vendor_documentation() -> None:
+    """Each entry of the table says whose it is and where that vendor documents it."""
+    assert [] == [
+        entry.prefix for entry in TOKEN_PREFIXES if not entry.vendor or not entry.source.startswith("https://")
+    ]
+
+
+# Beyond the seven: what a person reads as an address although a parser would not.
+_LOOKALIKE_ADDRESSES = [
+    "10\u200b.0.0.7",
+    "10.0\u00ad.0.7",
+    "10.0.0\u2060.7",
+    "\ufeff10.0.0.7",
+    "1\u03020.0.0.7",
+    "\u0661\u0660.\u0660.\u0660.\u0667",
+    "\u0967\u0966.\u0966.\u0966.\u096d",
+    "\u0e51\u0e50.\u0e50.\u0e50.\u0e57",
+    "\uff11\uff10\uff0e\uff10\uff0e\uff10\uff0e\uff17",
+    "10\u30020\u30020\u30027",
+    "10\uff610\uff610\uff617",
+    "10\u20130\u20130\u20137",
+    "10\u22120\u22120\u22127",
+    "10%2E0%2E0%2E7",
+    "10%252e0%252e0%252e7",
+    "10.0\x00.0.7",
+    "10.0.0.7\U000e0041",
+    "2001\u02d0db8\u02d0\u02d01",
+    "2001\u2236db8\u2236\u22361",
+    "fe80\ufe13\ufe131",
+    "2001-db8--1",
+    "fe80__1%eth0",
+    "10.0-0_7",
+]
+
+
+@pytest.mark.parametrize("text", _LOOKALIKE_ADDRESSES)
+def test_lookalike_and_invisible_characters_are_seen_through(text: str) -> None:
+    """Zero-width and combining characters, other scripts' digits and look-alike separators hide no address."""
+    assert IP_ADDRESS == find_sensitive(text)
+
+
 def _uuid7(millis: int, rand_a: int, rand_b: int) -> str:
     return str(uuid.UUID(int=(millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
 
@@ -310,6 +386,15 @@ def test_the_agents_own_strings_are_never_flagged(forms: list[str], separator: s
         "1.2.3.456",
         "a@localhost",
         "Bearer **********",
+        "backup--daily",
+        "run --add now",
+        "disk_inodes_used_percent",
+        "net_errors_in_total",
+        "/mnt/backup_2024_01_02",
+        "sk-learn",
+        "hf_transfer",
+        "/srv/disk-archive-2024-volume",
+        "café",
     ],
 )
 def test_near_misses_are_not_flagged(text: str) -> None:
@@ -326,10 +411,33 @@ def test_near_misses_are_not_flagged(text: str) -> None:
         ("eyJ" * 330_000, None),
         ("%" * 1_000_000, None),
         (" @a.a" * 200_000, None),
+        ("x--" * 333_000, None),
+        ("x__1-" * 200_000, None),
+        ("99999_" * 170_000, None),
+        ("sk-" * 330_000 + "!", SECRET_TOKEN),
+        ("zz\u200b" * 330_000, None),
         ("x " * 500_000 + "10.0.0.1", IP_ADDRESS),
+        ("x " * 500_000 + "10_0_0_1", IP_ADDRESS),
+        ("x " * 500_000 + "2001-db8--1", IP_ADDRESS),
         ("x " * 500_000 + "fe80::1", IP_ADDRESS),
     ],
-    ids=["seven-groups", "bad-octets", "long-groups", "jwt-prefixes", "percents", "bare-ats", "late-v4", "late-v6"],
+    ids=[
+        "seven-groups",
+        "bad-octets",
+        "long-groups",
+        "jwt-prefixes",
+        "percents",
+        "bare-ats",
+        "double-dashes",
+        "underscore-runs",
+        "underscored-digits",
+        "token-prefixes",
+        "zero-widths",
+        "late-v4",
+        "late-v4-underscored",
+        "late-v6-dashed",
+        "late-v6",
+    ],
 )
 def test_megabyte_strings_get_the_right_answer(text: str, expected: str | None) -> None:
     """Near-miss patterns repeated over a megabyte are judged correctly, and an address at the end is still found."""
