@@ -211,7 +211,11 @@ class KnownTokens:
     """
 
     def __init__(self, entries: tuple[TokenPrefix, ...] = TOKEN_PREFIXES) -> None:
-        self._starts = re.compile(_trie([entry.prefix for entry in entries]))
+        # Only where no letter or digit comes before can a bounded prefix start: most
+        # positions of a word are ruled out by the first test the engine makes there.
+        bounded = _trie([entry.prefix for entry in entries if entry.prefix[0].isalnum()])
+        free = _trie([entry.prefix for entry in entries if not entry.prefix[0].isalnum()])
+        self._starts = re.compile(rf"(?<![A-Za-z0-9]){bounded}" + (f"|{free}" if free else ""))
         self._by_first: dict[str, list[re.Pattern[str]]] = {}
         for entry in entries:
             self._by_first.setdefault(entry.prefix[0], []).append(re.compile(entry.pattern()))
