@@ -2,11 +2,13 @@
 
 Privacy by construction. The allowlist is the main control: a heartbeat may hold
 only the fields the ``pop-heartbeat/1`` model declares, metric names some
-collector declared, numbers as metric values and a few tightly patterned strings.
-On top of that a tripwire checks every string in the document, keys included,
-for an IP address, an e-mail address or a secret-looking token. A document that
-fails anything is rejected whole, never masked and passed on; the findings name
-JSON paths and fixed reason codes only, never the offending value.
+collector declared, the names of this build's collectors, numbers as metric
+values and a few tightly patterned strings, and no object may repeat a key. On
+top of that a tripwire checks every string in the document, keys included, for an
+IP address, an e-mail address or a secret-looking token. A document that fails
+anything is rejected whole, never masked and passed on; the findings hold JSON
+paths and fixed reason codes only, and a path names a key only if the schema or
+the build declared it (any other by its position), so nothing rejected is repeated.
 """
 
 from __future__ import annotations
