@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from agent import jsondoc
 from agent.errors import ScrubRejected
 from agent.sample import Delivery, MetricSpec, Pending
 from agent.scrubber import scrub
@@ -83,7 +84,10 @@ class BacklogScrubber:
                 passed.append(pending)
                 continue
             try:
-                scrub(pending.doc, self.allowed)
+                # Parsed again from the bytes, marking repeated keys: the spool's own parse
+                # (pending.doc) keeps one value of a repeated key, and a foreign file's bytes
+                # are what a sink would send.
+                scrub(jsondoc.loads(pending.raw), self.allowed)
             except ScrubRejected as rejected:
                 refused[pending.id] = "scrub_" + rejected.findings[0][1]
                 continue

@@ -5,12 +5,11 @@ Standard library only, so that any plugin can import them cheaply.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from typing import Any
-
-from agent import jsondoc
 
 
 class MetricKind(StrEnum):
@@ -60,7 +59,7 @@ class Pending:
     @cached_property
     def doc(self) -> dict[str, Any]:
         """The parsed heartbeat (parsed once, on first use)."""
-        parsed: dict[str, Any] = jsondoc.loads(self.raw)
+        parsed: dict[str, Any] = json.loads(self.raw)
         return parsed
 
 

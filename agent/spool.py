@@ -47,7 +47,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent import jsondoc
 from agent.errors import SpoolError
 from agent.sample import Pending
 from agent.settings import SpoolSettings
@@ -555,7 +554,7 @@ class Spool:
                 raise spool_error(exc) from None
             raw = b""
         try:
-            doc = jsondoc.loads(raw)  # repeated keys are marked for the backlog's second scrub
+            doc = json.loads(raw)
             valid = isinstance(doc, dict) and doc.get("id") == doc_id
         except (ValueError, RecursionError):
             valid = False

@@ -28,6 +28,8 @@ from agent.errors import ScrubRejected
 from agent.heartbeat import COLLECTOR_NAME, Heartbeat
 from agent.sample import MetricKind, MetricSpec, Pending, Sample
 from agent.scrubber import Allowlist, check, describe, scrub
+from agent.settings import SpoolSettings
+from agent.spool import Spool
 from agent.token_prefixes import TOKEN_PREFIXES
 from tests.conftest import RunAgent
 
@@ -291,6 +293,19 @@ def test_a_spooled_file_with_a_repeated_key_is_refused_by_the_second_scrub() -> 
     scrubber = BacklogScrubber(ALLOWED)  # nothing vouched for: every spooled heartbeat is foreign
     passed, refused = scrubber.check([Pending(doc["id"], raw)])
     assert ([], {doc["id"]: "scrub_duplicate_key"}) == (passed, refused)
+
+
+def test_a_file_with_a_repeated_key_dropped_into_the_spool_is_never_handed_to_a_sink(tmp_path: Path) -> None:
+    """A foreign file in spool/pending whose bytes repeat a key reaches the second scrub and is refused there."""
+    doc = clean_doc()
+    raw = text_with_repeated_key(doc, "$.collectors", "cpu", "10.0.0.7").encode()
+    with Spool(tmp_path / "spool", SpoolSettings(), sinks=["central"]) as spool:
+        spool.put(doc["id"], raw)  # as another process, or a hand, would leave it
+    scrubber = BacklogScrubber(ALLOWED)
+    with Spool(tmp_path / "spool", SpoolSettings(), sinks=["central"]) as spool:
+        batch = spool.batch("central", 100, 1 << 20)
+        passed, refused = scrubber.check(batch)
+    assert ([doc["id"]], [], {doc["id"]: "scrub_duplicate_key"}) == ([p.id for p in batch], passed, refused)
 
 
 # -- 6. vendor tokens ---------------------------------------------------------------------------
