@@ -9,10 +9,11 @@ position a heartbeat allows.
 
 ``tail`` is the character class a token continues with after its prefix, and
 ``min_tail`` how many such characters make a match: at most the documented length,
-so a truncated token still counts. Short prefixes that could begin an ordinary
-word (``sk-``, ``hf_``) are matched only where no letter or digit comes right before
-them (every prefix that starts with a letter or digit is), and some need a tail longer
-than any of the agent's own names.
+so a truncated token still counts. Short prefixes that could end an ordinary word
+(``sk-`` in ``disk-``, ``hf_``, ``dapi``) are matched only where no letter or digit
+comes right before them; longer ones and AWS's key ids (as before this table) are
+matched anywhere, glued to a word or not. Some need a tail longer than any of the
+agent's own names.
 Standard library only.
 """
 
@@ -37,11 +38,17 @@ class TokenPrefix:
     source: str
     tail: str = URLSAFE
     min_tail: int = 20
+    glued: bool = False  # matched right after a letter or digit, however short the prefix
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the prefix counts only where no letter or digit comes right before it."""
+        # A prefix that starts with punctuation (".atlasv1.") follows a word by design.
+        return len(self.prefix) < 5 and self.prefix[0].isalnum() and not self.glued
 
     def pattern(self) -> str:
         """The regular expression for a token with this prefix."""
-        # A prefix that starts with punctuation (".atlasv1.", a URL's host) follows a word by design.
-        boundary = r"(?<![A-Za-z0-9])" if self.prefix[0].isalnum() else ""
+        boundary = r"(?<![A-Za-z0-9])" if self.bounded else ""
         return rf"{boundary}{re.escape(self.prefix)}[{self.tail}]{{{self.min_tail}}}"
 
 
@@ -88,7 +95,7 @@ TOKEN_PREFIXES: tuple[TokenPrefix, ...] = (
     TokenPrefix("hooks.slack.com/services/", "Slack", "https://api.slack.com/messaging/webhooks", ALNUM + "/", 20),
     *(TokenPrefix(p, "Stripe", _STRIPE, ALNUM, 10) for p in ("sk_live_", "rk_live_", "sk_test_", "rk_test_")),
     TokenPrefix("whsec_", "Stripe", "https://docs.stripe.com/webhooks#verify-official-libraries", ALNUM, 24),
-    *(TokenPrefix(p, "AWS", _AWS, UPPER_ALNUM, 16) for p in ("AKIA", "ASIA", "ABIA", "ACCA")),
+    *(TokenPrefix(p, "AWS", _AWS, UPPER_ALNUM, 16, glued=True) for p in ("AKIA", "ASIA", "ABIA", "ACCA")),
     TokenPrefix("AIza", "Google", "https://cloud.google.com/docs/authentication/api-keys", URLSAFE, 30),
     TokenPrefix("GOCSPX-", "Google", "https://developers.google.com/identity/protocols/oauth2", URLSAFE, 24),
     TokenPrefix("ya29.", "Google", "https://developers.google.com/identity/protocols/oauth2", URLSAFE + ".", 30),
@@ -213,8 +220,8 @@ class KnownTokens:
     def __init__(self, entries: tuple[TokenPrefix, ...] = TOKEN_PREFIXES) -> None:
         # Only where no letter or digit comes before can a bounded prefix start: most
         # positions of a word are ruled out by the first test the engine makes there.
-        bounded = _trie([entry.prefix for entry in entries if entry.prefix[0].isalnum()])
-        free = _trie([entry.prefix for entry in entries if not entry.prefix[0].isalnum()])
+        bounded = _trie([entry.prefix for entry in entries if entry.bounded])
+        free = _trie([entry.prefix for entry in entries if not entry.bounded])
         self._starts = re.compile(rf"(?<![A-Za-z0-9]){bounded}" + (f"|{free}" if free else ""))
         self._by_first: dict[str, list[re.Pattern[str]]] = {}
         for entry in entries:

@@ -251,6 +251,22 @@ def test_every_listed_token_prefix_is_found(entry: TokenPrefix, data: st.DataObj
     assert find_sensitive(text + data.draw(st.sampled_from(["", " ", '"', ";"]))) in (SECRET_TOKEN, IP_ADDRESS)
 
 
+@pytest.mark.parametrize(
+    "entry", [e for e in TOKEN_PREFIXES if not e.bounded], ids=lambda entry: f"{entry.vendor}:{entry.prefix}"
+)
+def test_long_prefixes_are_found_glued_to_a_word(entry: TokenPrefix) -> None:
+    """A token whose prefix is long or AWS's is found even right after a letter or digit."""
+    tail = ("Q" if "A-Z" in entry.tail else "9") * (entry.min_tail + 4)
+    assert find_sensitive(f"z{entry.prefix}{tail}") in (SECRET_TOKEN, IP_ADDRESS)
+
+
+def test_short_prefixes_inside_words_are_not_tokens() -> None:
+    """`sk-`, `hf_` and their kin at the end of a word (disk-, shelf_) begin no token."""
+    assert [None, None, None] == [
+        find_sensitive(t) for t in ("/mnt/disk-" + "q" * 45, "shelf_" + "q" * 40, "risk-" + "q" * 45)
+    ]
+
+
 @pytest.mark.parametrize("entry", TOKEN_PREFIXES, ids=lambda entry: f"{entry.vendor}:{entry.prefix}")
 def test_a_prefix_alone_is_not_a_token(entry: TokenPrefix) -> None:
     """A prefix followed by less than a token's length of text is not flagged: the tail is what is secret."""
