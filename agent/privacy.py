@@ -9,11 +9,18 @@ IP addresses are found by a small parser rather than the widely copied regexes,
 which match part of an address and leave the rest in clear. Candidates are cut
 by the address grammar alone: any '::' with the groups around it, any eight
 colon-separated groups of one to four hex digits (a window, so that a neighbouring
-word such as "face:" cannot hide the address), any four octets joined by dots
-or dashes (leading zeros, octal and hex octets included, parsed here because
-``ipaddress`` rejects them). ``ipaddress`` has the last word on each candidate.
-The text is also read percent-decoded (%5B, %3A, %25) and NFKC-normalised. Every
-scan is linear in the length of the text.
+word such as "face:" cannot hide the address), the same with dashes or underscores
+for colons ('--' or '__' for '::', as DNS names and metric paths write IPv6), any
+four octets joined by dots, dashes, underscores or slashes, mixed or not (leading
+zeros, octal and hex octets included, parsed here because ``ipaddress`` rejects
+them). ``ipaddress`` has the last word on each candidate. The text is also read
+percent-decoded (%5B, %3A, %25) and as a person reads it (NFKC, invisible
+characters dropped, other scripts' digits and look-alike separators as ASCII).
+Every scan is linear in the length of the text.
+
+Secret tokens: JWTs, PEM blocks, long hex or mixed-case base64 runs, a bearer
+credential, and the vendor prefixes of :mod:`agent.token_prefixes`. Standard
+library only and free of side effects at import, so the collectors can use it.
 """
 
 from __future__ import annotations
