@@ -223,15 +223,17 @@ class KnownTokens:
         bounded = _trie([entry.prefix for entry in entries if entry.bounded])
         free = _trie([entry.prefix for entry in entries if not entry.bounded])
         self._starts = re.compile(rf"(?<![A-Za-z0-9]){bounded}" + (f"|{free}" if free else ""))
-        self._by_first: dict[str, list[re.Pattern[str]]] = {}
+        # Expressions, compiled (and cached by ``re``) on the first hit: a hit is rare, and
+        # compiling a hundred at import would cost every start of the agent.
+        self._by_first: dict[str, list[str]] = {}
         for entry in entries:
-            self._by_first.setdefault(entry.prefix[0], []).append(re.compile(entry.pattern()))
+            self._by_first.setdefault(entry.prefix[0], []).append(entry.pattern())
 
     def search(self, text: str) -> bool:
         """Whether ``text`` holds a token of a known prefix."""
         for start in self._starts.finditer(text):
             position = start.start()
-            if any(pattern.match(text, position) for pattern in self._by_first[text[position]]):
+            if any(re.compile(pattern).match(text, position) for pattern in self._by_first[text[position]]):
                 return True
         return False
 
