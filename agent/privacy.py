@@ -71,10 +71,13 @@ _V6_EIGHT_RESPELT = re.compile(rf"{_HEXTET}(?:[_-]{_HEXTET}){{7}}")
 # is glued on ("code--base"), a digit is needed too (see _v6_compressed_respelt).
 # The expression itself asks for a group on some side, so that a megabyte of "x--"
 # gives the loop below nothing to do.
-_V6_COMPRESSED_RESPELT = re.compile(
-    rf"(?<![0-9A-Fa-f])"
-    rf"(?:(?:{_HEXTET}[_-]){{1,7}}[_-](?:{_HEXTET}(?:[_-]{_HEXTET}){{0,6}})?|[_-]{{2}}{_HEXTET}(?:[_-]{_HEXTET}){{1,6}})"
-    rf"(?![0-9A-Fa-f])"
+_V6_COMPRESSED_RESPELT = tuple(
+    re.compile(
+        rf"(?<![0-9A-Fa-f])"
+        rf"(?:(?:{_HEXTET}{sep}){{1,7}}{sep}(?:{_HEXTET}(?:{sep}{_HEXTET}){{0,6}})?|{sep}{{2}}{_HEXTET}(?:{sep}{_HEXTET}){{1,6}})"
+        rf"(?![0-9A-Fa-f])"
+    )
+    for sep in ("-", "_")  # one separator throughout, as tools write it: base64url's "A_-0" is no address
 )
 _V6_RESPELT_SPLIT = re.compile(r"[_-]")
 # Seven groups of at most four digits, and a little slack for one over-long group.
@@ -211,8 +214,10 @@ def _ip_candidates(text: str) -> Iterator[tuple[str, Callable[[str], object]]]:
     if text.count("-") + text.count("_") >= 7:
         for match in _V6_EIGHT_RESPELT.finditer(text):
             yield ":".join(_V6_RESPELT_SPLIT.split(match.group())), ipaddress.IPv6Address
-    if "--" in text or "__" in text or "-_" in text or "_-" in text:
-        for match in _V6_COMPRESSED_RESPELT.finditer(text):
+    for doubled, expression in zip(("--", "__"), _V6_COMPRESSED_RESPELT, strict=True):
+        if doubled not in text:
+            continue
+        for match in expression.finditer(text):
             glued = text[match.start() - 1 : match.start()].isalnum() or text[match.end() : match.end() + 1].isalnum()
             if (candidate := _v6_compressed_respelt(match.group(), needs_digit=glued)) is not None:
                 yield candidate, ipaddress.IPv6Address
@@ -256,7 +261,7 @@ def _v6_compressed_respelt(text: str, *, needs_digit: bool) -> str | None:
     (a letter glued on: "code--base" is words). More than seven groups (a long run
     before the '--') keep the seven nearest it.
     """
-    left_text, right_text = re.split(r"[_-]{2}", text, maxsplit=1)
+    left_text, right_text = re.split(r"--|__", text, maxsplit=1)
     left = [group for group in _V6_RESPELT_SPLIT.split(left_text) if group]
     right = [group for group in _V6_RESPELT_SPLIT.split(right_text) if group]
     if len(left) + len(right) < 2 or (needs_digit and _DIGIT.search(text) is None):
