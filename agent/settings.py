@@ -139,6 +139,19 @@ class AlertsSettings(_Section):
     hook_timeout: float = Field(5.0, gt=0, description="Seconds an alert hook may take.")
 
 
+class LedgerSettings(_Section):
+    """The sent ledger: a local record of every request made by an upload sink or alert hook."""
+
+    enabled: bool = Field(True, description="Record every request in <state_dir>/ledger (read by agent sent).")
+    max_age_days: float = Field(30, gt=0, description="Records older than this many days are deleted.")
+    max_bytes: int = Field(67_108_864, ge=65_536, description="Most bytes of records kept; the oldest are deleted.")
+    keep_bodies: bool = Field(False, description="Also keep each request body, for agent sent --verify.")
+    bodies_max_bytes: int = Field(
+        268_435_456, ge=65_536, description="Most bytes of kept bodies; the oldest are deleted."
+    )
+    fsync: bool = Field(True, description="Sync the ledger once per batch of records written.")
+
+
 def default_pop_id() -> str:
     """The host name as a slug: lower case, runs of other characters as one dash."""
     slug = re.sub(r"[^a-z0-9]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
@@ -173,6 +186,7 @@ class Settings(BaseSettings):
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
     alerts: AlertsSettings = AlertsSettings()
+    ledger: LedgerSettings = LedgerSettings()
     ntfy_alert_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ntfy_alert_url", "NTFY_ALERT_URL"),

@@ -29,6 +29,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger import RequestIds
 from agent.sample import Delivery, Pending
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
 from sinks.retry import RetryPolicy, with_retries
@@ -173,8 +174,9 @@ class CentralSink:
                 break
             part = work.popleft()
             body, headers = await self._encode(part)
+            sent = RequestIds.of(part)
             try:
-                await with_retries(self._policy, deadline, functools.partial(self._post, body, headers, deadline))
+                await with_retries(self._policy, deadline, functools.partial(self._post, body, headers, sent, deadline))
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break
@@ -207,7 +209,7 @@ class CentralSink:
             return await asyncio.to_thread(gzip_bytes, body), self._gzip_headers
         return gzip_bytes(body), self._gzip_headers
 
-    async def _post(self, body: bytes, headers: dict[str, str], deadline: Deadline) -> None:
+    async def _post(self, body: bytes, headers: dict[str, str], sent: RequestIds, deadline: Deadline) -> None:
         """One request; raises the :class:`SinkError` its outcome means."""
         remaining = deadline.remaining()
         if remaining <= 0:
@@ -216,7 +218,7 @@ class CentralSink:
         error: SinkError | None
         try:
             async with self._http.get().post(
-                self._url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                self._url, data=body, headers=headers, timeout=timeout, allow_redirects=False, trace_request_ctx=sent
             ) as response:
                 error = error_for_status(response.status, response.headers)
                 if error is None:

@@ -1,0 +1,421 @@
+"""The sent ledger: a local, append-only record of every request an upload sink or alert hook made.
+
+One record per request, acknowledged or not: the time, the sink or hook, the
+destination (scheme, host, port and path; no credentials, no query, the Kuma
+push token masked), the heartbeat ids and seq range, the byte count and SHA-256
+of the body exactly as sent (after gzip or snappy), and the answer's status.
+
+On disk, under ``<state_dir>/ledger/``:
+
+- ``segment-<first record's unix ms>.jsonl``: one record per line, as
+  ``<CRC-32 of the JSON, 8 hex digits> <JSON>\\n``, each line written with one
+  ``write`` on an ``O_APPEND`` descriptor. A line whose CRC does not match or
+  that has no newline (a process killed mid-write) is skipped when read and
+  never spoils another; a torn tail is closed with a newline before the next
+  append, so the record after it starts on a line of its own.
+- ``bodies/<sha256>``: the bodies themselves, only when ``keep_bodies`` is on.
+
+Bounds: whole segments are deleted, oldest first, so pruning never rewrites a
+file. The segments together stay under ``max_bytes``; a segment is cut after
+an eighth of that, or after an eighth of ``max_age``, and deleted once its
+newest record is older than ``max_age``, so no record outlives ``max_age`` by
+more than an eighth of it. Kept bodies are bounded by ``bodies_max_bytes`` and
+``max_age`` alike.
+
+Durability: the writer syncs once per batch of records it takes from its queue
+(group commit), so a request costs at most one ``fsync`` and usually shares it.
+This module is standard library only and blocking: the writer thread in
+:mod:`agent.ledger_hook` calls it, never the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+LEDGER_DIR = "ledger"
+BODIES_DIR = "bodies"
+SEGMENT_PREFIX = "segment-"
+SEGMENT_SUFFIX = ".jsonl"
+MASK = "********"
+# Segments are cut at this fraction of each bound, so deleting a whole one never
+# takes more than an eighth of what the bounds allow.
+SEGMENTS_PER_BOUND = 8
+MIN_SEGMENT_BYTES = 4096
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Uptime Kuma's push URL holds the monitor's token as its last path segment.
+_KUMA_TOKEN = re.compile(r"(/api/push/)[^/]+")
+# The seq of a spooled heartbeat, without parsing the whole document: the
+# canonical encoding is compact, and no other key of the document is "seq".
+_SEQ = re.compile(rb'"seq":([0-9]{1,19})[,}]')
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RequestIds:
+    """What one request carries, passed by a sink as aiohttp's ``trace_request_ctx``."""
+
+    ids: tuple[str, ...] = ()
+    seq: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, items: Iterable[Any]) -> RequestIds:
+        """The ids and seq range of spooled heartbeats (anything with ``id`` and ``raw``)."""
+        ids: list[str] = []
+        seqs: list[int] = []
+        for item in items:
+            ids.append(item.id)
+            match = _SEQ.search(item.raw)
+            if match:
+                seqs.append(int(match.group(1)))
+        return cls(tuple(ids), (min(seqs), max(seqs)) if seqs else None)
+
+
+@dataclass(frozen=True)
+class SentRecord:
+    """One request as the ledger keeps it."""
+
+    time: float
+    sink: str
+    method: str
+    destination: str
+    bytes: int
+    sha256: str
+    status: int | str  # the HTTP status, or a fixed code when no answer came (timeout, connect, ...)
+    ids: tuple[str, ...] = ()
+    seq: tuple[int, int] | None = None
+    ms: float | None = None
+    kept: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON object a ledger line and ``agent sent --json`` hold."""
+        return {
+            "time": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "sink": self.sink,
+            "method": self.method,
+            "destination": self.destination,
+            "ids": list(self.ids),
+            "seq": list(self.seq) if self.seq is not None else None,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "status": self.status,
+            "ms": self.ms,
+            "kept": self.kept,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SentRecord:
+        """The record of a parsed ledger line; ``ValueError`` (or ``KeyError``/``TypeError``) if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        seq = data.get("seq")
+        status = data["status"]
+        if not isinstance(status, int | str) or not _SHA256.fullmatch(data["sha256"]):
+            raise ValueError("bad record")
+        return cls(
+            time=datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp(),
+            sink=str(data["sink"]),
+            method=str(data["method"]),
+            destination=str(data["destination"]),
+            bytes=int(data["bytes"]),
+            sha256=data["sha256"],
+            status=status,
+            ids=tuple(str(item) for item in data.get("ids") or ()),
+            seq=(int(seq[0]), int(seq[1])) if seq else None,
+            ms=float(data["ms"]) if data.get("ms") is not None else None,
+            kept=bool(data.get("kept", False)),
+        )
+
+
+def destination(url: str, *, mask_last_segment: bool = False) -> str:
+    """``url`` as ``scheme://host:port/path``: no credentials, query or fragment, tokens in the path masked.
+
+    The Kuma push token (``/api/push/<token>``) is always masked; with
+    ``mask_last_segment`` the last path segment is too (an ntfy topic, which is
+    all a reader needs to subscribe).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "unparseable-url"
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    path = _KUMA_TOKEN.sub(rf"\g<1>{MASK}", parts.path or "/")
+    if mask_last_segment:
+        head, _, last = path.rstrip("/").rpartition("/")
+        if last:
+            path = f"{head}/{MASK}"
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}{path}"
+
+
+def encode_line(record: SentRecord) -> bytes:
+    """One ledger line: the CRC-32 of the JSON, a space, the JSON, a newline."""
+    payload = json.dumps(record.to_json(), separators=(",", ":"), ensure_ascii=True).encode()
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def decode_line(line: bytes) -> SentRecord | None:
+    """The record of one line (without its newline), or ``None`` if it is torn or damaged."""
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    try:
+        crc = int(line[:8], 16)
+    except ValueError:
+        return None
+    payload = line[9:]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return SentRecord.from_json(json.loads(payload))
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError):
+        return None
+
+
+@dataclass
+class LedgerScan:
+    """What reading the ledger found: the records, oldest first, and how many lines were damaged."""
+
+    records: list[SentRecord] = field(default_factory=list)
+    damaged: int = 0
+
+
+def segments(directory: Path) -> list[Path]:
+    """The segment files of a ledger, oldest first (raises ``OSError`` if the directory is unreadable)."""
+    names = sorted(os.listdir(directory))
+    return [directory / name for name in names if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)]
+
+
+def read_ledger(directory: Path, *, since: float | None = None) -> LedgerScan:
+    """Every intact record in ``directory`` (at or after ``since``, a unix time), oldest first.
+
+    A ledger that does not exist yet is empty; an unreadable one raises ``OSError``.
+    """
+    scan = LedgerScan()
+    if not directory.exists():
+        return scan
+    for path in segments(directory):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # pruned while we read
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for line in lines:
+            record = decode_line(line)
+            if record is None:
+                scan.damaged += 1
+            elif since is None or record.time >= since:
+                scan.records.append(record)
+    return scan
+
+
+def body_path(directory: Path, digest: str) -> Path:
+    """Where the kept body with SHA-256 ``digest`` lives."""
+    return directory / BODIES_DIR / digest
+
+
+class Ledger:
+    """Appends records to the segment files and keeps them within their bounds (blocking calls)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_age: float,
+        max_bytes: int,
+        keep_bodies: bool = False,
+        bodies_max_bytes: int = 0,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.keep_bodies = keep_bodies
+        self.bodies_max_bytes = bodies_max_bytes
+        self.fsync = fsync
+        self.clock = clock
+        self.segment_bytes = max(MIN_SEGMENT_BYTES, max_bytes // SEGMENTS_PER_BOUND)
+        self._segments: dict[Path, int] = {}  # oldest first: path -> size
+        self._bodies: dict[str, int] = {}  # oldest first: digest -> size
+        self._fd: int | None = None
+        self._current: Path | None = None
+        self._current_started = 0.0
+        self._opened = False
+
+    def open(self) -> None:
+        """Create the directories, take stock of what is there, close a torn tail, prune."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._segments = {path: path.stat().st_size for path in segments(self.directory)}
+        if self.keep_bodies:
+            bodies = self.directory / BODIES_DIR
+            bodies.mkdir(mode=0o700, exist_ok=True)
+            found = []
+            for entry in os.scandir(bodies):
+                if _SHA256.fullmatch(entry.name):
+                    info = entry.stat()
+                    found.append((info.st_mtime, entry.name, info.st_size))
+            self._bodies = {name: size for _, name, size in sorted(found)}
+        self._opened = True
+        if self._segments:
+            newest = next(reversed(self._segments))
+            self._open_segment(newest, started=_segment_started(newest))
+            if self._segments[newest] and _last_byte(newest) != b"\n":
+                self._write(b"\n")  # the torn record stays one damaged line; the next starts clean
+        self.prune()
+
+    def append(self, entries: Sequence[tuple[SentRecord, bytes | None]]) -> None:
+        """Write ``entries`` (record, and its body to keep or ``None``) in order, then sync once.
+
+        A body is stored before its record, so a record marked ``kept`` has one
+        until the bodies' bounds prune it.
+        """
+        if not self._opened:
+            self.open()
+        for entry, body in entries:
+            record = entry
+            if body is not None:
+                record = dataclasses.replace(entry, kept=self.keep_body(entry.sha256, body))
+            line = encode_line(record)
+            if self._needs_new_segment(len(line), record.time):
+                self._open_segment(self._segment_name(record.time), started=record.time)
+            self.prune(room=len(line))
+            self._write(line)
+        if self.fsync and self._fd is not None:
+            os.fsync(self._fd)
+
+    def keep_body(self, digest: str, body: bytes) -> bool:
+        """Store ``body`` under its digest (once); ``False`` when kept bodies are off or it is too large."""
+        if not self.keep_bodies or len(body) > self.bodies_max_bytes:
+            return False
+        if not self._opened:
+            self.open()
+        if digest in self._bodies:
+            return True
+        path = body_path(self.directory, digest)
+        temporary = path.with_name(f".{digest}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(body)
+            if self.fsync:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        self._bodies[digest] = len(body)
+        self._prune_bodies()
+        return True
+
+    def prune(self, room: int = 0) -> None:
+        """Delete the oldest segments (never the one being written) until both bounds hold with ``room`` to spare."""
+        cutoff = self.clock() - self.max_age
+        total = sum(self._segments.values()) + room
+        for path in list(self._segments):
+            if path == self._current:
+                break
+            try:
+                expired = path.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                expired = True
+            if not expired and total <= self.max_bytes:
+                break
+            total -= self._segments.pop(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._prune_bodies()
+
+    def close(self) -> None:
+        """Sync and close the segment being written."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                if self.fsync:
+                    os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def _needs_new_segment(self, size: int, when: float) -> bool:
+        if self._current is None:
+            return True
+        too_big = self._segments[self._current] + size > self.segment_bytes and self._segments[self._current] > 0
+        too_old = when - self._current_started > self.max_age / SEGMENTS_PER_BOUND
+        return too_big or too_old
+
+    def _segment_name(self, when: float) -> Path:
+        stamp = max(int(when * 1000), 0)
+        path = self.directory / f"{SEGMENT_PREFIX}{stamp:015d}{SEGMENT_SUFFIX}"
+        while path in self._segments or path.exists():
+            stamp += 1
+            path = self.directory / f"{SEGMENT_PREFIX}{stamp:015d}{SEGMENT_SUFFIX}"
+        return path
+
+    def _open_segment(self, path: Path, *, started: float) -> None:
+        self.close()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._current = path
+        self._current_started = started
+        self._segments.setdefault(path, 0)
+        if self.fsync:
+            _sync_directory(self.directory)
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None and self._current is not None
+        written = os.write(self._fd, data)
+        self._segments[self._current] += written
+        if written != len(data):
+            raise OSError("short write to the ledger")
+
+    def _prune_bodies(self) -> None:
+        if not self._bodies:
+            return
+        cutoff = self.clock() - self.max_age
+        total = sum(self._bodies.values())
+        bodies = self.directory / BODIES_DIR
+        for digest in list(self._bodies):
+            path = bodies / digest
+            try:
+                expired = path.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                expired = True
+            if not expired and total <= self.bodies_max_bytes:
+                break
+            total -= self._bodies.pop(digest)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` in lower-case hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _segment_started(path: Path) -> float:
+    stamp = path.name.removeprefix(SEGMENT_PREFIX).removesuffix(SEGMENT_SUFFIX)
+    return int(stamp) / 1000 if stamp.isdigit() else 0.0
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
