@@ -261,7 +261,11 @@ class Ledger:
         self._opened = False
 
     def open(self) -> None:
-        """Create the directories, take stock of what is there, close a torn tail, prune."""
+        """Create the directories, take stock of what is there, prune.
+
+        Each process appends to a segment of its own, made on its first record, so
+        a line torn by an earlier process stays the last line of its segment.
+        """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._segments = {path: path.stat().st_size for path in segments(self.directory)}
         if self.keep_bodies:
@@ -274,11 +278,6 @@ class Ledger:
                     found.append((info.st_mtime, entry.name, info.st_size))
             self._bodies = {name: size for _, name, size in sorted(found)}
         self._opened = True
-        if self._segments:
-            newest = next(reversed(self._segments))
-            self._open_segment(newest, started=_segment_started(newest))
-            if self._segments[newest] and _last_byte(newest) != b"\n":
-                self._write(b"\n")  # the torn record stays one damaged line; the next starts clean
         self.prune()
 
     def append(self, entries: Sequence[tuple[SentRecord, bytes | None]]) -> None:
@@ -297,7 +296,11 @@ class Ledger:
             if self._needs_new_segment(len(line), record.time):
                 self._open_segment(self._segment_name(record.time), started=record.time)
             self.prune(room=len(line))
-            self._write(line)
+            try:
+                self._write(line)
+            except OSError:
+                self._abandon_segment()  # a partial line may be there: the next record starts a segment
+                raise
         if self.fsync and self._fd is not None:
             os.fsync(self._fd)
 
@@ -324,19 +327,29 @@ class Ledger:
         """Delete the oldest segments (never the one being written) until both bounds hold with ``room`` to spare."""
         cutoff = self.clock() - self.max_age
         total = sum(self._segments.values()) + room
-        for path in list(self._segments):
+        paths = list(self._segments)
+        for index, path in enumerate(paths):
             if path == self._current:
                 break
-            try:
-                expired = path.stat().st_mtime < cutoff
-            except FileNotFoundError:
-                expired = True
+            expired = self._newest_record_before(paths, index) < cutoff
             if not expired and total <= self.max_bytes:
                 break
             total -= self._segments.pop(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._prune_bodies()
+
+    def _newest_record_before(self, paths: list[Path], index: int) -> float:
+        """An upper bound on the time of segment ``index``'s newest record.
+
+        The next segment's first record came later; the last segment was written last at its mtime.
+        """
+        if index + 1 < len(paths):
+            return _segment_started(paths[index + 1])
+        try:
+            return paths[index].stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def close(self) -> None:
         """Sync and close the segment being written."""
@@ -355,12 +368,10 @@ class Ledger:
         return too_big or too_old
 
     def _segment_name(self, when: float) -> Path:
-        stamp = max(int(when * 1000), 0)
-        path = self.directory / f"{SEGMENT_PREFIX}{stamp:015d}{SEGMENT_SUFFIX}"
-        while path in self._segments or path.exists():
-            stamp += 1
-            path = self.directory / f"{SEGMENT_PREFIX}{stamp:015d}{SEGMENT_SUFFIX}"
-        return path
+        # Names sort in the order segments were made, even when the clock steps back.
+        newest = max((_segment_stamp(path) for path in self._segments), default=-1)
+        stamp = max(int(when * 1000), newest + 1, 0)
+        return self.directory / f"{SEGMENT_PREFIX}{stamp:015d}{SEGMENT_SUFFIX}"
 
     def _open_segment(self, path: Path, *, started: float) -> None:
         self.close()
@@ -370,6 +381,10 @@ class Ledger:
         self._segments.setdefault(path, 0)
         if self.fsync:
             _sync_directory(self.directory)
+
+    def _abandon_segment(self) -> None:
+        self.close()
+        self._current = None
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None and self._current is not None
@@ -402,15 +417,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _segment_started(path: Path) -> float:
+def _segment_stamp(path: Path) -> int:
     stamp = path.name.removeprefix(SEGMENT_PREFIX).removesuffix(SEGMENT_SUFFIX)
-    return int(stamp) / 1000 if stamp.isdigit() else 0.0
+    return int(stamp) if stamp.isdigit() else 0
 
 
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1)
+def _segment_started(path: Path) -> float:
+    return _segment_stamp(path) / 1000
 
 
 def _sync_directory(directory: Path) -> None:
