@@ -99,7 +99,7 @@ def field_of(path: tuple[str, ...]) -> Any:
 def probe(path: tuple[str, ...]) -> tuple[str, Any] | None:
     """A valid value for a free-text setting, as the environment spells it and as the model holds it."""
     text = str(field_of(path).annotation)
-    if "Literal" in text or "float" in text or "int" in text:
+    if "Literal" in text or "float" in text or "int" in text or "bool" in text:
         return None  # for these, a nonsense value must be refused instead
     if path[-1] in ("url", "ntfy_alert_url", "kuma_push_url"):
         return "https://probe.example/x", "https://probe.example/x"
