@@ -406,6 +406,41 @@ async def test_community_sends_nothing_to_a_live_central(
 
 
 @pytest.mark.slow
+async def test_community_egress_names_no_upload_code_and_its_ledger_holds_no_upload(
+    wheels: dict[str, Path], install: object, tmp_path: Path, aiohttp_server: object
+) -> None:
+    """The community wheel says its upload code is absent, and its ledger records only the Kuma hook's pushes."""
+    seen: list[object] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    bin_dir = install("community", wheels["community"])  # type: ignore[operator]
+    base = f"http://127.0.0.1:{server.port}"
+    config = (
+        f'kuma_push_url = "{base}/api/push/KUMATOKEN"\n'
+        f'[sinks.central]\nurl = "{base}/ingest/v1/heartbeats"\ntoken = "t0ken"\n'
+        f'[sinks.pushgateway]\nurl = "{base}"\n'
+    )
+    returncode = await _run_against_central(bin_dir, tmp_path, config, seen)
+    env = _env(tmp_path, config)
+    egress = subprocess.run([bin_dir / "agent", "egress"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    sent = subprocess.run([bin_dir / "agent", "sent", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    records = [json.loads(line) for line in sent.stdout.splitlines()]
+
+    assert (0, 0, 0) == (returncode, egress.returncode, sent.returncode)
+    assert "upload code: absent (no upload code present)" in egress.stdout
+    assert 3 == egress.stdout.count("code: no upload code present")  # central, pushgateway, loki
+    assert "KUMATOKEN" not in egress.stdout + sent.stdout
+    assert {("GET", "/api/push/KUMATOKEN")} == set(seen)
+    assert {"kuma"} == {record["sink"] for record in records}
+
+
+@pytest.mark.slow
 async def test_community_with_upload_component_delivers(
     wheels: dict[str, Path], install: object, tmp_path: Path, aiohttp_server: object
 ) -> None:
