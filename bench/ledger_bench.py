@@ -11,7 +11,7 @@
 
 Ratios are ``with / without``: 1.10 is the +10 % budget.
 
-    .venv/bin/python -m bench.ledger_bench [--count 20000] [--rounds 3] [--tick-interval 0.25] [--tick-seconds 30]
+    .venv/bin/python bench/ledger_bench.py [--count 20000] [--rounds 3] [--tick-interval 0.25] [--tick-seconds 30]
 
 Prints one JSON object.
 """
@@ -32,10 +32,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from drain_bench import PATH, _serve, drain, fill_spool, heartbeats  # run as a script: bench/ is on sys.path
+from idle import agent_command, agent_env, count_ticks, cpu_sched_s, start_central, stop, wait_for
+
 from agent.ledger import Ledger
 from agent.ledger_hook import LedgerWriter, sending
-from bench.drain_bench import PATH, _serve, drain, fill_spool, heartbeats
-from bench.idle import agent_command, agent_env, count_ticks, cpu_sched_s, start_central, stop, wait_for
 
 
 class _Kuma(BaseHTTPRequestHandler):

@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
     "idle": ("idle.py", ["--window", "180", "--interval", "10", "--tick-interval", "0.5", "--tick-seconds", "20"]),
     "spool": ("spool_bench.py", [] if FULL else ["--writes", "1000", "--rounds", "3", "--backlog", "20000"]),
     "drain": ("drain_bench.py", [] if FULL else ["--count", "20000", "--rounds", "1"]),
+    "ledger": ("ledger_bench.py", [] if FULL else ["--count", "20000", "--rounds", "2", "--tick-seconds", "20"]),
     "logscan": (
         "logscan_bench.py",
         ["--lines", "1000000", "--distinct", "50000", "--repeat", "3"],  # best of three: a scan takes about 1 s
@@ -236,6 +237,13 @@ def headline(scripts: dict[str, Any]) -> list[dict[str, Any]]:
             row("log scan peak Python memory", ls.get("peak_python_mib"), "MiB"),
             row("log scan state per window (max)", window, "bytes", target="<= 65536", met=window <= 65536),
         ]
+    ledger = s.get("ledger", {})
+    if ledger:
+        for figure, ratio in (
+            ("agent CPU per tick, sent ledger on (central + Kuma)", dig(ledger, "tick", "ratio")),
+            ("drain time, sent ledger on", dig(ledger, "drain", "time_ratio_with_ledger")),
+        ):
+            rows.append(row(figure, ratio, "x", "same, ledger off", ratio, "<= 1.10", (ratio or 9) <= 1.10))
     return rows
 
 
