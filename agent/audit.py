@@ -27,7 +27,8 @@ from typing import Any
 
 from agent.edition import edition, upload_installed
 from agent.errors import ConfigError
-from agent.ledger import LEDGER_DIR, SentRecord, body_path, destination, read_ledger, sha256_hex
+from agent.ledger import LEDGER_DIR, body_path, read_ledger
+from agent.ledger_record import SentRecord, destination, sha256_hex
 from agent.plugins import BUILTIN_SINKS, sink_refs
 from agent.settings import Settings
 

@@ -33,7 +33,8 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from agent.ledger import LEDGER_DIR, Ledger, RequestIds, SentRecord, destination
+from agent.ledger import LEDGER_DIR, Ledger
+from agent.ledger_record import RequestIds, SentRecord, destination
 
 if TYPE_CHECKING:
     from agent.settings import Settings

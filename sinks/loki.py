@@ -46,7 +46,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from agent.ledger import RequestIds
+from agent.ledger_record import RequestIds
 from agent.sample import Delivery, Pending
 from sinks.exposition import timestamp_ns
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status

@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import (
-    BODIES_DIR,
-    Ledger,
-    RequestIds,
-    SentRecord,
-    body_path,
-    destination,
-    encode_line,
-    read_ledger,
-    segments,
-    sha256_hex,
-)
+from agent.ledger import BODIES_DIR, Ledger, body_path, read_ledger, segments
 from agent.ledger_hook import LedgerWriter
+from agent.ledger_record import RequestIds, SentRecord, destination, encode_line, sha256_hex
 from agent.sample import Pending
 from tests.conftest import REPO
 
@@ -78,7 +68,8 @@ def test_a_torn_or_corrupt_line_is_skipped_and_spoils_nothing(tmp_path: Path) ->
 KILLED_WRITER = textwrap.dedent(
     """
     import sys
-    from agent.ledger import Ledger, SentRecord
+    from agent.ledger import Ledger
+    from agent.ledger_record import SentRecord
     ledger = Ledger(__import__("pathlib").Path(sys.argv[1]), max_age=86400, max_bytes=1 << 30, fsync=False)
     index = 0
     while True:

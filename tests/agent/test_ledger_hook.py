@@ -9,8 +9,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from agent.ledger import Ledger, RequestIds, read_ledger
+from agent.ledger import Ledger, read_ledger
 from agent.ledger_hook import LedgerWriter, hook_trace_config, sending
+from agent.ledger_record import RequestIds
 from sinks.http import make_session
 
 
