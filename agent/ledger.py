@@ -11,8 +11,8 @@ On disk, under ``<state_dir>/ledger/``:
   ``<CRC-32 of the JSON, 8 hex digits> <JSON>\\n``, each line written with one
   ``write`` on an ``O_APPEND`` descriptor. A line whose CRC does not match or
   that has no newline (a process killed mid-write) is skipped when read and
-  never spoils another; a torn tail is closed with a newline before the next
-  append, so the record after it starts on a line of its own.
+  never spoils another. Each process appends to a segment of its own, so a
+  line torn by a crash stays the last line of its segment.
 - ``bodies/<sha256>``: the bodies themselves, only when ``keep_bodies`` is on.
 
 Bounds: whole segments are deleted, oldest first, so pruning never rewrites a
@@ -22,8 +22,13 @@ newest record is older than ``max_age``, so no record outlives ``max_age`` by
 more than an eighth of it. Kept bodies are bounded by ``bodies_max_bytes`` and
 ``max_age`` alike.
 
-Durability: the writer syncs once per batch of records it takes from its queue
-(group commit), so a request costs at most one ``fsync`` and usually shares it.
+Durability: a record is written as soon as the writer takes it, so a process
+killed at any moment loses none it wrote; the writer then syncs the segment
+within ``sync_interval`` (1 s by default), so every record written in that
+second shares one ``fsync`` and a power cut loses at most that second. (An
+``fsync`` costs about 0.2 ms of CPU: two per tick would cost more than the rest
+of the ledger together; see bench/ledger_bench.py.) Kept bodies are synced as
+they are written.
 This module is standard library only and blocking: the writer thread in
 :mod:`agent.ledger_hook` calls it, never the event loop.
 """
@@ -147,7 +152,7 @@ class Ledger:
         self.prune()
 
     def append(self, entries: Sequence[tuple[SentRecord, bytes | None]]) -> None:
-        """Write ``entries`` (record, and its body to keep or ``None``) in order, then sync once.
+        """Write ``entries`` (record, and its body to keep or ``None``) in order; :meth:`sync` makes them durable.
 
         A body is stored before its record, so a record marked ``kept`` has one
         until the bodies' bounds prune it.
@@ -167,6 +172,9 @@ class Ledger:
             except OSError:
                 self._abandon_segment()  # a partial line may be there: the next record starts a segment
                 raise
+
+    def sync(self) -> None:
+        """Flush the segment being written to the disk."""
         if self.fsync and self._fd is not None:
             os.fsync(self._fd)
 

@@ -54,8 +54,9 @@ SENDING: contextvars.ContextVar[Sending | None] = contextvars.ContextVar("pop_ag
 class LedgerWriter:
     """A thread that appends records to the ledger, in batches, off the event loop."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, sync_interval: float = 1.0) -> None:
         self.ledger = ledger
+        self.sync_interval = sync_interval
         self.keep_bodies = ledger.keep_bodies
         self.lost_total = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -76,9 +77,8 @@ class LedgerWriter:
             max_bytes=cfg.max_bytes,
             keep_bodies=cfg.keep_bodies,
             bodies_max_bytes=cfg.bodies_max_bytes,
-            fsync=cfg.fsync,
         )
-        return cls(ledger)
+        return cls(ledger, sync_interval=cfg.sync_interval)
 
     def submit(self, record: SentRecord, body: bytes | None) -> None:
         """Queue one record (and its body, to keep); returns at once."""
@@ -108,13 +108,20 @@ class LedgerWriter:
         await asyncio.to_thread(self.close, grace)
 
     def _work(self) -> None:
+        sync_due: float | None = None  # when what was written must be on the disk
         while True:
-            item = self._queue.get()
+            try:
+                wait = None if sync_due is None else max(0.0, sync_due - time.monotonic())
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._sync()
+                sync_due = None
+                continue
             batch = []
             stop = item is _STOP
             if not stop:
                 batch.append(item)
-            while not stop:  # group commit: everything queued meanwhile shares one fsync
+            while not stop:  # everything queued meanwhile goes in one go
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -124,8 +131,21 @@ class LedgerWriter:
                     batch.append(item)
             if batch:
                 self._write(batch)
+                if sync_due is None:
+                    sync_due = time.monotonic() + self.sync_interval
+            if stop or (sync_due is not None and time.monotonic() >= sync_due):
+                self._sync()
+                sync_due = None
             if stop:
                 return
+
+    def _sync(self) -> None:
+        try:
+            self.ledger.sync()
+        except OSError as exc:
+            if not self._failing:
+                log.error("ledger_write_failed", code=exc.__class__.__name__, errno=exc.errno)
+            self._failing = True
 
     def _write(self, batch: list[tuple[SentRecord, bytes | None]]) -> None:
         with self._lock:

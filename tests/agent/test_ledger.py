@@ -194,3 +194,18 @@ def test_request_ids_come_from_the_spooled_bytes() -> None:
     items = [Pending(f"id-{seq}", b'{"schema":"pop-heartbeat/1","seq":%d,"x":1}' % seq) for seq in (7, 5, 9)]
 
     assert RequestIds(("id-7", "id-5", "id-9"), (5, 9)) == RequestIds.of(items)
+
+
+def test_a_record_is_on_disk_before_the_writer_syncs_or_closes(tmp_path: Path) -> None:
+    """The writer writes at once and only defers the sync, so a killed process loses nothing it was handed."""
+    writer = LedgerWriter(Ledger(tmp_path, max_age=86_400, max_bytes=1 << 20), sync_interval=60)
+    try:
+        writer.submit(record(1), None)
+        deadline = time.monotonic() + 10
+        while not read_ledger(tmp_path).records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        found = [item.seq for item in read_ledger(tmp_path).records]
+    finally:
+        writer.close()
+
+    assert [(1, 1)] == found
