@@ -38,7 +38,7 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
     "idle": ("idle.py", ["--window", "180", "--interval", "10", "--tick-interval", "0.5", "--tick-seconds", "20"]),
     "spool": ("spool_bench.py", [] if FULL else ["--writes", "1000", "--rounds", "3", "--backlog", "20000"]),
     "drain": ("drain_bench.py", [] if FULL else ["--count", "20000", "--rounds", "1"]),
-    "ledger": ("ledger_bench.py", [] if FULL else ["--count", "20000", "--rounds", "2", "--tick-seconds", "20"]),
+    "ledger": ("ledger_bench.py", [] if FULL else ["--count", "20000", "--rounds", "2", "--tick-seconds", "40"]),
     "logscan": (
         "logscan_bench.py",
         ["--lines", "1000000", "--distinct", "50000", "--repeat", "3"],  # best of three: a scan takes about 1 s
