@@ -14,17 +14,16 @@ whether the edition and telemetry setting let it.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from agent.body_decoders import DECODERS
 from agent.edition import edition, upload_installed
 from agent.errors import ConfigError
 from agent.ledger import LEDGER_DIR, body_path, read_ledger
@@ -47,55 +46,6 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(text)
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-# -- decoding kept bodies ---------------------------------------------------------------
-
-
-@dataclass
-class Contents:
-    """What a body holds for the scrubber: heartbeat documents and lines of text."""
-
-    docs: list[Any] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-
-
-def _inflate(body: bytes) -> bytes:
-    return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
-
-
-def _decode_central(body: bytes) -> Contents:
-    return Contents(docs=list(json.loads(_inflate(body))["heartbeats"]))
-
-
-def _decode_loki(body: bytes) -> Contents:
-    streams = json.loads(_inflate(body))["streams"]
-    contents = Contents()
-    for stream in streams:
-        contents.texts.extend(str(value) for value in stream.get("stream", {}).values())
-        contents.docs.extend(json.loads(line) for _, line in stream["values"])
-    return contents
-
-
-def _decode_text(body: bytes) -> Contents:
-    return Contents(texts=_inflate(body).decode("utf-8").splitlines())
-
-
-def _decode_pushgateway(body: bytes) -> Contents:
-    contents = _decode_text(body)
-    contents.docs = []
-    return contents
-
-
-# Keyed by the sink or hook name a record holds. Remote write (snappy + protobuf)
-# joins when its sink does; until then its bodies are checked by digest only.
-DECODERS: dict[str, Callable[[bytes], Contents]] = {
-    "central": _decode_central,
-    "loki": _decode_loki,
-    "pushgateway": _decode_pushgateway,
-    "ntfy": _decode_text,
-    "kuma": _decode_text,
-}
 
 
 @dataclass
@@ -145,7 +95,7 @@ def verify(records: list[SentRecord], directory: Path) -> Verdict:
         except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError, zlib.error, RecursionError):
             verdict.findings.append(f"{name}: body does not decode as {record.sink} sends it")
             continue
-        verdict.heartbeats += len(contents.docs) or (1 if record.sink == "pushgateway" and record.ids else 0)
+        verdict.heartbeats += contents.heartbeats
         for position, doc in enumerate(contents.docs, 1):
             for path, code in sorted(set(check(doc, allowed))):
                 verdict.findings.append(f"{name}: heartbeat {position}: {path}: {code}")
