@@ -11,7 +11,9 @@
   writer included; the local central runs in another process), the writer
   flushed and closed inside the timing.
 
-Ratios are ``with / without``: 1.10 is the +10 % budget.
+Ratios are ``with / without`` (for the drain's wall time, ``without / with``): 1.10 is
+the +10 % budget. On a shared machine the drain's wall time swings by 2x between
+rounds; its CPU time (``cpu_ratio_with_ledger``) is the figure to judge by.
 
     .venv/bin/python bench/ledger_bench.py [--count 20000] [--rounds 3] [--tick-interval 1] [--tick-seconds 60]
                                            [--only drain|tick]

@@ -241,7 +241,7 @@ def headline(scripts: dict[str, Any]) -> list[dict[str, Any]]:
     if ledger:
         for figure, ratio in (
             ("agent CPU per tick, sent ledger on (central + Kuma)", dig(ledger, "tick", "ratio")),
-            ("drain time, sent ledger on", dig(ledger, "drain", "time_ratio_with_ledger")),
+            ("drain CPU, sent ledger on", dig(ledger, "drain", "cpu_ratio_with_ledger")),
         ):
             rows.append(row(figure, ratio, "x", "same, ledger off", ratio, "<= 1.10", (ratio or 9) <= 1.10))
     return rows
