@@ -40,13 +40,13 @@ def read_secret(
     else:
         directory = os.environ.get("CREDENTIALS_DIRECTORY") if credentials_dir is None else credentials_dir
         credential_path = Path(directory) / credential if directory and credential else None
-        if credential_path is None or (not required and not credential_path.exists()):
+        if credential_path is None or not credential_path.exists():
             if not required:
                 return None
             where = f"set {setting} or {setting}_file"
             if credential:
                 where += f", or the systemd credential {credential}"
-            raise ConfigError(f"{setting.rsplit('.', 1)[0]}.url is set but no {what}: {where}")
+            raise ConfigError(f"{setting.rsplit('.', 1)[0]}: no {what}: {where}")
         source = f"credential {credential}"
         secret = _read_secret_file(credential_path, source)
     secret = secret.strip()
