@@ -27,7 +27,16 @@ REPO = Path(__file__).resolve().parents[2]
 EDITIONS = ("community", "commercial", "upload")
 # What the community wheel may hold of sinks/: the contract, retry policy and local alert hooks.
 BASE_SINKS = {"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"}
-NAMED_UPLOAD_SINKS = {"sinks/central.py", "sinks/pushgateway.py", "sinks/loki.py"}
+NAMED_UPLOAD_SINKS = {
+    "sinks/central.py",
+    "sinks/credentials.py",
+    "sinks/pushgateway.py",
+    "sinks/exposition.py",
+    "sinks/series.py",
+    "sinks/loki.py",
+    "sinks/remote_write.py",
+    "sinks/prompb.py",
+}
 TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "agent" / "version.py").read_text()).group(1)  # type: ignore[union-attr]
 EX_CONFIG = 78
@@ -204,7 +213,16 @@ def test_upload_wheel_holds_only_upload_sinks(wheels: dict[str, Path], tree: Pat
     metadata = _metadata(wheels["upload"])
     assert ("Name", "pop-agent-upload") in metadata
     assert ("Version", VERSION) in metadata
-    assert [f"pop-agent=={VERSION}"] == [value for key, value in metadata if key == "Requires-Dist"]
+    assert sorted([f"pop-agent=={VERSION}", "cramjam>=2.8"]) == sorted(v for k, v in metadata if k == "Requires-Dist")
+
+
+def test_only_the_upload_component_requires_snappy(wheels: dict[str, Path]) -> None:
+    """cramjam (remote write's snappy) is a dependency of the upload component, never of the base wheels."""
+    for edition in ("community", "commercial"):
+        required = [value for key, value in _metadata(wheels[edition]) if key == "Requires-Dist"]
+        assert [] == [value for value in required if value.startswith("cramjam") and "extra ==" not in value]
+    assert "sinks/remote_write.py" not in _payload(wheels["community"])
+    assert "sinks/remote_write.py" in _payload(wheels["upload"])
 
 
 def test_editions_split_the_tree_exactly(wheels: dict[str, Path], tree: Path) -> None:
