@@ -112,9 +112,10 @@ def verify(records: list[SentRecord], directory: Path) -> Verdict:
 def _render(record: SentRecord) -> str:
     data = record.to_json()
     seq = f" seq {record.seq[0]}-{record.seq[1]}" if record.seq else ""
+    carried = f"{len(record.ids)} heartbeats{seq}" if record.ids else "no heartbeat ids"
     return (
         f"{data['time']}  {record.sink:<12} {record.method:<4} {record.destination}  {record.status}  "
-        f"{record.bytes} B  {len(record.ids)} heartbeats{seq}  sha256 {record.sha256}"
+        f"{record.bytes} B  {carried}  sha256 {record.sha256}"
     )
 
 

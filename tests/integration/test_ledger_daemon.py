@@ -1,4 +1,4 @@
-"""The sent ledger end to end: the real daemon, a local central, the real Pushgateway, ntfy and Kuma receivers."""
+"""The sent ledger end to end: the real daemon, a local central, real Pushgateway and VictoriaMetrics, ntfy, Kuma."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class Wire:
     central_ok: bool = False
     heartbeats: int = 0
     gateway: str = ""
+    vm: str = ""
 
     def received(self, sink: str, body: bytes) -> None:
         self.bodies.append((sink, hashlib.sha256(body).hexdigest()))
@@ -62,12 +63,20 @@ class Wire:
 
     async def pushgateway(self, request: web.Request) -> web.Response:
         """Record the body, then hand the request on to the real Pushgateway and return its answer."""
+        return await self._relay("pushgateway", self.gateway, request)
+
+    async def remote_write(self, request: web.Request) -> web.Response:
+        """Record the body, then hand the request on to the real VictoriaMetrics and return its answer."""
+        return await self._relay("remote_write", self.vm, request)
+
+    async def _relay(self, sink: str, base: str, request: web.Request) -> web.Response:
         body = await request.read()
-        self.received("pushgateway", body)
-        headers = {"Content-Type": request.headers.get("Content-Type", "text/plain")}
+        self.received(sink, body)
+        names = ("Content-Type", "Content-Encoding", "X-Prometheus-Remote-Write-Version")
+        headers = {name: request.headers[name] for name in names if name in request.headers}
         async with (
-            aiohttp.ClientSession() as session,
-            session.request(request.method, self.gateway + request.path, data=body, headers=headers) as answer,
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(request.method, base + request.path, data=body, headers=headers) as answer,
         ):
             return web.Response(status=answer.status, body=await answer.read())
 
@@ -76,6 +85,7 @@ class Wire:
         app.router.add_post("/ingest/v1/heartbeats", self.central)
         app.router.add_get("/api/push/{token}", self.kuma)
         app.router.add_route("*", "/metrics/{tail:.*}", self.pushgateway)
+        app.router.add_post("/api/v1/write", self.remote_write)
         app.router.add_post("/{topic}", self.ntfy)
         return app
 
@@ -89,6 +99,15 @@ def gateway() -> Iterator[str]:
         yield base
 
 
+@pytest.fixture
+def vm() -> Iterator[str]:
+    """The real VictoriaMetrics, or a skip where Debian's package is not installed."""
+    if realprocs.binary(realprocs.VICTORIA_METRICS) is None:
+        pytest.skip("victoria-metrics is not installed")
+    with realprocs.victoria_metrics() as base:
+        yield base
+
+
 def _records(run_agent: RunAgent, **env: str) -> list[dict[str, Any]]:
     done = run_agent("sent", "--json", **env)
     assert 0 == done.returncode, done.stderr
@@ -96,10 +115,10 @@ def _records(run_agent: RunAgent, **env: str) -> list[dict[str, Any]]:
 
 
 async def test_every_request_is_in_the_ledger_as_the_receiver_got_it(
-    aiohttp_server: Any, tmp_path: Path, gateway: str, run_agent: RunAgent
+    aiohttp_server: Any, tmp_path: Path, gateway: str, vm: str, run_agent: RunAgent
 ) -> None:
     """Each receiver's body digests match the ledger's, --verify passes, a tampered body fails, no secret shows."""
-    wire = Wire(gateway=gateway)
+    wire = Wire(gateway=gateway, vm=vm)
     server = await aiohttp_server(wire.app(), auto_decompress=False)
     base = f"127.0.0.1:{server.port}"
     env = {
@@ -111,6 +130,7 @@ async def test_every_request_is_in_the_ledger_as_the_receiver_got_it(
         "POP_AGENT_SINKS__CENTRAL__MAX_ATTEMPTS": "1",
         "POP_AGENT_SINKS__CENTRAL__GZIP_MIN_BYTES": "2048",
         "POP_AGENT_SINKS__PUSHGATEWAY__URL": f"http://pop:{GATEWAY_PASSWORD}@{base}",
+        "POP_AGENT_SINKS__REMOTE_WRITE__URL": f"http://{base}/api/v1/write",
         "POP_AGENT_LEDGER__KEEP_BODIES": "true",
         "NTFY_ALERT_URL": f"http://{base}/{NTFY_TOPIC}",
         "NTFY_ALERT_TOKEN": NTFY_TOKEN,
@@ -121,18 +141,27 @@ async def test_every_request_is_in_the_ledger_as_the_receiver_got_it(
     try:
         await wait_for(lambda: wire.count("ntfy") >= 1, timeout=30)  # central down long enough: an outage
         wire.central_ok = True
-        await wait_for(lambda: wire.count("ntfy") >= 2 and wire.heartbeats >= 10 and wire.count("pushgateway") >= 3)
+        await wait_for(
+            lambda: (
+                wire.count("ntfy") >= 2
+                and wire.heartbeats >= 10
+                and wire.count("pushgateway") >= 3
+                and wire.count("remote_write") >= 3
+            )
+        )
         await asyncio.sleep(0.5)
     finally:
         assert 0 == await daemon.stop()
     metrics = realprocs.get_text(gateway + "/metrics")
     assert 'pop="test-pop"' in metrics
+    realprocs.flush(vm)
+    assert '"pop":"test-pop"' in realprocs.get_text(vm + '/api/v1/export?match[]={pop="test-pop"}')
 
     records = _records(run_agent, **env)
     answered = Counter((r["sink"], r["sha256"]) for r in records if isinstance(r["status"], int))
     every = Counter((r["sink"], r["sha256"]) for r in records)
     received = Counter(wire.bodies)
-    assert {"central", "pushgateway", "ntfy", "kuma"} == {r["sink"] for r in records}
+    assert {"central", "pushgateway", "remote_write", "ntfy", "kuma"} == {r["sink"] for r in records}
     assert Counter() == answered - received  # every answered request was received with these exact bytes
     assert Counter() == received - every  # and every request received is in the ledger
     assert {503, 200} <= {r["status"] for r in records if r["sink"] == "central"}
