@@ -209,3 +209,15 @@ def test_a_record_is_on_disk_before_the_writer_syncs_or_closes(tmp_path: Path) -
         writer.close()
 
     assert [(1, 1)] == found
+
+
+def test_a_ledger_that_cannot_be_written_counts_its_losses_and_raises_nothing(tmp_path: Path) -> None:
+    """A ledger path taken by a file: records are counted as lost, the writer's caller never sees an error."""
+    blocked = tmp_path / "ledger"
+    blocked.write_text("not a directory")
+    writer = LedgerWriter(Ledger(blocked, max_age=86_400, max_bytes=1 << 20))
+    writer.submit(record(1), None)
+    writer.submit(record(2), None)
+    writer.close()
+
+    assert 2 == writer.lost_total
