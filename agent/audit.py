@@ -96,6 +96,9 @@ def verify(records: list[SentRecord], directory: Path) -> Verdict:
             verdict.findings.append(f"{name}: body does not decode as {record.sink} sends it")
             continue
         verdict.heartbeats += contents.heartbeats
+        carried = tuple(doc.get("id") if isinstance(doc, dict) else None for doc in contents.docs)
+        if record.ids and contents.docs and carried != record.ids:
+            verdict.findings.append(f"{name}: the heartbeats in the body are not the ids the record lists")
         for position, doc in enumerate(contents.docs, 1):
             for path, code in sorted(set(check(doc, allowed))):
                 verdict.findings.append(f"{name}: heartbeat {position}: {path}: {code}")

@@ -9,10 +9,10 @@ On disk, under ``<state_dir>/ledger/``:
 
 - ``segment-<first record's unix ms>.jsonl``: one record per line, as
   ``<CRC-32 of the JSON, 8 hex digits> <JSON>\\n``, each line written with one
-  ``write`` on an ``O_APPEND`` descriptor. A line whose CRC does not match or
-  that has no newline (a process killed mid-write) is skipped when read and
-  never spoils another. Each process appends to a segment of its own, so a
-  line torn by a crash stays the last line of its segment.
+  ``write`` on an ``O_APPEND`` descriptor. A line whose CRC does not match (a
+  process killed mid-write) is skipped when read and never spoils another.
+  Each process appends to a segment of its own, so a line torn by a crash
+  stays the last line of its segment.
 - ``bodies/<sha256>``: the bodies themselves, only when ``keep_bodies`` is on.
 
 Bounds: whole segments are deleted, oldest first, so pruning never rewrites a

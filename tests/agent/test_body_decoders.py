@@ -78,10 +78,10 @@ def test_central_bodies_are_read_gzip_or_plain() -> None:
     assert [doc] == decode_central(plain).docs == decode_central(gzip.compress(plain)).docs
 
 
-def _kept(directory: Path, sink: str, body: bytes) -> None:
+def _kept(directory: Path, sink: str, body: bytes, ids: tuple[str, ...] = ()) -> None:
     ledger = Ledger(directory, max_age=86_400, max_bytes=1 << 20, keep_bodies=True, bodies_max_bytes=1 << 20)
     record = SentRecord(
-        time.time(), sink, "POST", "https://rw.example:443/api/v1/write", len(body), sha256_hex(body), 204
+        time.time(), sink, "POST", "https://rw.example:443/api/v1/write", len(body), sha256_hex(body), 204, ids=ids
     )
     ledger.append([(record, body)])
     ledger.close()
@@ -104,3 +104,14 @@ def test_verify_passes_clean_bodies_and_counts_their_heartbeats(tmp_path: Path) 
     verdict = verify(read_ledger(tmp_path).records, tmp_path)
 
     assert ([], 2, 3) == (verdict.findings, verdict.requests, verdict.heartbeats)
+
+
+def test_verify_flags_a_body_whose_heartbeats_are_not_the_records_ids(tmp_path: Path) -> None:
+    """A central body holding another heartbeat than the record lists is a finding."""
+    doc = make_heartbeat()
+    _kept(tmp_path, "central", json.dumps({"heartbeats": [doc]}).encode(), ids=("someone-else",))
+    verdict = verify(read_ledger(tmp_path).records, tmp_path)
+
+    assert ["the heartbeats in the body are not the ids the record lists"] == [
+        finding.split("): ", 1)[1] for finding in verdict.findings
+    ]

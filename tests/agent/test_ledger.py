@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.ledger import BODIES_DIR, Ledger, body_path, read_ledger, segments
 from agent.ledger_hook import LedgerWriter
@@ -221,3 +224,25 @@ def test_a_ledger_that_cannot_be_written_counts_its_losses_and_raises_nothing(tm
     writer.close()
 
     assert 2 == writer.lost_total
+
+
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_a_segment_cut_anywhere_reads_as_a_prefix_of_its_records(cut: int) -> None:
+    """Truncating a segment at any byte leaves exactly the records wholly before the cut, and at most one damaged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ledger = Ledger(directory, max_age=86_400, max_bytes=1 << 20)
+        ledger.append([(record(index), None) for index in range(40)])
+        ledger.close()
+        (segment,) = segments(directory)
+        whole = segment.read_bytes()
+        segment.write_bytes(whole[:cut])
+        scan = read_ledger(directory)
+        # A line is whole once its last byte before the newline is in: the CRC then matches.
+        ends = [index for index, byte in enumerate(whole) if byte == ord("\n")]
+        kept = sum(1 for end in ends if end <= cut)
+        torn = 0 if cut in (0, *ends, *(end + 1 for end in ends)) or cut >= len(whole) else 1
+
+        assert list(range(kept)) == [item.seq[0] for item in scan.records if item.seq]
+        assert torn == scan.damaged
