@@ -13,6 +13,8 @@ A sink that also passes :class:`~agent.ledger.RequestIds` as ``trace_request_ctx
 gets the request's heartbeat ids and seq range in the record; one that does
 not is recorded all the same, without ids. The alert hooks' session is told
 its destinations when it is made, and labels each request by its URL.
+A record is one attempt on the wire: aiohttp's own second try of an idempotent
+request on a dead kept-alive connection is recorded apart from the first.
 """
 
 from __future__ import annotations
@@ -197,6 +199,12 @@ class _InFlight:
     size: int = 0
     chunks: list[bytes] | None = None
 
+    def again(self) -> _InFlight:
+        """The same request's next attempt, with nothing sent yet."""
+        return _InFlight(
+            self.writer, self.sink, self.method, self.destination, self.ids, chunks=None if self.chunks is None else []
+        )
+
 
 Resolver = Callable[[URL], "tuple[LedgerWriter, str, str] | None"]
 
@@ -221,6 +229,15 @@ def _trace_config(resolve: Resolver) -> aiohttp.TraceConfig:
             if flight.chunks is not None:
                 flight.chunks.append(bytes(params.chunk))
 
+    async def on_connection(session: Any, ctx: SimpleNamespace, params: Any) -> None:
+        # aiohttp sends an idempotent request (Kuma's GET, the Pushgateway's PUT) once
+        # more, inside the same traced request, when a kept-alive connection turns out
+        # dead: what the first attempt sent is a record of its own.
+        flight: _InFlight | None = getattr(ctx, "ledger", None)
+        if flight is not None and flight.size:
+            _finish(ctx, "disconnected")
+            ctx.ledger = flight.again()
+
     async def on_end(session: Any, ctx: SimpleNamespace, params: aiohttp.TraceRequestEndParams) -> None:
         _finish(ctx, params.response.status)
 
@@ -230,6 +247,8 @@ def _trace_config(resolve: Resolver) -> aiohttp.TraceConfig:
     config = aiohttp.TraceConfig()
     config.on_request_start.append(on_start)
     config.on_request_chunk_sent.append(on_chunk)
+    config.on_connection_create_start.append(on_connection)
+    config.on_connection_reuseconn.append(on_connection)
     config.on_request_end.append(on_end)
     config.on_request_exception.append(on_exception)
     return config

@@ -128,3 +128,33 @@ async def test_hook_requests_are_labelled_by_their_url_and_masked(aiohttp_server
     assert [("kuma", f"{base}/api/push/********"), ("ntfy", f"{base}/********")] == [
         (record.sink, record.destination) for record in records
     ]
+
+
+async def test_aiohttps_silent_second_attempt_is_a_record_of_its_own(aiohttp_server: Any, tmp_path: Path) -> None:
+    """A PUT whose connection dies unanswered is sent again by aiohttp; each attempt is one record, as received."""
+    received: list[str] = []
+
+    async def first_drops(request: web.Request) -> web.Response:
+        received.append(hashlib.sha256(await request.read()).hexdigest())
+        if len(received) == 1:
+            assert request.transport is not None
+            request.transport.close()  # the body arrived; the answer never leaves
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_put("/metrics/job/pop_agent/pop/ams1", first_drops)
+    server = await aiohttp_server(app)
+    writer = _writer(tmp_path)
+    body = b"pop_agent_up 1\n"
+    session = make_session(connect_timeout=5, read_timeout=5)
+    try:
+        with sending(writer, "pushgateway"):
+            async with session.put(server.make_url("/metrics/job/pop_agent/pop/ams1"), data=body) as response:
+                assert 200 == response.status
+    finally:
+        await session.close()
+        await writer.aclose()
+    records = read_ledger(tmp_path).records
+
+    assert received == [record.sha256 for record in records]
+    assert ["disconnected", 200] == [record.status for record in records]
