@@ -418,3 +418,25 @@ async def test_a_value_no_double_can_hold_rejects_only_its_heartbeat(receiver: A
     delivery = await make_sink(server.url).send([*backlog, huge], Deadline(30))
 
     assert ({huge.id: "malformed"}, {item.id for item in backlog}) == (delivery.rejected, delivery.acked)
+
+
+async def test_a_batch_whose_series_change_still_goes_in_order_per_series(receiver: Any, make_sink: Any) -> None:
+    """Interleaved POPs and a heartbeat with an extra series: every series gets each sample once, oldest first."""
+    server = await receiver()
+    backlog = beats(20) + beats(12, pop="fra1")
+    odd = heartbeat("ams1", seq=50, ts=time.time() - 100, metrics={"cpu_percent": 99.0, "vault_count": 7})
+    batch = random.Random(3).sample([*backlog, odd], len(backlog) + 1)
+
+    delivery = await make_sink(server.url).send(batch, Deadline(30))
+
+    assert {item.id for item in batch} == delivery.acked
+    (request,) = server.requests
+    merged: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]] = {}
+    for labels, samples in request.series:
+        merged.setdefault(tuple(sorted(labels.items())), []).extend(samples)
+    for pop in ("ams1", "fra1"):
+        items = sorted((item for item in batch if item.doc["pop"] == pop), key=ms)
+        key = (("__name__", "cpu_percent"), ("job", "pop_agent"), ("pop", pop))
+        expected = [(ms(item), float(item.doc["metrics"]["cpu_percent"])) for item in items]
+        assert expected == merged[key]
+    assert [(ms(odd), 7.0)] == merged[(("__name__", "vault_count"), ("job", "pop_agent"), ("pop", "ams1"))]
