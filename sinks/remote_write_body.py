@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from agent.sample import Pending
 from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
-from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ms
+from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ns
 
 try:
     import cramjam
@@ -53,8 +53,12 @@ class Prepared:
         pop = doc.get("pop")
         if not isinstance(pop, str) or not pop:
             raise ValueError("heartbeat without pop")
-        mapped = samples(doc)
-        return cls(item.id, timestamp_ms(doc), pop, tuple(mapped), list(mapped.values()))
+        ts = doc.get("ts")
+        if not isinstance(ts, str):
+            raise ValueError("heartbeat without ts")
+        ts_ns = timestamp_ns(ts)
+        mapped = samples(doc, ts_ns)
+        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), list(mapped.values()))
 
 
 class BodyEncoder:

@@ -52,7 +52,7 @@ def timestamp_ns(ts: str) -> int:
     match = _TIMESTAMP.match(ts)
     if match is None:
         raise ValueError("not an RFC 3339 UTC timestamp")
-    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
         raise ValueError("timestamp out of range")
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
@@ -98,7 +98,7 @@ def _labels_of(pairs: tuple[tuple[Any, Any], ...]) -> Labels | None:
 
 
 def _labels(raw: Any) -> Labels | None:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, dict):
         return None
     try:
         return _labels_of(tuple(raw.items()))
@@ -106,20 +106,24 @@ def _labels(raw: Any) -> Labels | None:
         return None
 
 
-def samples(doc: Mapping[str, Any]) -> Samples:
+def samples(doc: Mapping[str, Any], ts_ns: int | None = None) -> Samples:
     """Every series of the heartbeat, ``(name, labels) -> value``, in the heartbeat's order, then the agent's own.
 
     Labels exclude ``job`` and ``pop``, which the delivering path adds. Samples a
     Prometheus server could not take (a bad name or label, a value that is not a
     number) are left out, so that one odd series cannot cost the rest. Raises
-    ``ValueError`` if the heartbeat has no usable ``ts``.
+    ``ValueError`` if the heartbeat has no usable ``ts``; ``ts_ns`` is that time,
+    when the caller has it already. A parsed heartbeat is made of plain dicts and
+    lists, which is what is checked for (a ``Mapping`` check costs far more).
     """
-    ts = doc.get("ts")
-    if not isinstance(ts, str):
-        raise ValueError("heartbeat without ts")
+    if ts_ns is None:
+        ts = doc.get("ts")
+        if not isinstance(ts, str):
+            raise ValueError("heartbeat without ts")
+        ts_ns = timestamp_ns(ts)
     out: Samples = {}
     metrics = doc.get("metrics")
-    if isinstance(metrics, Mapping):
+    if isinstance(metrics, dict):
         values = list(metrics.values())
         keys = _plain_keys(tuple(metrics))
         # The usual heartbeat, checked by C loops: known names, numbers only (a bool is
@@ -133,7 +137,7 @@ def samples(doc: Mapping[str, Any]) -> Samples:
     series = doc.get("series")
     if isinstance(series, list):
         for item in series:
-            if not isinstance(item, Mapping):
+            if not isinstance(item, dict):
                 continue
             number: Any = item.get("value")
             named = item.get("name")
@@ -143,12 +147,12 @@ def samples(doc: Mapping[str, Any]) -> Samples:
             if labels is not None:
                 out[(named, labels)] = number
 
-    seconds, nanos = divmod(timestamp_ns(ts), 1_000_000_000)
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
     out[(LAST_HEARTBEAT, ())] = seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
     info = tuple(sorted((key, value) for key in ("edition", "agent_version") if isinstance(value := doc.get(key), str)))
     out[(INFO, info)] = 1
     collectors = doc.get("collectors")
-    if isinstance(collectors, Mapping):
+    if isinstance(collectors, dict):
         for name, status in collectors.items():
             if isinstance(name, str) and isinstance(status, str):
                 out[(COLLECTOR_UP, (("collector", name),))] = int(status == "ok")
