@@ -81,7 +81,7 @@ _SAMPLE_REFUSALS = (
     ("out-of-order", "out_of_order"),
     ("duplicate sample", "duplicate"),
 )
-# Encoding a large request holds the event loop for milliseconds: it goes to a thread.
+# Parsing and encoding this many heartbeats holds the event loop for milliseconds: a thread does it.
 _THREAD_ENCODE_COUNT = 64
 
 
@@ -145,7 +145,10 @@ class RemoteWriteSink:
         acked: set[str] = set()
         rejected: dict[str, str] = {}
         skipped: dict[str, str] = {}
-        ready = self._prepare(batch, rejected, skipped)
+        if len(batch) >= _THREAD_ENCODE_COUNT:  # parsing a large batch would hold the event loop
+            ready = await asyncio.to_thread(self._prepare, batch, rejected, skipped)
+        else:
+            ready = self._prepare(batch, rejected, skipped)
         failure: str | None = None
         retry_after: float | None = None
         work = deque(ready[start : start + self.max_batch] for start in range(0, len(ready), self.max_batch))
