@@ -60,7 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("upload", parents=[common], help="drain the spool once, now")
     commands.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
     commands.add_parser("collectors", parents=[common], help="the collectors and sinks available")
+    _add_audit_commands(commands, common)
     return parser
+
+
+def _add_audit_commands(commands: Any, common: _Parser) -> None:
+    sent = commands.add_parser("sent", parents=[common], help="the ledger of every request sent off the machine")
+    sent.add_argument("--since", metavar="DURATION", help="only requests this long ago or later: 30s, 15m, 2h, 7d")
+    sent.add_argument("--json", action="store_true", help="one JSON object per request")
+    sent.add_argument("--verify", action="store_true", help="check and scrub again every kept body")
+    commands.add_parser("egress", parents=[common], help="every destination this build and configuration can reach")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +184,18 @@ def _cmd_collectors(settings: Any, args: argparse.Namespace) -> int:
     return list_plugins(settings)
 
 
+def _cmd_sent(settings: Any, args: argparse.Namespace) -> int:
+    from agent.audit import sent
+
+    return sent(settings, since=args.since, as_json=args.json, verify_bodies=args.verify)
+
+
+def _cmd_egress(settings: Any, args: argparse.Namespace) -> int:
+    from agent.audit import egress
+
+    return egress(settings)
+
+
 COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "run": _cmd_run,
     "once": _cmd_once,
@@ -185,6 +206,8 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "upload": _cmd_upload,
     "config": _cmd_config,
     "collectors": _cmd_collectors,
+    "sent": _cmd_sent,
+    "egress": _cmd_egress,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,7 @@ from agent.deadline import Deadline
 from agent.delivery import BacklogScrubber, SinkState
 from agent.errors import ScrubRejected, SpoolError
 from agent.health import AlertHooks, Health, fixed_code
+from agent.ledger_hook import LedgerWriter, hook_trace_configs, sending
 from agent.sample import Delivery, MetricSpec, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
@@ -106,6 +107,7 @@ class Runner:
         self.health = Health.from_settings(settings)
         self.hooks = AlertHooks(self.health)
         self._hook_session: Any = None
+        self.ledger = LedgerWriter.from_settings(settings)
 
     # -- start-up and shutdown -------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class Runner:
         from sinks.kuma import KumaHook
         from sinks.ntfy import NtfyHook
 
-        self._hook_session = aiohttp.ClientSession()
+        self._hook_session = aiohttp.ClientSession(trace_configs=hook_trace_configs(self.ledger, self.settings))
         self.hooks = AlertHooks(
             self.health,
             notifier=NtfyHook.from_settings(self.settings, self._hook_session),
@@ -187,6 +189,8 @@ class Runner:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
         self._io.shutdown(wait=True)
         self.spool.close()
 
@@ -314,7 +318,8 @@ class Runner:
                 if not batch:
                     continue
             started = time.monotonic()
-            delivery = await sink.send(batch, deadline)
+            with sending(self.ledger, sink.name):
+                delivery = await sink.send(batch, deadline)
             elapsed_ms = (time.monotonic() - started) * 1000
             if delivery.acked or delivery.rejected:
                 stats = await self._spool_call(self._settle_and_stats, sink.name, delivery.acked, delivery.rejected)
@@ -473,6 +478,7 @@ class Runner:
                     "consecutive_failures": state.consecutive_failures,
                     "acked_total": state.acked_total,
                     "rejected_total": state.rejected_total,
+                    "skipped_total": state.skipped_total,
                     "last_delivery_ms": state.last_delivery_ms,
                 }
                 for name, state in self.sink_state.items()

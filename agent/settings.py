@@ -81,10 +81,50 @@ class LokiSinkSettings(_Section):
     _url = field_validator("url")(_check_url)
 
 
+class RemoteWriteSinkSettings(_Section):
+    """Prometheus remote write 1.0: VictoriaMetrics, Mimir, Thanos Receive, Cortex, Prometheus."""
+
+    url: str | None = Field(None, description="Remote-write endpoint (e.g. .../api/v1/write); the sink is on when set.")
+    token: SecretStr | None = Field(None, description="Bearer token for the receiver.")
+    token_file: Path | None = Field(
+        None, description="File holding the bearer token (read at start); else the credential remote-write-token."
+    )
+    username: str | None = Field(
+        None, pattern=r"^[!-9;-~]{1,128}$", description="Basic-auth user name (instead of a bearer token)."
+    )
+    password: SecretStr | None = Field(None, description="Basic-auth password.")
+    password_file: Path | None = Field(
+        None, description="File holding the basic-auth password; else the credential remote-write-password."
+    )
+    tenant_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Sent as X-Scope-OrgID when set (Mimir, Cortex)."
+    )
+    job: str = Field(
+        "pop_agent", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$", description="The job label on every series."
+    )
+    batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one request.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for the receiver's answer.")
+    max_attempts: int = Field(4, ge=1, le=20, description="Tries per request before it waits for the next pass.")
+    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
+    max_sample_age: float = Field(
+        3300.0,
+        gt=0,
+        description=(
+            "Heartbeats older than this many seconds are skipped for this sink (and counted): 55 min suits "
+            "receivers built on the Prometheus TSDB, which refuse samples older than about an hour; "
+            "VictoriaMetrics takes any age within its retention, so raise it there to replay long backlogs."
+        ),
+    )
+
+    _url = field_validator("url")(_check_url)
+
+
 class SinksSettings(_Section):
     central: CentralSinkSettings = CentralSinkSettings()
     pushgateway: PushgatewaySinkSettings = PushgatewaySinkSettings()
     loki: LokiSinkSettings = LokiSinkSettings()
+    remote_write: RemoteWriteSinkSettings = RemoteWriteSinkSettings()
 
 
 class VaultsSettings(_Section):
@@ -139,6 +179,27 @@ class AlertsSettings(_Section):
     hook_timeout: float = Field(5.0, gt=0, description="Seconds an alert hook may take.")
 
 
+class LedgerSettings(_Section):
+    """The sent ledger: a local record of every request made by an upload sink or alert hook."""
+
+    enabled: bool = Field(True, description="Record every request in <state_dir>/ledger (read by agent sent).")
+    max_age_days: float = Field(30, gt=0, description="Records older than this many days are deleted.")
+    max_bytes: int = Field(67_108_864, ge=65_536, description="Most bytes of records kept; the oldest are deleted.")
+    keep_bodies: bool = Field(False, description="Also keep each request body, for agent sent --verify.")
+    bodies_max_bytes: int = Field(
+        268_435_456, ge=65_536, description="Most bytes of kept bodies; the oldest are deleted."
+    )
+    sync_interval: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds within which a written record is synced to disk: records written meanwhile share one fsync. "
+            "0 syncs every write. A crashed process loses no record it wrote either way."
+        ),
+    )
+
+
 def default_pop_id() -> str:
     """The host name as a slug: lower case, runs of other characters as one dash."""
     slug = re.sub(r"[^a-z0-9]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
@@ -173,6 +234,7 @@ class Settings(BaseSettings):
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
     alerts: AlertsSettings = AlertsSettings()
+    ledger: LedgerSettings = LedgerSettings()
     ntfy_alert_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ntfy_alert_url", "NTFY_ALERT_URL"),

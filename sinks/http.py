@@ -20,6 +20,7 @@ from datetime import UTC
 import aiohttp
 
 from agent.errors import PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger_hook import upload_trace_config
 
 # A receiver asking for more than a day is treated as asking for a day: the value
 # only decides when to knock again, and the spool keeps the data meanwhile.
@@ -42,6 +43,7 @@ def make_session(
 
     Must be called inside the running event loop. ``trust_env`` stays off so that
     neither proxy variables nor ``.netrc`` credentials change where data goes.
+    Every request it makes is recorded in the sent ledger (:mod:`agent.ledger_hook`).
     """
     connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(), limit=limit, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
@@ -51,6 +53,7 @@ def make_session(
         headers={"User-Agent": user_agent},
         raise_for_status=False,
         trust_env=False,
+        trace_configs=[upload_trace_config()],
     )
 
 

@@ -46,10 +46,11 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger_record import RequestIds
 from agent.sample import Delivery, Pending
-from sinks.exposition import timestamp_ns
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.retry import RetryPolicy, with_retries
+from sinks.series import timestamp_ns
 
 if TYPE_CHECKING:
     from agent.settings import LokiSinkSettings, Settings
@@ -110,6 +111,11 @@ class Entry:
             seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else -1,
             line=line,
         )
+
+
+def _seq_range(entries: Sequence[Entry]) -> tuple[int, int] | None:
+    seqs = [entry.seq for entry in entries if entry.seq >= 0]
+    return (min(seqs), max(seqs)) if seqs else None
 
 
 def push_body(entries: Sequence[Entry]) -> bytes:
@@ -330,7 +336,12 @@ class LokiSink:
         error: SinkError | None
         try:
             async with self._http.get().post(
-                self._url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False
+                self._url,
+                data=body,
+                headers=self._headers,
+                timeout=timeout,
+                allow_redirects=False,
+                trace_request_ctx=RequestIds(tuple(entry.id for entry in part), _seq_range(part)),
             ) as response:
                 error = error_for_status(response.status, response.headers)
                 if isinstance(error, PermanentSinkError) and error.code in ("malformed", "too_large"):

@@ -30,10 +30,12 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger_record import RequestIds
 from agent.sample import Delivery, Pending
-from sinks.exposition import CONTENT_TYPE, grouping_path, render, timestamp_ns
+from sinks.exposition import CONTENT_TYPE, grouping_path, render
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.retry import RetryPolicy, with_retries
+from sinks.series import timestamp_ns
 
 if TYPE_CHECKING:
     from agent.settings import PushgatewaySinkSettings, Settings
@@ -138,9 +140,8 @@ class PushgatewaySink:
                 rejected[newest.id] = "malformed"
                 continue
             try:
-                await with_retries(
-                    self._policy, deadline, functools.partial(self._put, self.group_url(pop), body, deadline)
-                )
+                put = functools.partial(self._put, self.group_url(pop), body, RequestIds.of((newest,)), deadline)
+                await with_retries(self._policy, deadline, put)
             except SinkError as error:
                 if isinstance(error, TransientSinkError) or error.code != "malformed":
                     return error
@@ -157,7 +158,7 @@ class PushgatewaySink:
         """Close the session if this sink opened it."""
         await self._http.aclose()
 
-    async def _put(self, url: str, body: bytes, deadline: Deadline) -> None:
+    async def _put(self, url: str, body: bytes, sent: RequestIds, deadline: Deadline) -> None:
         """One PUT; raises the :class:`SinkError` its outcome means."""
         if deadline.expired:
             raise TransientSinkError(code="deadline")
@@ -166,7 +167,7 @@ class PushgatewaySink:
         error: SinkError | None
         try:
             async with self._http.get().put(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, trace_request_ctx=sent
             ) as response:
                 error = error_for_status(response.status, response.headers)
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):

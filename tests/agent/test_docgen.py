@@ -99,7 +99,7 @@ def field_of(path: tuple[str, ...]) -> Any:
 def probe(path: tuple[str, ...]) -> tuple[str, Any] | None:
     """A valid value for a free-text setting, as the environment spells it and as the model holds it."""
     text = str(field_of(path).annotation)
-    if "Literal" in text or "float" in text or "int" in text:
+    if "Literal" in text or "float" in text or "int" in text or "bool" in text:
         return None  # for these, a nonsense value must be refused instead
     if path[-1] in ("url", "ntfy_alert_url", "kuma_push_url"):
         return "https://probe.example/x", "https://probe.example/x"
@@ -145,7 +145,8 @@ def test_output_does_not_depend_on_the_host(monkeypatch: pytest.MonkeyPatch) -> 
 def test_secrets_are_marked() -> None:
     """Exactly the SecretStr settings are flagged as secret."""
     secret = {doc.dotted for doc in docgen.iter_settings() if doc.secret}
-    assert {"sinks.central.token", "ntfy_alert_url", "ntfy_alert_token", "kuma_push_url"} == secret
+    expected = {"sinks.central.token", "ntfy_alert_url", "ntfy_alert_token", "kuma_push_url"}
+    assert expected | {"sinks.remote_write.token", "sinks.remote_write.password"} == secret
 
 
 def test_privacy_statement_lists_every_declared_metric() -> None:

@@ -21,13 +21,24 @@ from aiohttp import web
 from packaging.tags import sys_tags
 from packaging.utils import parse_wheel_filename
 
+from agent.plugins import BUILTIN_SINKS
 from hatch_build import compile_extension
 
 REPO = Path(__file__).resolve().parents[2]
 EDITIONS = ("community", "commercial", "upload")
 # What the community wheel may hold of sinks/: the contract, retry policy and local alert hooks.
 BASE_SINKS = {"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"}
-NAMED_UPLOAD_SINKS = {"sinks/central.py", "sinks/pushgateway.py", "sinks/loki.py"}
+NAMED_UPLOAD_SINKS = {
+    "sinks/central.py",
+    "sinks/credentials.py",
+    "sinks/pushgateway.py",
+    "sinks/exposition.py",
+    "sinks/series.py",
+    "sinks/loki.py",
+    "sinks/remote_write.py",
+    "sinks/remote_write_body.py",
+    "sinks/prompb.py",
+}
 TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "agent" / "version.py").read_text()).group(1)  # type: ignore[union-attr]
 EX_CONFIG = 78
@@ -204,7 +215,16 @@ def test_upload_wheel_holds_only_upload_sinks(wheels: dict[str, Path], tree: Pat
     metadata = _metadata(wheels["upload"])
     assert ("Name", "pop-agent-upload") in metadata
     assert ("Version", VERSION) in metadata
-    assert [f"pop-agent=={VERSION}"] == [value for key, value in metadata if key == "Requires-Dist"]
+    assert sorted([f"pop-agent=={VERSION}", "cramjam>=2.8"]) == sorted(v for k, v in metadata if k == "Requires-Dist")
+
+
+def test_only_the_upload_component_requires_snappy(wheels: dict[str, Path]) -> None:
+    """cramjam (remote write's snappy) is a dependency of the upload component, never of the base wheels."""
+    for edition in ("community", "commercial"):
+        required = [value for key, value in _metadata(wheels[edition]) if key == "Requires-Dist"]
+        assert [] == [value for value in required if value.startswith("cramjam") and "extra ==" not in value]
+    assert "sinks/remote_write.py" not in _payload(wheels["community"])
+    assert "sinks/remote_write.py" in _payload(wheels["upload"])
 
 
 def test_editions_split_the_tree_exactly(wheels: dict[str, Path], tree: Path) -> None:
@@ -403,6 +423,41 @@ async def test_community_sends_nothing_to_a_live_central(
     returncode = await _run_against_central(bin_dir, tmp_path, config, received)
     assert (returncode, received) == (0, [])
     assert _pending(tmp_path) >= TICKS
+
+
+@pytest.mark.slow
+async def test_community_egress_names_no_upload_code_and_its_ledger_holds_no_upload(
+    wheels: dict[str, Path], install: object, tmp_path: Path, aiohttp_server: object
+) -> None:
+    """The community wheel says its upload code is absent, and its ledger records only the Kuma hook's pushes."""
+    seen: list[object] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    server = await aiohttp_server(app)  # type: ignore[operator]
+    bin_dir = install("community", wheels["community"])  # type: ignore[operator]
+    base = f"http://127.0.0.1:{server.port}"
+    config = (
+        f'kuma_push_url = "{base}/api/push/KUMATOKEN"\n'
+        f'[sinks.central]\nurl = "{base}/ingest/v1/heartbeats"\ntoken = "t0ken"\n'
+        f'[sinks.pushgateway]\nurl = "{base}"\n'
+    )
+    returncode = await _run_against_central(bin_dir, tmp_path, config, seen)
+    env = _env(tmp_path, config)
+    egress = subprocess.run([bin_dir / "agent", "egress"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    sent = subprocess.run([bin_dir / "agent", "sent", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    records = [json.loads(line) for line in sent.stdout.splitlines()]
+
+    assert (0, 0, 0) == (returncode, egress.returncode, sent.returncode)
+    assert "upload code: absent (no upload code present)" in egress.stdout
+    assert len(BUILTIN_SINKS) == egress.stdout.count("code: no upload code present")  # every upload sink
+    assert "KUMATOKEN" not in egress.stdout + sent.stdout
+    assert {("GET", "/api/push/KUMATOKEN")} == set(seen)
+    assert {"kuma"} == {record["sink"] for record in records}
 
 
 @pytest.mark.slow
