@@ -123,7 +123,8 @@ class KeyedHasher:
         """The register index and rank this address sets, as one int."""
         keyed = self._base.copy()
         keyed.update(packed)
-        return update_of_hash(int.from_bytes(keyed.digest(), "big"))
+        h = int.from_bytes(keyed.digest(), "big")
+        return (h >> Q) << 8 | (Q + 1 - (h & RANK_MASK).bit_length())  # update_of_hash, inlined: once per address
 
     def key_id(self) -> str:
         """A fingerprint of the key, so that state built with another key is not mixed in."""

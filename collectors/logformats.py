@@ -11,7 +11,10 @@ at the newline before its line (chunks get one prepended), so the engine skips
 from line to line by a literal search, and a chunk whose match count differs from
 its line count is read again the strict way. The strict definitions, line by line,
 are :data:`COMBINED` and :func:`parse_json_line`: the fast expressions must count
-what they count (a property test holds them together).
+what they count (a property test holds them together). Their repeats are
+possessive (``*+``, ``++``) wherever giving characters back could never lead to a
+match (a run of non-spaces before a space): the same matches, and the engine keeps
+no state to backtrack to.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal
 
 _TS = rb"\d\d/[A-Za-z]{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}"
-_REQUEST = rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"'
+_REQUEST = rb'"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"'
 # Matches start at the newline before a line (chunks get one prepended), so that
 # the engine can skip ahead to the next line by a literal search.
-COMBINED = re.compile(rb"\n([^ \n]+) [^\[\n]*\[(" + _TS + rb")\] " + _REQUEST + rb" ([1-5])\d\d(?=[ \r\n])")
+COMBINED = re.compile(rb"\n([^ \n]++) [^\[\n]*+\[(" + _TS + rb")\] " + _REQUEST + rb" ([1-5])\d\d(?=[ \r\n])")
 # The same with single-character exclusions, which the engine scans several times
 # faster. Without the newline exclusions a match may run over a garbage line into
 # the next: then the chunk has fewer matches than lines and is read again with
 # COMBINED. Without escapes in the request an escaped quote can end it early:
 # chunks holding one are read with COMBINED too.
-COMBINED_FAST = re.compile(rb'\n([^ ]+) [^\[]*\[([^\]]*)\] "[^"]*" ([1-5])\d\d(?=[ \r\n])')
+COMBINED_FAST = re.compile(rb'\n([^ ]++) [^\[]*+\[([^\]]*+)\] "[^"]*+" ([1-5])\d\d(?=[ \r\n])')
 TIME_STAMP = re.compile(_TS)
 _MONTHS = {
     m: i
@@ -42,10 +45,10 @@ _MONTHS = {
 }
 _JSON_TIME = ("time", "ts", "@timestamp", "timestamp")
 _JSON_ADDR = ("remote_addr", "client_ip", "ip", "client", "remote_ip")
-_JSON_WS = rb"[ \t\r]*"
-_JSON_CHARS = rb'[^"\\\x00-\x1f]*'
-_JSON_STRING = rb'"' + _JSON_CHARS + rb'(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})' + _JSON_CHARS + rb')*"'
-_JSON_NUMBER = rb"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?"
+_JSON_WS = rb"[ \t\r]*+"
+_JSON_CHARS = rb'[^"\\\x00-\x1f]*+'
+_JSON_STRING = rb'"' + _JSON_CHARS + rb'(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})' + _JSON_CHARS + rb')*+"'
+_JSON_NUMBER = rb"-?(?:0|[1-9]\d*+)(?:\.\d++)?(?:[eE][+-]?\d++)?"
 _JSON_SCALAR = rb"(?:" + _JSON_STRING + rb"|" + _JSON_NUMBER + rb"|true|false|null)"
 
 Format = Literal["combined", "json"]
@@ -72,7 +75,7 @@ def bulk_expression(stamp: bytes) -> re.Pattern[bytes]:
     literal, so a match is a valid line of that span and nothing else.
     """
     literal = re.escape(stamp[:16]) + rb"\d:[0-5]\d" + re.escape(stamp[20:])
-    return re.compile(rb"\n([^ ]+) [^\[]*\[" + literal + rb'\] "[^"]*" [1-5]\d\d(?=[ \r\n])')
+    return re.compile(rb"\n([^ ]++) [^\[]*+\[" + literal + rb'\] "[^"]*+" [1-5]\d\d(?=[ \r\n])')
 
 
 def json_time(value: object) -> float | None:
@@ -155,7 +158,7 @@ def json_shape(line: bytes) -> tuple[re.Pattern[bytes], tuple[int, int, int]] | 
         return None
     captures = {
         time_key: ("time", rb"(" + _JSON_STRING + rb"|" + _JSON_NUMBER + rb")"),
-        addr_key: ("addr", rb'"([^"\\\x00-\x1f]*)"'),
+        addr_key: ("addr", rb'"([^"\\\x00-\x1f]*+)"'),
         "status": ("class", rb"([1-5])\d\d" if isinstance(status, int) else rb'"([1-5])\d\d"'),
     }
     parts = []

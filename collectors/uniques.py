@@ -26,8 +26,11 @@ reversible hash.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
+import socket
 from collections.abc import Collection, Mapping
+from itertools import compress, filterfalse, repeat
 from pathlib import Path
 from typing import cast
 
@@ -73,20 +76,6 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
-def _tokens_of(hashes: set[int], tokens: Collection[bytes]) -> dict[int, bytes]:
-    """The tokens behind a few per-process hashes."""
-    if len(hashes) > 256:
-        return dict(zip(map(hash, tokens), tokens, strict=True))
-    found: dict[int, bytes] = {}
-    for token in tokens:
-        h = hash(token)
-        if h in hashes:
-            found[h] = token
-            if len(found) == len(hashes):
-                break
-    return found
-
-
 class UniqueWindows:
     """The 1-hour and 24-hour distinct-address windows of one log."""
 
@@ -113,33 +102,38 @@ class UniqueWindows:
             for old in sorted(self._seen)[:-SEEN_BUCKETS]:
                 del self._seen[old]
         distinct = tokens if isinstance(tokens, set) else set(tokens)
-        # The bucket's seen hashes filter first: most addresses of a busy log were met earlier in
-        # the bucket, and a miss in the larger cache is the scan's largest cost at high cardinality.
-        fresh = set(map(hash, distinct)).difference(seen)  # not -=, which would walk all of seen
+        # The bucket's seen hashes filter first: most addresses of a busy log were met earlier in the
+        # bucket, and a probe of the larger cache costs more (its values are touched too).
+        fresh = list(filterfalse(seen.__contains__, map(hash, distinct)))
         if not fresh:
             return
         if len(seen) < SEEN_CAP:
-            seen |= fresh
+            seen.update(fresh)
         cached = list(map(self._cache.get, fresh))
-        updates = self._learn(fresh, distinct) if None in cached else cast("list[int]", cached)
+        if None in cached:
+            missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
+            if len(self._cache) + len(missing) > CACHE_CAP:
+                self._cache.clear()
+                missing = set(fresh)
+            self._learn(missing, distinct)
+            cached = list(map(self._cache.__getitem__, fresh))
         registers = self._pending.get(bucket)
         if registers is None:
             registers = self._pending[bucket] = bytearray(hll.M)
-        hll.apply_updates(registers, updates)
+        hll.apply_updates(registers, cast("list[int]", cached))
 
-    def _learn(self, fresh: set[int], tokens: Collection[bytes]) -> list[int]:
-        """The register updates of ``fresh``, normalising and hashing the addresses not met before."""
+    def _learn(self, missing: set[int], distinct: Collection[bytes]) -> None:
+        """Normalise and hash the addresses among ``distinct`` whose ``hash()`` is in ``missing``; cache the updates."""
         hasher, cache = self.hasher, self._cache
         assert hasher is not None
-        missing = fresh.difference(cache)
-        if len(cache) + len(missing) > CACHE_CAP:
-            cache.clear()
-            missing = fresh
-        by_hash = _tokens_of(missing, tokens)
-        for h in missing:
-            packed = hll.packed_address(by_hash[h])
-            cache[h] = 0 if packed is None else hasher.update_of(packed)  # 0: rank 0 changes nothing
-        return list(map(cache.__getitem__, fresh))
+        update_of = hasher.update_of
+        # Iterating the same unchanged set twice visits it in the same order: compress keeps them paired.
+        for token in compress(distinct, map(missing.__contains__, map(hash, distinct))):
+            try:
+                packed: bytes | None = socket.inet_pton(socket.AF_INET, token.decode("ascii"))  # most are plain IPv4
+            except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+                packed = hll.packed_address(token)  # every other spelling, or not an address
+            cache[hash(token)] = 0 if packed is None else update_of(packed)  # 0: rank 0 changes nothing
 
     def flush(self, now: float) -> None:
         """Merge the registers gathered since the last flush into the sketches, each sketch once."""
