@@ -228,7 +228,7 @@ def test_community_wheel_is_the_same_whatever_the_build_host(
     done = subprocess.run(make, cwd=tree, env=env, check=True, capture_output=True, text=True)
     (wheel,) = (tmp_path / "community").glob("*.whl")
     assert (wheels["community"].name, _contents(wheels["community"])) == (wheel.name, _contents(wheel))
-    assert "" == done.stderr
+    assert [] == [line for line in done.stderr.splitlines() if "warning" in line.lower()]
 
 
 @pytest.mark.slow
