@@ -139,9 +139,7 @@ class LogCounter:
             pattern, order = self._shape
             records: Records = pattern.findall(b"\n" + chunk)
             if len(records) == lines:
-                if order != (0, 1, 2):
-                    records = list(map(operator.itemgetter(*order), records))
-                self._aggregate(records, lines, self._stamps.json, now)
+                self._aggregate(records, lines, self._stamps.json, now, order)
                 return
         parsed = []
         last = None
@@ -156,15 +154,27 @@ class LogCounter:
 
     # -- both -------------------------------------------------------------------------------
 
-    def _aggregate(self, records: Records, lines: int, resolve: Callable[[Any], float | None], now: float) -> None:
-        """Count the records of a chunk of ``lines`` lines: per-second rates, then addresses per 10-minute bucket."""
+    def _aggregate(
+        self,
+        records: Sequence[tuple[Any, ...]],
+        lines: int,
+        resolve: Callable[[Any], float | None],
+        now: float,
+        order: tuple[int, int, int] = (0, 1, 2),
+    ) -> None:
+        """Count the records of a chunk of ``lines`` lines: per-second rates, then addresses per 10-minute bucket.
+
+        ``order`` says where in a record its address, time stamp and status class are.
+        """
         if not records:
             self.malformed += lines
             return
-        tokens, stamps, classes = zip(*records, strict=True)
-        per_stamp = Counter(stamps)
-        times = {stamp: resolve(stamp) for stamp in per_stamp}
-        bad = sum(n for stamp, n in per_stamp.items() if times[stamp] is None)
+        columns = tuple(zip(*records, strict=True))
+        tokens, stamps, classes = (columns[i] for i in order)
+        times = {stamp: resolve(stamp) for stamp in set(stamps)}
+        bad = 0
+        if None in times.values():
+            bad = sum(n for stamp, n in Counter(stamps).items() if times[stamp] is None)
         self.total += len(records) - bad
         self.malformed += lines - len(records) + bad
         if any(self.rates.wants(when, now) for when in times.values()):
