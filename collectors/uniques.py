@@ -79,7 +79,9 @@ def load_or_create_key(path: Path) -> bytes:
 class UniqueWindows:
     """The 1-hour and 24-hour distinct-address windows of one log."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cache_cap: int = CACHE_CAP, seen_cap: int = SEEN_CAP) -> None:
+        self._cache_cap = cache_cap
+        self._seen_cap = seen_cap
         self.fine = hll.WindowedSketch(3600, FINE_BUCKET)
         self.coarse = hll.WindowedSketch(86_400, COARSE_BUCKET)
         self.hasher: hll.KeyedHasher | None = None  # set once the sketch key is loaded
@@ -107,12 +109,12 @@ class UniqueWindows:
         fresh = list(filterfalse(seen.__contains__, map(hash, distinct)))
         if not fresh:
             return
-        if len(seen) < SEEN_CAP:
+        if len(seen) < self._seen_cap:
             seen.update(fresh)
         cached = list(map(self._cache.get, fresh))
         if None in cached:
             missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
-            if len(self._cache) + len(missing) > CACHE_CAP:
+            if len(self._cache) + len(missing) > self._cache_cap:
                 self._cache.clear()
                 missing = set(fresh)
             self._learn(missing, distinct)
