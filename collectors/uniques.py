@@ -32,7 +32,6 @@ import socket
 from collections.abc import Collection, Mapping
 from itertools import compress, filterfalse, repeat
 from pathlib import Path
-from typing import cast
 
 from collectors import hll
 
@@ -112,30 +111,31 @@ class UniqueWindows:
         if len(seen) < self._seen_cap:
             seen.update(fresh)
         cached = list(map(self._cache.get, fresh))
-        if None in cached:
-            missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
-            if len(self._cache) + len(missing) > self._cache_cap:
-                self._cache.clear()
-                missing = set(fresh)
-            self._learn(missing, distinct)
-            cached = list(map(self._cache.__getitem__, fresh))
         registers = self._pending.get(bucket)
         if registers is None:
             registers = self._pending[bucket] = bytearray(hll.M)
-        hll.apply_updates(registers, cast("list[int]", cached))
+        if None in cached:
+            missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
+            if len(self._cache) + len(missing) > self._cache_cap:
+                self._cache.clear()  # what was cached of this chunk is applied below all the same
+            hll.apply_updates(registers, self._learn(missing, distinct))
+        hll.apply_updates(registers, filter(None, cached))  # None: just learnt; 0: no address
 
-    def _learn(self, missing: set[int], distinct: Collection[bytes]) -> None:
-        """Normalise and hash the addresses among ``distinct`` whose ``hash()`` is in ``missing``; cache the updates."""
+    def _learn(self, missing: set[int], distinct: Collection[bytes]) -> list[int]:
+        """The register updates of the addresses among ``distinct`` whose ``hash()`` is in ``missing``, now cached."""
         hasher, cache = self.hasher, self._cache
         assert hasher is not None
         update_of = hasher.update_of
+        learnt = []
         # Iterating the same unchanged set twice visits it in the same order: compress keeps them paired.
         for token in compress(distinct, map(missing.__contains__, map(hash, distinct))):
             try:
                 packed: bytes | None = socket.inet_pton(socket.AF_INET, token.decode("ascii"))  # most are plain IPv4
             except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
                 packed = hll.packed_address(token)  # every other spelling, or not an address
-            cache[hash(token)] = 0 if packed is None else update_of(packed)  # 0: rank 0 changes nothing
+            update = cache[hash(token)] = 0 if packed is None else update_of(packed)  # 0: rank 0 changes nothing
+            learnt.append(update)
+        return learnt
 
     def flush(self, now: float) -> None:
         """Merge the registers gathered since the last flush into the sketches, each sketch once."""
