@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from agent.settings import RequestsSettings, Settings
 
 STATE_VERSION = 1
-__all__ = ["KEY_FILE", "STATE_VERSION", "RequestsCollector"]
 
 
 class RequestsCollector:
