@@ -364,6 +364,8 @@ def test_make_install_stages_under_destdir_and_keeps_operator_files(tree: Path, 
     assert agent.read_text().splitlines()[0] == "#!/opt/pop-agent/bin/python"
     assert "ExecStart=/opt/pop-agent/bin/agent run" in unit.read_text().splitlines()
     assert (conf / "agent.toml").read_text() == (tree / "systemd" / "agent.toml").read_text()
+    tmpfiles = destdir / "etc" / "tmpfiles.d" / "pop-agent.conf"
+    assert (tree / "systemd" / "pop-agent.tmpfiles").read_text() == tmpfiles.read_text()
     assert (destdir / "opt" / "pop-agent" / "share" / "doc" / "pop-agent" / "operations.md").is_file()
     modes = {name: (conf / name).stat().st_mode & 0o777 for name in ("agent.toml", "pop-agent.env", "central-token")}
     assert modes == {"agent.toml": 0o644, "pop-agent.env": 0o600, "central-token": 0o600}
