@@ -169,8 +169,7 @@ class LogCounter:
         if not records:
             self.malformed += lines
             return
-        columns = tuple(zip(*records, strict=True))
-        tokens, stamps, classes = (columns[i] for i in order)
+        tokens, stamps, classes = (list(map(operator.itemgetter(i), records)) for i in order)
         times = {stamp: resolve(stamp) for stamp in set(stamps)}
         bad = 0
         if None in times.values():
