@@ -3,8 +3,6 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
-# The log scan's C module, built in place for the interpreter the venv is made from.
-HLLSCAN := collectors/_hllscan$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup run once test lint typecheck pytest bench soak schema clean
@@ -16,11 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-# Rebuilt when its source changes; without a C compiler or Python headers, a notice and the log scan runs in pure Python.
-$(HLLSCAN): collectors/_hllscan.c hatch_build.py | $(STAMP)
-	$(PYTHON) hatch_build.py collectors/_hllscan.c $@
-
-setup: $(STAMP) $(HLLSCAN)
+setup: $(STAMP)
 
 ## The daemon in the foreground on embedded defaults: community edition, state in ./.pop-agent/.
 run: setup
@@ -55,7 +49,6 @@ schema: setup
 
 clean:
 	rm -rf $(VENV) dist build .pop-agent .mypy_cache .ruff_cache .pytest_cache .hypothesis
-	rm -f collectors/_hllscan.*.so
 
 -include mk/packaging.mk
 

@@ -363,9 +363,6 @@ def list_plugins(settings: Settings) -> int:
             configured = ref.name not in disabled and cls.from_settings(settings) is not None
             metrics = ", ".join(spec.name for spec in cls.metrics)
             state = "on" if configured else ("disabled" if ref.name in disabled else "not configured")
-            implementation = getattr(cls, "implementation", None)  # optional: how this build does the work
-            if implementation is not None:
-                metrics += f" ({implementation()})"
         except ConfigError:
             state, metrics = "unavailable", ""
         print(f"  {ref.name:<12} {state:<15} {ref.origin:<10} {metrics}")

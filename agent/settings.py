@@ -147,10 +147,14 @@ class RequestsSettings(_Section):
 
 
 class JanitorSettings(_Section):
-    """Retention for logs that hold scanner addresses."""
+    """A count of the logs that hold scanner addresses (systemd-tmpfiles deletes them)."""
 
-    dirs: list[Path] = Field(default_factory=list, description="Directories whose old files are deleted.")
-    retention_days: float = Field(30, gt=0, description="Files older than this many days are deleted.")
+    dirs: list[Path] = Field(
+        default_factory=list, description="Directories whose files systemd-tmpfiles ages out; the janitor counts them."
+    )
+    retention_days: float = Field(
+        30, gt=0, description="The age the tmpfiles rule removes files at; older ones (plus a day) count as overdue."
+    )
 
 
 class CollectorsSettings(_Section):

@@ -31,15 +31,9 @@ never hold more than ``M`` entries, so memory stays bounded whatever the
 traffic. Registers are unpacked to one byte each only while a batch of updates
 is applied or a window is counted.
 
-Speed (:meth:`KeyedHasher.add_tokens`): the per-address work of a log scan,
-normalising, hashing and updating a register, runs in the C module
-``collectors._hllscan`` when it was built (``make setup`` and the wheels build it
-where a C compiler is present). It does what this module does, address by
-address, with the same results (tests hold the two to each other), and keeps,
-out of Python's reach, a 2 MiB table from a token's SipHash under a key random
-per process (as Python's ``hash()``) to its update, so that an address met again
-costs a table probe rather than a BLAKE2b call. Without it the same counts come from this module,
-about four times slower (``make bench``).
+Speed: this module does the arithmetic; a log scan calls it once per address
+the process has not met before (:mod:`collectors.uniques` remembers each one's
+register update, and applies it once per 10-minute bucket).
 
 Registers hold a hash's bucket and rank only: an address cannot be read back
 from them. With the sketch key, someone who already holds a candidate address
@@ -62,16 +56,6 @@ import socket
 import zlib
 from collections.abc import Iterable, Mapping
 from functools import lru_cache, reduce
-from types import ModuleType
-from typing import Any
-
-_native: ModuleType | None
-try:
-    from collectors import _hllscan
-
-    _native = _hllscan
-except ImportError:  # built without a C compiler: the same counts, in Python
-    _native = None
 
 P = 14
 M = 1 << P
@@ -124,65 +108,23 @@ def update_of_hash(h: int) -> int:
     return (h >> Q) << 8 | (Q + 1 - (h & RANK_MASK).bit_length())
 
 
-def native_available() -> bool:
-    """Whether the C module ``collectors._hllscan`` was built and loads."""
-    return _native is not None
-
-
 class KeyedHasher:
-    """Maps a packed address to its register update, packed as ``index << 8 | rank``.
+    """Maps a packed address to its register update, packed as ``index << 8 | rank``."""
 
-    ``native=False`` keeps to Python even where the C module is present (tests
-    run both).
-    """
+    __slots__ = ("_base", "_key")
 
-    __slots__ = ("_base", "_key", "_native", "_scanner")
-
-    def __init__(self, key: bytes, *, native: bool = True) -> None:
+    def __init__(self, key: bytes) -> None:
         if not 16 <= len(key) <= 64:
             raise ValueError("sketch key must be 16 to 64 bytes")
         self._key = key
         self._base = hashlib.blake2b(key=key, digest_size=8)  # copied per address: no key setup each time
-        self._native = _native if native else None
-        self._scanner: Any = None  # created on first use: only a log scan needs its cache
-
-    @property
-    def native(self) -> bool:
-        """Whether :meth:`add_tokens` runs in C."""
-        return self._native is not None
-
-    def _native_scanner(self) -> Any:
-        if self._scanner is None:
-            assert self._native is not None
-            self._scanner = self._native.Scanner(self._key)
-        return self._scanner
-
-    def add_tokens(self, registers: bytearray, tokens: Iterable[bytes]) -> None:
-        """Apply to unpacked registers the update of every token that is an address (normalised first)."""
-        if self._native is not None:
-            self._native_scanner().apply(registers, tokens)
-            return
-        for token in tokens:
-            packed = packed_address(token)
-            if packed is not None:
-                apply_updates(registers, (self.update_of(packed),))
 
     def update_of(self, packed: bytes) -> int:
         """The register index and rank this address sets, as one int."""
         keyed = self._base.copy()
         keyed.update(packed)
-        return update_of_hash(int.from_bytes(keyed.digest(), "big"))
-
-    def scan_combined(self, registers: bytearray, lines: bytes, prefix: bytes, suffix: bytes) -> int:
-        """Apply the address of every combined-format line of a chunk whose stamp is ``prefix`` d:dd ``suffix``.
-
-        Returns the number of lines, or -1 at the first line of another shape
-        (lines before it may have been applied: applying them again changes nothing).
-        Only with the C module (:attr:`native`).
-        """
-        if self._native is None:
-            raise RuntimeError("scan_combined needs the C module")
-        return int(self._native_scanner().scan_combined(registers, lines, prefix, suffix))
+        h = int.from_bytes(keyed.digest(), "big")
+        return (h >> Q) << 8 | (Q + 1 - (h & RANK_MASK).bit_length())  # update_of_hash, inlined: once per address
 
     def key_id(self) -> str:
         """A fingerprint of the key, so that state built with another key is not mixed in."""

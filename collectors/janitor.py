@@ -1,10 +1,14 @@
-"""Janitor: retention for logs that hold scanner addresses.
+"""Janitor: a count of the logs that hold scanner addresses, and of any left past retention.
 
-Deletes regular files older than ``retention_days`` (by modification time) in
-the configured directories and their subdirectories. Symbolic links are never
-followed: a link is neither deleted through nor descended into, so nothing
-outside the configured directories can be touched. Reports how many files it
-deleted (a counter) and how many are still kept (``janitor_files``).
+Deleting them is systemd's job: ``systemd/pop-agent.tmpfiles`` (installed as
+``/etc/tmpfiles.d/pop-agent.conf``) has ``systemd-tmpfiles-clean.timer`` remove
+files whose modification time is older than the retention, once a day, so that
+the agent needs no write access to the log directories. The janitor only looks:
+it counts the regular files in the configured directories and their
+subdirectories (``janitor_files``), and those older than ``retention_days`` plus
+the day the timer may take (``janitor_overdue_files``): anything but 0 there
+means the tmpfiles rule does not cover a directory, or does not run. Symbolic
+links are never followed, so nothing outside the directories is counted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
     from agent.settings import JanitorSettings, Settings
 
 MAX_DEPTH = 8
+# systemd-tmpfiles-clean.timer runs daily: a file may outlive the retention by up to a day.
+TIMER_SLACK_S = 86_400
 
 
 def _files(directory: str, depth: int = 0) -> Iterator[os.DirEntry[str]]:
@@ -39,19 +45,22 @@ def _files(directory: str, depth: int = 0) -> Iterator[os.DirEntry[str]]:
 
 
 class JanitorCollector:
-    """Deletes old files in the retained directories; counts deletions and what is left."""
+    """Counts the files in the retained directories, and those systemd-tmpfiles should have removed."""
 
     name: ClassVar[str] = "janitor"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("janitor_deleted_total", MetricKind.COUNTER, "Files deleted for being past retention."),
         MetricSpec("janitor_files", MetricKind.GAUGE, "Files kept in the retained directories."),
+        MetricSpec(
+            "janitor_overdue_files",
+            MetricKind.GAUGE,
+            "Files past the retention plus a day: 0 while systemd-tmpfiles ages them out.",
+        ),
     )
 
     def __init__(self, cfg: JanitorSettings, *, clock: Callable[[], float] = time.time) -> None:
         self._dirs = list(cfg.dirs)
-        self._max_age = cfg.retention_days * 86_400
+        self._max_age = cfg.retention_days * 86_400 + TIMER_SLACK_S
         self._clock = clock
-        self.deleted_total = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JanitorCollector | None:
@@ -60,44 +69,32 @@ class JanitorCollector:
         return cls(cfg) if cfg.dirs else None
 
     async def collect(self) -> Sequence[Sample]:
-        """Delete what is past retention; report the counts."""
-        kept = await asyncio.to_thread(self.sweep)
-        return [Sample("janitor_deleted_total", self.deleted_total), Sample("janitor_files", kept)]
+        """Count the files and the overdue ones."""
+        files, overdue = await asyncio.to_thread(self.count)
+        return [Sample("janitor_files", files), Sample("janitor_overdue_files", overdue)]
 
-    def sweep(self) -> int:
-        """One pass over every directory; returns how many files are kept."""
+    def count(self) -> tuple[int, int]:
+        """One pass over every directory: how many files, and how many past retention."""
         cutoff = self._clock() - self._max_age
-        kept = 0
+        files = overdue = 0
         failed = False
         for directory in self._dirs:
             try:
                 for entry in _files(os.fspath(directory)):
                     try:
                         info = entry.stat(follow_symlinks=False)
-                        if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
-                            kept += 1
-                            continue
-                        os.unlink(entry.path)  # unlink removes the name itself, never a link's target
-                        self.deleted_total += 1
                     except FileNotFoundError:
                         continue
                     except OSError:
-                        kept += 1
                         failed = True
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        files += 1
+                        overdue += info.st_mtime < cutoff
             except FileNotFoundError:
                 continue
             except OSError:
                 failed = True
         if failed:
-            raise CollectorError("some files could not be deleted", code="permission")
-        return kept
-
-    def save_state(self) -> dict[str, object]:
-        """The deletion counter, so that it only grows."""
-        return {"deleted_total": self.deleted_total}
-
-    def load_state(self, state: dict[str, object]) -> None:
-        """Take the deletion counter back."""
-        value = state.get("deleted_total")
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            self.deleted_total = value
+            raise CollectorError("some files could not be read", code="permission")
+        return files, overdue

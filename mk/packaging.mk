@@ -17,6 +17,7 @@ DESTDIR ?=
 # The interpreter the installed virtual environment is built on: the system's, not the build venv's.
 PYTHON3 ?= /usr/bin/python3
 UNITDIR ?= /etc/systemd/system
+TMPFILESDIR ?= /etc/tmpfiles.d
 CONFDIR ?= /etc/pop-agent
 PIP_INSTALL_FLAGS ?=
 
@@ -63,6 +64,8 @@ install: check-edition $(STAMP)
 	@# The operator's files are never overwritten.
 	test -e "$(INSTALL_CONF)/agent.toml" || install -m 0644 systemd/agent.toml "$(INSTALL_CONF)/agent.toml"
 	test -e "$(INSTALL_CONF)/pop-agent.env" || install -m 0600 systemd/pop-agent.env "$(INSTALL_CONF)/pop-agent.env"
+	install -d -m 0755 "$(DESTDIR)$(TMPFILESDIR)"
+	test -e "$(DESTDIR)$(TMPFILESDIR)/pop-agent.conf" || install -m 0644 systemd/pop-agent.tmpfiles "$(DESTDIR)$(TMPFILESDIR)/pop-agent.conf"
 	@# LoadCredential= refuses to start the unit when the file is missing; empty means "no token".
 	test -e "$(INSTALL_CONF)/central-token" || install -m 0600 /dev/null "$(INSTALL_CONF)/central-token"
 	@echo "installed pop-agent ($(EDITION)) in $(PREFIX); next: systemctl daemon-reload && systemctl enable --now pop-agent"
@@ -71,4 +74,4 @@ uninstall:
 	@# Only a directory that is a virtual environment is removed: PREFIX may be mistyped.
 	if [ -f "$(INSTALL_ROOT)/pyvenv.cfg" ]; then rm -rf "$(INSTALL_ROOT)"; fi
 	rm -f "$(DESTDIR)$(UNITDIR)/pop-agent.service"
-	@echo "removed $(PREFIX) and the unit; kept $(CONFDIR) and the state in /var/lib/pop-agent"
+	@echo "removed $(PREFIX) and the unit; kept $(CONFDIR), $(TMPFILESDIR)/pop-agent.conf and the state in /var/lib/pop-agent"

@@ -1,4 +1,4 @@
-"""The janitor: deletes files past retention, never through or along a symbolic link."""
+"""The janitor: counts the retained logs and those past retention, deletes nothing, follows no symbolic link."""
 
 from __future__ import annotations
 
@@ -20,19 +20,19 @@ def aged(path: Path, days: float, text: str = "x") -> Path:
     return path
 
 
-async def test_old_files_go_new_files_stay(tmp_path: Path) -> None:
-    """Files older than retention_days are deleted and counted; younger ones are kept and counted."""
+async def test_counts_files_and_those_past_retention_and_a_day(tmp_path: Path) -> None:
+    """Files older than retention_days plus the timer's day are overdue; every file is counted and kept."""
     logs = tmp_path / "tarpit"
-    old = [aged(logs / "t.log.5", 40), aged(logs / "sub" / "t.log.9", 31)]
-    young = [aged(logs / "t.log", 0), aged(logs / "t.log.1", 29)]
+    files = [aged(logs / "t.log.5", 40), aged(logs / "sub" / "t.log.9", 31.5), aged(logs / "t.log.1", 30.5)]
+    files += [aged(logs / "t.log", 0)]
     janitor = JanitorCollector(JanitorSettings(dirs=[logs], retention_days=30))
     samples = {s.name: s.value for s in await janitor.collect()}
-    assert {"janitor_deleted_total": 2, "janitor_files": 2} == samples
-    assert [False, False, True, True] == [p.exists() for p in old + young]
+    assert {"janitor_files": 4, "janitor_overdue_files": 2} == samples
+    assert [True, True, True, True] == [p.exists() for p in files]
 
 
-async def test_symlinks_are_never_followed_or_deleted_through(tmp_path: Path) -> None:
-    """A link to an old file outside, and a link to an outside directory, leave the outside untouched."""
+async def test_symlinks_are_never_followed_or_counted(tmp_path: Path) -> None:
+    """A link to an old file outside, and a link to an outside directory, count nothing and touch nothing."""
     outside = tmp_path / "outside"
     precious = aged(outside / "precious.db", 400)
     logs = tmp_path / "logs"
@@ -42,26 +42,13 @@ async def test_symlinks_are_never_followed_or_deleted_through(tmp_path: Path) ->
     os.utime(logs / "link-to-file", (0, 0), follow_symlinks=False)
     janitor = JanitorCollector(JanitorSettings(dirs=[logs], retention_days=1))
     samples = {s.name: s.value for s in await janitor.collect()}
-    assert 0 == samples["janitor_deleted_total"]
-    assert precious.exists()
-    assert (logs / "link-to-file").is_symlink()
-
-
-def test_deletion_counter_survives_a_restart(tmp_path: Path) -> None:
-    """The counter only grows: a restarted janitor continues from the saved count."""
-    aged(tmp_path / "a", 10)
-    first = JanitorCollector(JanitorSettings(dirs=[tmp_path], retention_days=1))
-    first.sweep()
-    again = JanitorCollector(JanitorSettings(dirs=[tmp_path], retention_days=1))
-    again.load_state(first.save_state())
-    aged(tmp_path / "b", 10)
-    again.sweep()
-    assert 2 == again.deleted_total
+    assert {"janitor_files": 0, "janitor_overdue_files": 0} == samples
+    assert (True, True) == (precious.exists(), (logs / "link-to-file").is_symlink())
 
 
 def test_missing_directory_is_not_an_error(tmp_path: Path) -> None:
-    """A configured directory that does not exist yet holds nothing to delete."""
-    assert 0 == JanitorCollector(JanitorSettings(dirs=[tmp_path / "none"])).sweep()
+    """A configured directory that does not exist yet holds nothing."""
+    assert (0, 0) == JanitorCollector(JanitorSettings(dirs=[tmp_path / "none"])).count()
 
 
 def test_from_settings_needs_directories(tmp_path: Path) -> None:
