@@ -58,6 +58,7 @@ clean:
 	rm -f collectors/_hllscan.*.so
 
 -include mk/packaging.mk
+-include mk/deb.mk
 
 ## Regenerate docs/configuration.md from the settings model.
 docs: setup
