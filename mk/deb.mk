@@ -60,4 +60,4 @@ deb: deb-wheelhouse
 	@ls -1 "$(DEB_DIST)"/*.deb
 
 deb-lint:
-	lintian --fail-on error --no-tag-display-limit "$(DEB_DIST)"/*.deb
+	lintian --fail-on error --tag-display-limit 0 "$(DEB_DIST)"/*.deb
