@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def _subcommands() -> list[str]:
     return sorted(actions[0].choices or {})
 
 
-def _assert_ok(done: object) -> None:
-    assert getattr(done, "returncode", None) == 0, f"{getattr(done, 'args', '')}: {getattr(done, 'stderr', '')}"
+def _assert_ok(done: subprocess.CompletedProcess[str]) -> None:
+    assert 0 == done.returncode, f"{done.args}: {done.stdout}{done.stderr}"
 
 
 def _check_command() -> list[str]:
@@ -224,8 +225,7 @@ def test_switch_from_community_and_upload_to_commercial(
 ) -> None:
     """apt replaces pop-agent and pop-agent-upload by the commercial package, keeping spool and configuration."""
     _assert_ok(m.dpkg("--install", debs["pop-agent"], debs["pop-agent-upload"]))
-    upload = m.run(m.PREFIX / "bin/python", "-c", "import sinks.central, sinks.pushgateway, sinks.loki")
-    _assert_ok(upload)
+    _assert_ok(_import_upload_sinks())
     once = m.agent("--once")
     (tmp_path / "heartbeat.json").write_text(once.stdout)
     _assert_ok(m.agent("enqueue", tmp_path / "heartbeat.json"))
@@ -241,6 +241,7 @@ def test_switch_from_community_and_upload_to_commercial(
     assert f"pop-agent {VERSION} (commercial)" == m.agent("--version").stdout.strip()
     assert [json.loads(once.stdout)["id"]] == [json.loads(line)["id"] for line in m.agent("export").stdout.splitlines()]
     assert edited == config.read_text()
+    _assert_ok(_import_upload_sinks())  # with whatever they need that the community edition does not
     verify = m.run("systemd-analyze", "verify", "--man=no", "pop-agent.service")
     assert (0, "", "") == (verify.returncode, verify.stdout, verify.stderr)
 
@@ -257,6 +258,12 @@ def test_switch_from_community_and_upload_to_commercial(
     _assert_ok(m.dpkg("--purge", *m.PACKAGES))
     after = m.snapshot()
     assert ({}, {}) == (_only_in(after, machine), _only_in(machine, after))
+
+
+def _import_upload_sinks() -> subprocess.CompletedProcess[str]:
+    """Import every upload sink module with the installed environment's interpreter."""
+    modules = ", ".join(f"sinks.{Path(name).stem}" for name in sorted(UPLOAD_MODULES))
+    return m.run(m.PREFIX / "bin/python", "-c", f"import {modules}")
 
 
 def _only_in(left: dict[str, str], right: dict[str, str]) -> dict[str, str]:
