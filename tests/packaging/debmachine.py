@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ CONF = Path("/etc/pop-agent")
 UNIT = Path("/lib/systemd/system/pop-agent.service")
 BUILD_TIMEOUT = 900
 DPKG_TIMEOUT = 300
+LOCK_WAIT = 120  # seconds to wait for another package manager run to finish
 
 
 def tree_version() -> str:
@@ -59,8 +61,19 @@ def run(*command: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def dpkg(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``dpkg ARGS``."""
-    return run("dpkg", *args)
+    """``dpkg ARGS``, waiting its turn while another dpkg or apt on this shared machine holds the lock."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        done = run("dpkg", *args)
+        if done.returncode == 0 or "lock" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(1)
+
+
+def apt_install(*debs: Path) -> subprocess.CompletedProcess[str]:
+    """``apt-get install`` of package files, as an operator switches editions."""
+    wait = f"DPkg::Lock::Timeout={LOCK_WAIT}"
+    return run("apt-get", "install", "--yes", "--no-install-recommends", "-o", wait, *debs)
 
 
 def agent(*args: str | Path) -> subprocess.CompletedProcess[str]:

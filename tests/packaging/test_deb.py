@@ -233,7 +233,7 @@ def test_switch_from_community_and_upload_to_commercial(
     edited = config.read_text().replace("\ninterval = 10\n", "\ninterval = 7\n")
     config.write_text(edited)
 
-    _assert_ok(m.run("apt-get", "install", "--yes", "--no-install-recommends", debs["pop-agent-commercial"]))
+    _assert_ok(m.apt_install(debs["pop-agent-commercial"]))
     states = {package: m.status(package) for package in m.PACKAGES}
     assert {"pop-agent": "config-files", "pop-agent-upload": "config-files", "pop-agent-commercial": "installed"} == (
         states
