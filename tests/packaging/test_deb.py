@@ -18,13 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from hatch_build import BASE_SINKS, upload_entries
 from tests.packaging import debmachine as m
 
 VERSION = m.tree_version()
 UPGRADE_VERSION = f"{VERSION}.1"  # a rebuild of the same tree, one step higher
-UPLOAD_MODULES = {entry.name for entry in upload_entries(m.REPO)}
 SITE = "usr/lib/pop-agent/lib/python3.11/site-packages"
+# The upload sinks DESIGN.md names: never in the community package, wherever the tree has them.
+NAMED_UPLOAD_SINKS = {"central.py", "remote_write.py", "pushgateway.py", "loki.py"}
+TREE_SINKS = {
+    entry.name
+    for entry in (m.REPO / "sinks").iterdir()
+    if entry.name != "__pycache__" and (entry.is_dir() or entry.suffix == ".py" or entry.name == "py.typed")
+}
 EX_CONFIG = 78
 
 pytestmark = [
@@ -60,6 +65,13 @@ def machine() -> Iterator[dict[str, str]]:
         yield before
     finally:
         m.purge_all()
+
+
+def _sinks(deb: Path) -> set[str]:
+    """The modules and subpackages a package puts in the environment's ``sinks`` package."""
+    prefix = f"/{SITE}/sinks/"
+    entries = {path.removeprefix(prefix).split("/")[0] for path in m.contents(deb) if path.startswith(prefix)}
+    return entries - {"__pycache__"}
 
 
 def _py_files(root: Path) -> dict[Path, str]:
@@ -100,13 +112,12 @@ def test_packages_carry_the_tree_version_and_their_relations(debs: dict[str, Pat
 
 def test_community_package_holds_no_upload_code(debs: dict[str, Path], tmp_path: Path) -> None:
     """Neither by file list nor by content: no upload sink module, no copy of one, no class one defines."""
-    files = m.contents(debs["pop-agent"])
-    sinks = {Path(path).name for path in files if path.startswith(f"/{SITE}/sinks/")}
-    assert set() == UPLOAD_MODULES & sinks
-    assert sinks <= BASE_SINKS
+    upload = _sinks(debs["pop-agent-upload"])
+    assert NAMED_UPLOAD_SINKS & TREE_SINKS <= upload
+    assert set() == upload & _sinks(debs["pop-agent"])
 
     unpacked = _py_files(m.extract(debs["pop-agent"], tmp_path / "community"))
-    for module in UPLOAD_MODULES:
+    for module in sorted(name for name in upload if name.endswith(".py") and name != "__init__.py"):
         source = (m.REPO / "sinks" / module).read_text()
         classes = {name for name in _class_names(source) if not name.startswith("_")}
         # ast only where the text could define one of them: the environment has thousands of modules.
@@ -117,10 +128,9 @@ def test_community_package_holds_no_upload_code(debs: dict[str, Path], tmp_path:
 
 
 def test_upload_package_holds_only_upload_code(debs: dict[str, Path], tmp_path: Path) -> None:
-    """The upload package holds exactly the upload sinks of the tree, and none of the community package's files."""
+    """The upload package holds the tree's sinks the community package lacks, and none of the latter's files."""
     upload = m.contents(debs["pop-agent-upload"])
-    sinks = {Path(path).name for path in upload if path.startswith(f"/{SITE}/sinks/")}
-    assert UPLOAD_MODULES == sinks
+    assert TREE_SINKS - _sinks(debs["pop-agent"]) == _sinks(debs["pop-agent-upload"])
     outside = [path for path, mode in upload.items() if mode[0] != "d" and not path.startswith(f"/{SITE}/")]
     assert ["/usr/share/doc/pop-agent-upload"] == outside  # a link to pop-agent's documentation
     community = m.contents(debs["pop-agent"])
@@ -129,10 +139,8 @@ def test_upload_package_holds_only_upload_code(debs: dict[str, Path], tmp_path: 
 
 def test_commercial_package_holds_every_sink(debs: dict[str, Path]) -> None:
     """The commercial package holds the base and upload sinks, and the drop-in that waits for the token."""
-    files = m.contents(debs["pop-agent-commercial"])
-    sinks = {Path(path).name for path in files if path.startswith(f"/{SITE}/sinks/")}
-    assert UPLOAD_MODULES <= sinks
-    assert "/lib/systemd/system/pop-agent.service.d/commercial.conf" in files
+    assert TREE_SINKS == _sinks(debs["pop-agent-commercial"])
+    assert "/lib/systemd/system/pop-agent.service.d/commercial.conf" in m.contents(debs["pop-agent-commercial"])
 
 
 @pytest.mark.parametrize("package", ["pop-agent", "pop-agent-commercial"])
@@ -225,7 +233,7 @@ def test_switch_from_community_and_upload_to_commercial(
 ) -> None:
     """apt replaces pop-agent and pop-agent-upload by the commercial package, keeping spool and configuration."""
     _assert_ok(m.dpkg("--install", debs["pop-agent"], debs["pop-agent-upload"]))
-    _assert_ok(_import_upload_sinks())
+    _assert_ok(_import_upload_sinks(debs))
     once = m.agent("--once")
     (tmp_path / "heartbeat.json").write_text(once.stdout)
     _assert_ok(m.agent("enqueue", tmp_path / "heartbeat.json"))
@@ -241,7 +249,7 @@ def test_switch_from_community_and_upload_to_commercial(
     assert f"pop-agent {VERSION} (commercial)" == m.agent("--version").stdout.strip()
     assert [json.loads(once.stdout)["id"]] == [json.loads(line)["id"] for line in m.agent("export").stdout.splitlines()]
     assert edited == config.read_text()
-    _assert_ok(_import_upload_sinks())  # with whatever they need that the community edition does not
+    _assert_ok(_import_upload_sinks(debs))  # with whatever they need that the community edition does not
     verify = m.run("systemd-analyze", "verify", "--man=no", "pop-agent.service")
     assert (0, "", "") == (verify.returncode, verify.stdout, verify.stderr)
 
@@ -260,9 +268,10 @@ def test_switch_from_community_and_upload_to_commercial(
     assert ({}, {}) == (_only_in(after, machine), _only_in(machine, after))
 
 
-def _import_upload_sinks() -> subprocess.CompletedProcess[str]:
-    """Import every upload sink module with the installed environment's interpreter."""
-    modules = ", ".join(f"sinks.{Path(name).stem}" for name in sorted(UPLOAD_MODULES))
+def _import_upload_sinks(debs: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """Import every module of the upload package with the installed environment's interpreter."""
+    upload = sorted(name for name in _sinks(debs["pop-agent-upload"]) if name not in {"py.typed", "__init__.py"})
+    modules = ", ".join(f"sinks.{Path(name).stem}" for name in upload)
     return m.run(m.PREFIX / "bin/python", "-c", f"import {modules}")
 
 
