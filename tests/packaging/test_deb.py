@@ -201,8 +201,8 @@ def test_community_install_upgrade_remove_purge(
     token = m.CONF / "central-token"
     assert ("-rw-------", 0) == (m.snapshot([str(m.CONF)])[str(token)], token.stat().st_size)
     assert Path("/etc/systemd/system/multi-user.target.wants/pop-agent.service").is_symlink()  # enabled at install
-    no_upload = m.run(m.PREFIX / "bin/python", "-c", "import importlib.util as u; print(u.find_spec('sinks.central'))")
-    assert "None" == no_upload.stdout.strip()
+    no_upload = m.run(m.PREFIX / "bin/python", "-c", "import sinks.central")
+    assert (1, "ModuleNotFoundError") == (no_upload.returncode, no_upload.stderr.splitlines()[-1].split(":")[0])
 
     (tmp_path / "heartbeat.json").write_text(once.stdout)
     _assert_ok(m.agent("enqueue", tmp_path / "heartbeat.json"))
