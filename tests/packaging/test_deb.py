@@ -197,7 +197,9 @@ def test_community_install_upgrade_remove_purge(
     _assert_ok(m.agent(*_check_command()))
     verify = m.run("systemd-analyze", "verify", "--man=no", m.UNIT)
     assert (0, "", "") == (verify.returncode, verify.stdout, verify.stderr)
-    assert "ExecStart=/usr/lib/pop-agent/bin/agent run" in m.UNIT.read_text().splitlines()
+    unit = m.UNIT.read_text().splitlines()
+    expected_lines = ["ExecStart=/usr/lib/pop-agent/bin/agent run", "Documentation=man:pop-agent(1)"]
+    assert expected_lines == [line for line in expected_lines if line in unit]
     token = m.CONF / "central-token"
     assert ("-rw-------", 0) == (m.snapshot([str(m.CONF)])[str(token)], token.stat().st_size)
     assert Path("/etc/systemd/system/multi-user.target.wants/pop-agent.service").is_symlink()  # enabled at install
