@@ -51,6 +51,7 @@ clean:
 	rm -rf $(VENV) dist build .pop-agent .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 -include mk/packaging.mk
+-include mk/deb.mk
 
 ## Regenerate docs/configuration.md from the settings model.
 docs: setup
