@@ -52,8 +52,6 @@ class CentralSinkSettings(_Section):
     gzip_min_bytes: int = Field(4096, ge=0, description="Bodies at least this large are gzip-compressed.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for central's answer.")
-    max_attempts: int = Field(4, ge=1, le=20, description="Tries per batch before it waits for the next tick.")
-    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
 
     _url = field_validator("url")(_check_url)
 
@@ -134,6 +132,20 @@ class SpoolSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    """Every sink's delivery loop: how it backs off after a failed pass (see agent/pacing.py)."""
+
+    backoff_initial: float = Field(
+        1.0, gt=0, le=3600, description="Longest wait after the first failed pass; it doubles with each failure."
+    )
+    backoff_max: float = Field(
+        120.0, gt=0, le=3600, description="Cap of the backoff; each wait is drawn from zero to it (full jitter)."
+    )
+    retry_after_max: float = Field(
+        900.0, ge=0, le=86_400, description="Longest Retry-After honoured; a receiver asking for more gets this."
+    )
+
+
 class AlertsSettings(_Section):
     outage_after: float = Field(300, gt=0, description="Seconds of failed delivery before an outage alert.")
     hook_timeout: float = Field(5.0, gt=0, description="Seconds an alert hook may take.")
@@ -172,6 +184,7 @@ class Settings(BaseSettings):
     sinks: SinksSettings = SinksSettings()
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
+    delivery: DeliverySettings = DeliverySettings()
     alerts: AlertsSettings = AlertsSettings()
     ntfy_alert_url: SecretStr | None = Field(
         None,
