@@ -23,10 +23,10 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.sample import POP_ID_PATTERN
 
 DEFAULT_CONFIG_FILE = Path("/etc/pop-agent/agent.toml")
 ENV_PREFIX = "POP_AGENT_"
-POP_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 
 
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    pop_id: str = Field(default_factory=default_pop_id, pattern=POP_ID_PATTERN, description="This POP's id.")
+    pop_id: str = Field(default_factory=default_pop_id, pattern=rf"^{POP_ID_PATTERN}$", description="This POP's id.")
     interval: float = Field(10.0, ge=0.1, le=86_400, description="Seconds between ticks.")
     state_dir: Path = Field(default_factory=default_state_dir, description="Where the spool and state live.")
     telemetry: Literal["on", "off"] | None = Field(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
+from agent.sample import POP_ID_PATTERN
 from alerts.events import SINK_NAME, AlarmKind, OutageEvent, OutageStarted, fixed_code
 from alerts.hooks import HookStatus, failure_code
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from agent.settings import Settings
 
 LABEL = "ntfy"
-_POP = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+_POP = re.compile(POP_ID_PATTERN, re.ASCII)
 
 _WHAT = {
     AlarmKind.DELIVERY: "heartbeat delivery",
