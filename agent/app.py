@@ -48,7 +48,7 @@ def _runner(settings: Settings, *, with_sinks: bool) -> Any:
 
 
 def _extra_metrics() -> tuple[MetricSpec, ...]:
-    from agent.health import HEALTH_METRICS
+    from alerts.health import HEALTH_METRICS
 
     return tuple(HEALTH_METRICS)
 
@@ -285,8 +285,8 @@ def export(settings: Settings, out: Path | None) -> int:
 
 def status(settings: Settings, *, as_json: bool) -> int:
     """``agent status``: the daemon's last word, and the spool as it is on disk now."""
-    from agent.runner import STATUS_FILE
     from agent.state import read_json
+    from agent.status_file import STATUS_FILE
 
     try:
         telemetry = "on" if telemetry_enabled(settings, edition()) else "off"

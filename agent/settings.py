@@ -23,10 +23,10 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.sample import POP_ID_PATTERN
 
 DEFAULT_CONFIG_FILE = Path("/etc/pop-agent/agent.toml")
 ENV_PREFIX = "POP_AGENT_"
-POP_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 
 
@@ -52,8 +52,6 @@ class CentralSinkSettings(_Section):
     gzip_min_bytes: int = Field(4096, ge=0, description="Bodies at least this large are gzip-compressed.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for central's answer.")
-    max_attempts: int = Field(4, ge=1, le=20, description="Tries per batch before it waits for the next tick.")
-    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
 
     _url = field_validator("url")(_check_url)
 
@@ -105,8 +103,6 @@ class RemoteWriteSinkSettings(_Section):
     batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one request.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for the receiver's answer.")
-    max_attempts: int = Field(4, ge=1, le=20, description="Tries per request before it waits for the next pass.")
-    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
     max_sample_age: float = Field(
         3300.0,
         gt=0,
@@ -178,6 +174,20 @@ class SpoolSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    """Every sink's delivery loop: how it backs off after a failed pass (see agent/pacing.py)."""
+
+    backoff_initial: float = Field(
+        1.0, gt=0, le=3600, description="Longest wait after the first failed pass; it doubles with each failure."
+    )
+    backoff_max: float = Field(
+        120.0, gt=0, le=3600, description="Cap of the backoff; each wait is drawn from zero to it (full jitter)."
+    )
+    retry_after_max: float = Field(
+        900.0, ge=0, le=86_400, description="Longest Retry-After honoured; a receiver asking for more gets this."
+    )
+
+
 class AlertsSettings(_Section):
     outage_after: float = Field(300, gt=0, description="Seconds of failed delivery before an outage alert.")
     hook_timeout: float = Field(5.0, gt=0, description="Seconds an alert hook may take.")
@@ -227,7 +237,7 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    pop_id: str = Field(default_factory=default_pop_id, pattern=POP_ID_PATTERN, description="This POP's id.")
+    pop_id: str = Field(default_factory=default_pop_id, pattern=rf"^{POP_ID_PATTERN}$", description="This POP's id.")
     interval: float = Field(10.0, ge=0.1, le=86_400, description="Seconds between ticks.")
     state_dir: Path = Field(default_factory=default_state_dir, description="Where the spool and state live.")
     telemetry: Literal["on", "off"] | None = Field(
@@ -237,6 +247,7 @@ class Settings(BaseSettings):
     sinks: SinksSettings = SinksSettings()
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
+    delivery: DeliverySettings = DeliverySettings()
     alerts: AlertsSettings = AlertsSettings()
     ledger: LedgerSettings = LedgerSettings()
     ntfy_alert_url: SecretStr | None = Field(

@@ -49,7 +49,6 @@ from bench.fleet import cpu_seconds, heartbeat_doc, pending, pid_listening_on, r
 from sinks.http import make_session
 from sinks.pushgateway import PushgatewaySink
 from sinks.remote_write import RemoteWriteSink
-from sinks.retry import RetryPolicy
 from tests.sinks.realprocs import flush, get_text, prometheus, pushgateway, victoria_metrics
 
 CONCURRENCY = 64
@@ -164,7 +163,7 @@ async def remote_write(pops: int, ticks: list[list[Pending]], budget: float) -> 
         pid = pid_listening_on(port_of(base))
         cfg = RemoteWriteSinkSettings(url=base + "/api/v1/write")
         walls, sent, cpu, rss0, rss1 = await measure(
-            lambda session: RemoteWriteSink(cfg, session=session, policy=RetryPolicy.immediate(2)), ticks, [pid], budget
+            lambda session: RemoteWriteSink(cfg, session=session), ticks, [pid], budget
         )
         flush(base)
         await asyncio.sleep(1)
@@ -179,7 +178,7 @@ async def via_pushgateway(pops: int, ticks: list[list[Pending]], budget: float) 
         prometheus_cpu_before = cpu_seconds(prometheus_pid)
         scrapes_before = scrapes(server)
         walls, sent, gateway_cpu, rss0, rss1 = await measure(
-            lambda session: PushgatewaySink(cfg, session=session, policy=RetryPolicy.immediate(2)),
+            lambda session: PushgatewaySink(cfg, session=session),
             ticks,
             [gateway_pid],
             budget,

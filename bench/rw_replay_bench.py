@@ -35,7 +35,6 @@ from bench.drain_bench import _serve as serve_central
 from bench.fleet import cpu_seconds, heartbeat_doc, pending, pid_listening_on
 from sinks.central import CentralSink
 from sinks.remote_write import RemoteWriteSink
-from sinks.retry import RetryPolicy
 from tests.sinks.realprocs import flush, get_text, victoria_metrics
 
 TARGET = 20_000
@@ -89,7 +88,7 @@ async def run(count: int, central_url: str) -> dict[str, Any]:
     size = sum(len(data) for _, data in raw) // count
     report: dict[str, Any] = {"heartbeats": count, "batch": BATCH, "bytes_per_heartbeat": size}
 
-    central = CentralSink(CentralSinkSettings(url=central_url), token="bench-token", policy=RetryPolicy.immediate(1))
+    central = CentralSink(CentralSinkSettings(url=central_url), token="bench-token")
     try:
         seconds, acked = await deliver(central, fresh(raw))
     finally:
@@ -98,7 +97,7 @@ async def run(count: int, central_url: str) -> dict[str, Any]:
 
     with victoria_metrics() as base:
         cfg = RemoteWriteSinkSettings(url=base + "/api/v1/write", max_sample_age=8 * 86400)
-        sink = RemoteWriteSink(cfg, policy=RetryPolicy.immediate(1))
+        sink = RemoteWriteSink(cfg)
         report["sink_without_http_hb_per_s"] = round(count / encode_only(sink, fresh(raw)))
         pid = pid_listening_on(int(base.rsplit(":", 1)[1]))
         cpu_before = cpu_seconds(pid)

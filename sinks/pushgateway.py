@@ -10,18 +10,19 @@ them first would show nothing that the next push does not overwrite.
 What each answer means:
 
 - 2xx: the pushed heartbeat and every older one of its POP in the batch are acked.
-- 408, 429, 5xx, timeouts, connection errors: retried (``with_retries``), then kept.
+- 408, 429, 5xx, timeouts, connection errors: kept, with the receiver's ``Retry-After``.
 - 400: the Pushgateway refused the body (say a metric pushed elsewhere with
   another type): that heartbeat is rejected ``malformed`` and the next newest is
   tried, a few times per call at most, so a gateway that refuses everything costs
   a bounded number of requests per tick.
-- anything else (401/403, 404, ...): kept, not retried; failure ``auth`` or ``http_<status>``.
+- anything else (401/403, 404, ...): kept; failure ``auth`` or ``http_<status>``.
+
+Each request is made once; when to try again is the delivery loop's backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,7 +35,6 @@ from agent.ledger_record import RequestIds
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
-from sinks.retry import RetryPolicy, with_retries
 from sinks.series import timestamp_ns
 
 if TYPE_CHECKING:
@@ -65,14 +65,12 @@ class PushgatewaySink:
         cfg: PushgatewaySinkSettings,
         *,
         session: aiohttp.ClientSession | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.pushgateway.url is not set")
         self._cfg = cfg
         self._base = cfg.url.rstrip("/")
         self.max_batch = MAX_BATCH
-        self._policy = policy or RetryPolicy()
         self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
 
     def __repr__(self) -> str:
@@ -140,8 +138,7 @@ class PushgatewaySink:
                 rejected[newest.id] = "malformed"
                 continue
             try:
-                put = functools.partial(self._put, self.group_url(pop), body, RequestIds.of((newest,)), deadline)
-                await with_retries(self._policy, deadline, put)
+                await self._put(self.group_url(pop), body, RequestIds.of((newest,)), deadline)
             except SinkError as error:
                 if isinstance(error, TransientSinkError) or error.code != "malformed":
                     return error

@@ -13,8 +13,8 @@ every older one has been answered.
 What each answer means:
 
 - 2xx: acked.
-- 429, 408, other 5xx, timeouts, connection errors: retried (``with_retries``,
-  ``Retry-After`` honoured), then kept.
+- 429, 408, other 5xx, timeouts, connection errors: kept; the delivery loop's
+  backoff decides when to try again (``Retry-After`` honoured).
 - 400, 409, 422, and a 5xx whose body says a sample was too old, out of order or a
   duplicate: the receiver refuses one of the samples and drops the whole request
   (Prometheus rolls its append back), so the request is bisected, older half first,
@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import struct
 import time
 from collections import deque
@@ -53,7 +52,6 @@ from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
 from sinks.remote_write_body import BodyEncoder, Prepared, snappy_available
-from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
     from agent.settings import RemoteWriteSinkSettings, Settings
@@ -107,7 +105,6 @@ class RemoteWriteSink:
         *,
         authorization: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.remote_write.url is not set")
@@ -116,7 +113,6 @@ class RemoteWriteSink:
         self._cfg = cfg
         self._url = cfg.url
         self.max_batch = cfg.batch_max_count
-        self._policy = policy or RetryPolicy(max_attempts=cfg.max_attempts, max_delay=cfg.max_retry_delay)
         self._http = SessionHolder(session, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
         self._headers = dict(BASE_HEADERS)
         if authorization is not None:
@@ -159,7 +155,7 @@ class RemoteWriteSink:
             part = work.popleft()
             try:
                 body = await self._encode(part)
-                await with_retries(self._policy, deadline, functools.partial(self._post, body, deadline))
+                await self._post(body, deadline)
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break

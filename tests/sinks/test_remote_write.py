@@ -18,7 +18,6 @@ from agent.deadline import Deadline
 from agent.sample import Pending
 from agent.settings import RemoteWriteSinkSettings
 from sinks.remote_write import RemoteWriteSink, refusal_code
-from sinks.retry import RetryPolicy
 from sinks.series import families, timestamp_ms
 from tests.sinks.realprocs import heartbeat
 from tests.sinks.rwdecode import Decoded, decode_body, decode_protobuf, label_names
@@ -86,12 +85,12 @@ async def receiver(aiohttp_server: Any) -> AsyncIterator[Callable[[Respond | Non
 
 @pytest.fixture
 async def make_sink() -> AsyncIterator[Callable[..., RemoteWriteSink]]:
-    """Factory: a sink for a URL with a zero-wait retry policy, closed after the test."""
+    """Factory: a sink for a URL, closed after the test."""
     made: list[RemoteWriteSink] = []
 
-    def make(url: str, *, attempts: int = 3, auth: str | None = None, **settings: Any) -> RemoteWriteSink:
+    def make(url: str, *, auth: str | None = None, **settings: Any) -> RemoteWriteSink:
         cfg = RemoteWriteSinkSettings(url=url, **settings)
-        sink = RemoteWriteSink(cfg, authorization=auth, policy=RetryPolicy.immediate(attempts))
+        sink = RemoteWriteSink(cfg, authorization=auth)
         made.append(sink)
         return sink
 
@@ -271,12 +270,12 @@ async def test_a_413_splits_the_request_until_it_fits(receiver: Any, make_sink: 
     assert {item.id for item in backlog if item is not huge} == delivery.acked
 
 
-async def test_a_429_is_retried_honouring_retry_after_then_kept(receiver: Any, make_sink: Any) -> None:
-    """429 with Retry-After: retried up to the attempts, then kept with the receiver's Retry-After."""
+async def test_a_429_is_kept_with_the_receivers_retry_after(receiver: Any, make_sink: Any) -> None:
+    """429 with Retry-After: one request, the batch kept, and the receiver's Retry-After handed to the loop."""
     server = await receiver(lambda request: web.Response(status=429, headers={"Retry-After": "7"}))
     backlog = beats(3)
 
-    delivery = await make_sink(server.url, attempts=3).send(backlog, Deadline(30))
+    delivery = await make_sink(server.url).send(backlog, Deadline(30))
 
     assert (frozenset(), {}, "http_429", 7.0) == (
         delivery.acked,
@@ -284,30 +283,32 @@ async def test_a_429_is_retried_honouring_retry_after_then_kept(receiver: Any, m
         delivery.failure,
         delivery.retry_after,
     )
-    assert 3 == len(server.requests)
+    assert 1 == len(server.requests)
 
 
-async def test_a_429_then_a_204_delivers(receiver: Any, make_sink: Any) -> None:
-    """A receiver that asks to wait once, then takes the request, gets it on the second try."""
+async def test_a_429_then_a_204_delivers_on_the_next_pass(receiver: Any, make_sink: Any) -> None:
+    """A receiver that asks to wait once gets the same samples on the next pass, and takes them."""
     answers = iter([web.Response(status=429, headers={"Retry-After": "0"}), web.Response(status=204)])
     server = await receiver(lambda request: next(answers))
     backlog = beats(3)
+    sink = make_sink(server.url)
 
-    delivery = await make_sink(server.url).send(backlog, Deadline(30))
+    first = await sink.send(backlog, Deadline(30))
+    second = await sink.send(backlog, Deadline(30))
 
-    assert ({item.id for item in backlog}, 2) == (delivery.acked, len(server.requests))
+    assert ("http_429", {item.id for item in backlog}, 2) == (first.failure, second.acked, len(server.requests))
     assert server.requests[0].series == server.requests[1].series
 
 
 async def test_a_plain_500_is_kept(receiver: Any, make_sink: Any) -> None:
-    """A 500 that names no sample error is transient: retried, then kept, its text never carried along."""
+    """A 500 that names no sample error is transient: kept, its text never carried along."""
     server = await receiver(lambda request: web.Response(status=500, text="panic: at /srv/vm/app.go:12"))
     backlog = beats(2)
 
     with structlog.testing.capture_logs() as logs:
-        delivery = await make_sink(server.url, attempts=2).send(backlog, Deadline(30))
+        delivery = await make_sink(server.url).send(backlog, Deadline(30))
 
-    assert (frozenset(), {}, "http_500", 2) == (
+    assert (frozenset(), {}, "http_500", 1) == (
         delivery.acked,
         delivery.rejected,
         delivery.failure,
@@ -326,7 +327,7 @@ async def test_a_hanging_receiver_times_out_and_keeps_the_batch(receiver: Any, m
 
     server = await receiver(hang)
     try:
-        delivery = await make_sink(server.url, attempts=2, read_timeout=0.3).send(beats(2), Deadline(30))
+        delivery = await make_sink(server.url, read_timeout=0.3).send(beats(2), Deadline(30))
     finally:
         release.set()
     assert (frozenset(), "timeout") == (delivery.acked, delivery.failure)

@@ -17,7 +17,6 @@ import pytest
 from agent.deadline import Deadline
 from agent.settings import RemoteWriteSinkSettings
 from sinks.remote_write import RemoteWriteSink
-from sinks.retry import RetryPolicy
 from sinks.series import timestamp_ms
 from tests.integration.daemon import wait_for
 from tests.sinks.realprocs import (
@@ -66,9 +65,7 @@ def flushed_export(base: str, match: str) -> list[dict[str, Any]]:
 
 async def send(base: str, batch: list[Any], **settings: Any) -> Any:
     """Send ``batch`` through a real sink to ``base``'s write endpoint; the Delivery."""
-    sink = RemoteWriteSink(
-        RemoteWriteSinkSettings(url=base + "/api/v1/write", **settings), policy=RetryPolicy.immediate(2)
-    )
+    sink = RemoteWriteSink(RemoteWriteSinkSettings(url=base + "/api/v1/write", **settings))
     try:
         return await sink.send(batch, Deadline(60))
     finally:

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
-from agent.health import AlarmKind, HookStatus, OutageEvent, OutageStarted, fixed_code
+from agent.sample import POP_ID_PATTERN
+from alerts.events import SINK_NAME, AlarmKind, OutageEvent, OutageStarted, fixed_code
+from alerts.hooks import HookStatus, failure_code
 
 if TYPE_CHECKING:
     from agent.settings import Settings
 
 LABEL = "ntfy"
-_POP = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+_POP = re.compile(POP_ID_PATTERN, re.ASCII)
 
 _WHAT = {
     AlarmKind.DELIVERY: "heartbeat delivery",
@@ -30,12 +32,12 @@ _WHAT = {
     AlarmKind.SPOOL: "spool",
 }
 _STARTED_TITLE = {
-    AlarmKind.DELIVERY: "{pop}: heartbeat delivery outage",
+    AlarmKind.DELIVERY: "{pop}: heartbeat delivery outage ({sink})",
     AlarmKind.COLLECTORS: "{pop}: every collector failing",
     AlarmKind.SPOOL: "{pop}: spool about to overflow",
 }
 _STARTED_BODY = {
-    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats to central for {duration}.",
+    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats to {sink} for {duration}.",
     AlarmKind.COLLECTORS: "Every collector on POP {pop} has failed for {duration}.",
     AlarmKind.SPOOL: "The spool on POP {pop} is about to overflow; the oldest heartbeats are dropped when it does.",
 }
@@ -57,30 +59,23 @@ def format_duration(seconds: float) -> str:
 def render(event: OutageEvent) -> tuple[str, str, str, str]:
     """The message for ``event``: ``(title, priority, tags, body)``, from fixed templates only."""
     pop = event.pop if _POP.fullmatch(event.pop) else "pop"
+    sink = event.sink if SINK_NAME.fullmatch(event.sink) else "a receiver"
     kind = AlarmKind(event.kind)
     tags = f"{{emoji}},pop-agent,{kind}"
     if isinstance(event, OutageStarted):
-        body = _STARTED_BODY[kind].format(pop=pop, duration=format_duration(event.at - event.since))
+        body = _STARTED_BODY[kind].format(pop=pop, sink=sink, duration=format_duration(event.at - event.since))
         tail = _STARTED_TAIL.format(failure=fixed_code(event.failure), backlog=max(0, int(event.backlog)))
-        return _STARTED_TITLE[kind].format(pop=pop), "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
+        title = _STARTED_TITLE[kind].format(pop=pop, sink=sink)
+        return title, "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
     if event.drain_per_s is None:
         drain = "drain rate not yet known"
     else:
         drain = f"draining at {float(event.drain_per_s):.1f} per second"
-    what = _WHAT[kind]
+    what = _WHAT[kind] + (f" to {sink}" if kind is AlarmKind.DELIVERY else "")
     body = _ENDED_BODY.format(
         pop=pop, what=what, duration=format_duration(event.duration_s), backlog=max(0, int(event.backlog)), drain=drain
     )
     return _ENDED_TITLE.format(pop=pop, what=what), "default", tags.format(emoji="white_check_mark"), body
-
-
-def failure_code(exc: BaseException) -> str:
-    """A fixed code for a hook's request failure."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return "connect"
-    return "other"
 
 
 class NtfyHook:

@@ -16,13 +16,17 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from agent.health import AlarmKind, OutageEnded, OutageStarted
 from agent.settings import AlertsSettings, Settings
-from sinks.ntfy import NtfyHook, format_duration, render
+from alerts.events import AlarmKind, OutageEnded, OutageStarted
+from alerts.ntfy import NtfyHook, format_duration, render
 
 TOKEN = "tk_ntfysecretTOKEN0123456789"
-STARTED = OutageStarted(AlarmKind.DELIVERY, "ams1", at=1_000_300.0, since=1_000_000.0, failure="http_503", backlog=31)
-ENDED = OutageEnded(AlarmKind.DELIVERY, "ams1", at=1_000_725.0, duration_s=725.0, backlog=42, drain_per_s=12.5)
+STARTED = OutageStarted(
+    AlarmKind.DELIVERY, "ams1", at=1_000_300.0, since=1_000_000.0, failure="http_503", backlog=31, sink="loki"
+)
+ENDED = OutageEnded(
+    AlarmKind.DELIVERY, "ams1", at=1_000_725.0, duration_s=725.0, backlog=42, drain_per_s=12.5, sink="loki"
+)
 
 
 @dataclass
@@ -100,17 +104,17 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_outage_message_uses_ntfy_headers_and_fixed_template(
     ntfy: FakeNtfy, session: aiohttp.ClientSession
 ) -> None:
-    """An outage start is one POST with title, high priority, tags, bearer token and a fixed body."""
+    """An outage start is one POST with title, high priority, tags, bearer token and a fixed body naming the sink."""
     hook = NtfyHook(ntfy.url, TOKEN, session=session, timeout=5)
     assert await hook.notify(STARTED) is True
     [message] = ntfy.received
     assert (message.method, message.path) == ("POST", "/pop-alerts")
-    assert message.headers["Title"] == "ams1: heartbeat delivery outage"
+    assert message.headers["Title"] == "ams1: heartbeat delivery outage (loki)"
     assert message.headers["Priority"] == "high"
     assert message.headers["Tags"] == "rotating_light,pop-agent,delivery"
     assert f"Bearer {TOKEN}" == message.headers["Authorization"]
     expected = (
-        "POP ams1 has not delivered heartbeats to central for 5m 00s.\n"
+        "POP ams1 has not delivered heartbeats to loki for 5m 00s.\n"
         "Failure: http_503\n"
         "Backlog: 31 heartbeats in the spool."
     )
@@ -124,11 +128,14 @@ async def test_recovery_message_gives_length_backlog_and_drain_rate(
     hook = NtfyHook(ntfy.url, None, session=session, timeout=5)
     assert await hook.notify(ENDED) is True
     [message] = ntfy.received
-    assert (message.headers["Title"], message.headers["Priority"]) == ("ams1: heartbeat delivery recovered", "default")
+    assert (message.headers["Title"], message.headers["Priority"]) == (
+        "ams1: heartbeat delivery to loki recovered",
+        "default",
+    )
     assert message.headers["Tags"] == "white_check_mark,pop-agent,delivery"
     assert "Authorization" not in message.headers
     expected = (
-        "POP ams1: heartbeat delivery is back after 12m 05s.\n"
+        "POP ams1: heartbeat delivery to loki is back after 12m 05s.\n"
         "Backlog: 42 heartbeats in the spool, draining at 12.5 per second."
     )
     assert expected == message.body
