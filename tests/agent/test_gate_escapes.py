@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agent import heartbeat, jsondoc
-from agent.delivery import BacklogScrubber
+from agent.backlog import BacklogScrubber
 from agent.errors import ScrubRejected
 from agent.heartbeat import COLLECTOR_NAME, Heartbeat
 from agent.sample import MetricKind, MetricSpec, Pending, Sample
