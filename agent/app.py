@@ -16,35 +16,58 @@ from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.plugins import collector_refs, sink_refs
+from agent.preflight import ERROR, Finding, prepare_state_dir, wire
 from agent.sample import MetricSpec
 from agent.scrubber import describe, scrub
 from agent.settings import Settings
 from agent.state import drop_incoming
 from agent.version import __version__
-from agent.wiring import AGENT_METRICS, allowed_metrics, build_collectors, build_sinks, telemetry_enabled
+from agent.wiring import AGENT_METRICS, allowed_metrics, telemetry_enabled
 
 log = structlog.get_logger("agent")
 
-EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
 
 
 def _runner(settings: Settings, *, with_sinks: bool) -> Any:
     from agent.runner import Runner
 
-    telemetry = telemetry_enabled(settings, edition())
-    slots = build_collectors(settings)
-    sinks = build_sinks(settings, telemetry) if with_sinks else []
+    wiring = wire(settings, edition(), with_sinks=with_sinks, extra_metrics=_extra_metrics())
+    if wiring.errors:
+        problems = [finding.text for finding in wiring.errors]
+        raise ConfigError("; ".join(problems), problems=problems)
     return Runner(
         settings,
         edition=edition(),
         version=__version__,
-        telemetry=telemetry,
-        collectors=slots,
-        allowed=allowed_metrics(slots, _extra_metrics()),
+        telemetry=wiring.telemetry,
+        collectors=wiring.collectors,
+        allowed=allowed_metrics(wiring.collectors, _extra_metrics()),
         backlog_allowed=declared_metrics(),
-        sinks=sinks,
+        sinks=wiring.sinks,
     )
+
+
+def check(settings: Settings) -> int:
+    """``agent check``: every validation ``agent run`` does, without running; one line per finding."""
+    wiring = wire(settings, edition(), extra_metrics=_extra_metrics())
+    findings = list(wiring.findings)
+    try:
+        prepare_state_dir(settings.state_dir, keep=False)
+    except ConfigError as exc:
+        findings.append(Finding(ERROR, str(exc)))
+    for finding in findings:
+        print(f"{finding.level}: {finding.text}")
+    if any(finding.level == ERROR for finding in findings):
+        return EX_CONFIG
+    print(
+        f"ok: pop_id {settings.pop_id}, state_dir {settings.state_dir}, "
+        f"telemetry {'on' if wiring.telemetry else 'off'}, "
+        f"collectors {', '.join(slot.name for slot in wiring.collectors) or 'none'}, "
+        f"sinks {', '.join(sink.name for sink in wiring.sinks) or 'none'}"
+    )
+    return EX_OK
 
 
 def _extra_metrics() -> tuple[MetricSpec, ...]:
@@ -69,6 +92,7 @@ def run_daemon(settings: Settings) -> int:
     from agent.runner import install_signal_handlers
 
     runner = _runner(settings, with_sinks=True)
+    prepare_state_dir(settings.state_dir)
 
     async def main() -> None:
         install_signal_handlers(runner)
@@ -124,6 +148,7 @@ def upload(settings: Settings) -> int:
 def _deliver_now(settings: Settings, *, tick_first: bool) -> int:
     """Drain every sink once (after one tick if asked); exit 0 only when nothing is left."""
     runner = _runner(settings, with_sinks=True)
+    prepare_state_dir(settings.state_dir)
     if not runner.sinks:
         print("agent: nothing to send to: telemetry is off or no sink is configured", file=sys.stderr)
         return EX_FAIL
@@ -212,6 +237,7 @@ def enqueue(settings: Settings, source: str) -> int:
     """``agent enqueue``: scrub a document, then spool it for delivery."""
     from agent.spool import Spool
 
+    prepare_state_dir(settings.state_dir)
     doc, code = _accepted_document(source)
     if doc is None:
         return code

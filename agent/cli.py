@@ -33,6 +33,12 @@ def _common() -> _Parser:
     """Options accepted before or after the command (CLI flags: the strongest settings source)."""
     common = _Parser(add_help=False)
     common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
+    common.add_argument(
+        "--no-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="read no settings file: embedded defaults, environment and flags only",
+    )
     common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help="seconds between ticks")
     common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="where the spool and state live")
     common.add_argument("--pop-id", default=argparse.SUPPRESS, help="this POP's id")
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("file", help="a file, or - for stdin")
     commands.add_parser("upload", parents=[common], help="drain the spool once, now")
     commands.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
+    commands.add_parser("check", parents=[common], help="every validation `agent run` does, without running")
     commands.add_parser("collectors", parents=[common], help="the collectors and sinks available")
     return parser
 
@@ -94,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(secrets=secrets_of(settings), level=getattr(args, "log_level", "info"))
         return handler(settings, args)
     except ConfigError as exc:
-        print(f"agent: configuration error: {exc}", file=sys.stderr)
+        if command == "check":
+            for problem in exc.problems:
+                print(f"error: {problem}")
+        else:
+            print(f"agent: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return EX_OK
@@ -109,6 +120,7 @@ def _stop_early(signum: int, frame: object) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from agent.errors import ConfigError
     from agent.settings import load_settings
 
     overrides = {
@@ -117,7 +129,11 @@ def _settings(args: argparse.Namespace) -> Any:
         "pop_id": getattr(args, "pop_id", None),
         "telemetry": getattr(args, "telemetry", None),
     }
-    return load_settings(getattr(args, "config", None), **overrides)
+    if getattr(args, "no_config", False) and getattr(args, "config", None) is not None:
+        raise ConfigError("--config and --no-config contradict each other")
+    return load_settings(
+        getattr(args, "config", None), use_system_file=not getattr(args, "no_config", False), **overrides
+    )
 
 
 def _cmd_run(settings: Any, args: argparse.Namespace) -> int:
@@ -163,10 +179,20 @@ def _cmd_upload(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_config(settings: Any, args: argparse.Namespace) -> int:
-    from agent.settings import masked_dump
+    from agent.settings import config_file_path, environment_used, masked_dump
 
+    path = config_file_path(getattr(args, "config", None), use_system_file=not getattr(args, "no_config", False))
+    # Where the settings came from goes to stderr, so stdout stays the configuration as JSON.
+    print(f"agent: config file: {path if path is not None else 'none (embedded defaults)'}", file=sys.stderr)
+    print(f"agent: environment: {', '.join(environment_used()) or 'none'}", file=sys.stderr)
     print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
     return EX_OK
+
+
+def _cmd_check(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import check
+
+    return check(settings)
 
 
 def _cmd_collectors(settings: Any, args: argparse.Namespace) -> int:
@@ -184,6 +210,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "enqueue": _cmd_enqueue,
     "upload": _cmd_upload,
     "config": _cmd_config,
+    "check": _cmd_check,
     "collectors": _cmd_collectors,
 }
 
