@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -302,73 +301,33 @@ def export(settings: Settings, out: Path | None) -> int:
 
 
 def status(settings: Settings, *, as_json: bool) -> int:
-    """``agent status``: the daemon's last word, and the spool as it is on disk now."""
-    from agent.runner import STATUS_FILE
-    from agent.state import read_json
+    """``agent status``: whether the daemon runs, its last word, and the spool as it is on disk now."""
+    from agent import status_report
 
     try:
         telemetry = "on" if telemetry_enabled(settings, edition()) else "off"
     except ConfigError:
         telemetry = "misconfigured"
-    report: dict[str, Any] = {"edition": edition(), "version": __version__, "telemetry": telemetry}
-    daemon = read_json(settings.state_dir / STATUS_FILE)
-    try:
-        spool = _readonly_spool(settings)
-        stats = spool.stats()
-        spool.close()
-        report["spool"] = {
-            "pending": stats.pending,
-            "bytes": stats.bytes,
-            "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
-            "dropped_total": stats.dropped_total,
-            "quarantined_total": stats.quarantined_total,
-            "rejected_total": stats.rejected_total,
-        }
-    except SpoolError as exc:
-        report["spool"] = {"error": exc.code}
-    if daemon:
-        report["daemon"] = {
-            "updated_age_s": round(time.time() - float(daemon.get("updated", 0)), 1),
-            "pid": daemon.get("pid"),
-        }
-        for key in ("sinks", "collectors", "health", "counters"):
-            if key in daemon:
-                report[key] = daemon[key]
-    if as_json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(_render_status(report))
-    return EX_OK
-
-
-def _render_status(report: dict[str, Any]) -> str:
-    lines = [f"edition: {report['edition']}  version: {report['version']}  telemetry: {report['telemetry']}"]
-    spool = report.get("spool", {})
-    if "error" in spool:
-        lines.append(f"spool: unreadable ({spool['error']})")
-    else:
-        lines.append(
-            f"spool: {spool['pending']} pending, {spool['bytes']} bytes, oldest {spool['oldest_age_s']} s; "
-            f"dropped {spool['dropped_total']}, quarantined {spool['quarantined_total']}, "
-            f"rejected {spool['rejected_total']}"
-        )
-    daemon = report.get("daemon")
-    lines.append(
-        f"daemon: last status {daemon['updated_age_s']} s ago (pid {daemon['pid']})" if daemon else "daemon: no status"
-    )
-    for name, sink in report.get("sinks", {}).items():
-        last_ack = sink.get("last_ack")
-        ack = f"{round(time.time() - last_ack, 1)} s ago" if last_ack else "never"
-        lines.append(
-            f"sink {name}: last ack {ack}, consecutive failures {sink['consecutive_failures']}"
-            + (f", failing: {sink['last_failure']}" if sink.get("last_failure") else "")
-        )
-    health = report.get("health")
-    if health:
-        lines.append("health: " + ", ".join(f"{k}={v}" for k, v in sorted(health.items())))
-    for name, collector in report.get("collectors", {}).items():
-        lines.append(f"collector {name}: {collector['status']} (errors {collector['errors_total']})")
-    return "\n".join(lines)
+    base: dict[str, Any] = {"edition": edition(), "version": __version__, "telemetry": telemetry}
+    daemon = status_report.inspect(settings.state_dir)
+    if daemon.state != "never started":
+        try:
+            spool = _readonly_spool(settings)
+            stats = spool.stats()
+            spool.close()
+            base["spool"] = {
+                "pending": stats.pending,
+                "bytes": stats.bytes,
+                "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
+                "dropped_total": stats.dropped_total,
+                "quarantined_total": stats.quarantined_total,
+                "rejected_total": stats.rejected_total,
+            }
+        except SpoolError as exc:
+            base["spool"] = {"error": exc.code}
+    report = status_report.report(daemon, settings.state_dir, base)
+    print(status_report.render(report, as_json))
+    return status_report.exit_code(daemon)
 
 
 def list_plugins(settings: Settings) -> int:

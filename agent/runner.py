@@ -107,6 +107,7 @@ class Runner:
         self.health = Health.from_settings(settings)
         self.hooks = AlertHooks(self.health)
         self._hook_session: Any = None
+        self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
 
     # -- start-up and shutdown -------------------------------------------------------------
 
@@ -361,7 +362,9 @@ class Runner:
 
     async def run(self) -> None:
         """Tick until asked to stop, then shut down within the shutdown deadline."""
+        self.daemon = True
         await self.start()
+        await self._spool_call(self.write_status)  # `agent status` knows it runs before its first tick
         # Everything imported and built so far lives as long as the process. Frozen,
         # it is no longer walked by every full collection, which the reference cycles
         # a delivery leaves (aiohttp's) trigger: that walk cost more CPU per tick than
@@ -459,6 +462,7 @@ class Runner:
             "telemetry": "on" if self.telemetry else "off",
             "updated": time.time(),
             "pid": _pid(),
+            "daemon": self.daemon,
             "spool": {
                 "pending": stats.pending,
                 "bytes": stats.bytes,

@@ -207,17 +207,17 @@ def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
     assert result.stdout.strip() == "pop-agent 0.1.0 (community)"
 
 
-def test_status_on_a_fresh_machine(run_agent: RunAgent) -> None:
-    """`agent status` before the daemon ever ran: exit 0, an empty spool, no daemon yet."""
+def test_status_on_a_fresh_machine(run_agent: RunAgent, tmp_path: Path) -> None:
+    """`agent status` before the daemon ever ran: exit 3, no daemon, and the state directory it looked in."""
     text = run_agent("status")
-    assert text.returncode == 0, text.stderr
+    assert text.returncode == 3, text.stderr
     assert "telemetry: off" in text.stdout
-    assert "daemon: no status" in text.stdout
+    assert f"daemon: never started with state dir {tmp_path / 'state'}" in text.stdout
     as_json = run_agent("status", "--json")
-    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.returncode == 3, as_json.stderr
     report = json.loads(as_json.stdout)
     assert report["edition"] == "community"
-    assert report["spool"]["pending"] == 0
+    assert {"state": "never started", "state_dir": str(tmp_path / "state")} == report["daemon"]
 
 
 def test_export_and_enqueue_round_trip(run_agent: RunAgent, tmp_path: Path) -> None:
