@@ -100,10 +100,12 @@ def run_daemon(settings: Settings) -> int:
     try:
         threads.run(main())
     except SpoolError as exc:
+        from agent.logs import error_line
+
         if exc.code == "locked":
-            print(f"agent: another agent is running on {settings.state_dir}", file=sys.stderr)
+            error_line(f"agent: another agent is running on {settings.state_dir}")
             return EX_TEMPFAIL
-        print(f"agent: cannot open the spool in {settings.state_dir}: {exc.code}", file=sys.stderr)
+        error_line(f"agent: cannot open the spool in {settings.state_dir}: {exc.code}")
         return EX_FAIL
     return EX_OK
 

@@ -105,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for problem in exc.problems:
                 print(f"error: {problem}")
         else:
-            print(f"agent: configuration error: {exc}", file=sys.stderr)
+            from agent.logs import error_line
+
+            error_line(f"agent: configuration error: {exc}")
         return EX_CONFIG
     except KeyboardInterrupt:
         return EX_OK
