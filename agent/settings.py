@@ -207,7 +207,15 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    pop_id: str = Field(default_factory=default_pop_id, pattern=POP_ID_PATTERN, description="This POP's id.")
+    pop_id: str = Field(
+        default_factory=default_pop_id,
+        pattern=POP_ID_PATTERN,
+        description=(
+            "This POP's id. Default: the host name as a slug; a host name the scrubber refuses (ip-10-1-2-3) "
+            "gives pop- and 12 hex digits derived from /etc/machine-id instead. An explicit id the scrubber "
+            "refuses is a configuration error."
+        ),
+    )
     interval: float = Field(10.0, ge=0.1, le=86_400, description="Seconds between ticks.")
     state_dir: Path = Field(default_factory=default_state_dir, description="Where the spool and state live.")
     telemetry: Literal["on", "off"] | None = Field(
