@@ -130,9 +130,10 @@ def once(settings: Settings) -> int:
             print(f"agent: heartbeat rejected: {line}", file=sys.stderr)
         return EX_FAIL
     print(json.dumps(doc, indent=2))
-    failed = sorted(name for name, status in statuses.items() if status != "ok")
-    for name in failed:
-        print(f"agent: collector {name}: {statuses[name]}", file=sys.stderr)
+    # The slot's own status: "missing" for a configured path that is not there, where the heartbeat says "error".
+    failed = sorted((slot.name, slot.stats.status) for slot in runner.collectors if statuses[slot.name] != "ok")
+    for name, status_ in failed:
+        print(f"agent: collector {name}: {status_}", file=sys.stderr)
     return EX_FAIL if failed else EX_OK
 
 

@@ -3,14 +3,21 @@
 The runner owns timeouts and per-collector state, so collectors stay tiny. A
 collector still running from an earlier tick is not started again (its work is
 in a thread that cannot be cancelled); it reports ``busy`` until it finishes.
+
+A collector configured with a path that does not exist (an access log, a vault
+store) is not run: ``agent status`` shows it ``missing``, the log says so once
+(``collector_failed`` with code ``missing``), and the heartbeat, whose schema
+keeps its four statuses, says ``error``, so central sees it unhealthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -20,6 +27,7 @@ from agent.sample import MetricSpec, Sample
 log = structlog.get_logger("agent.collectors")
 
 OK, ERROR, TIMEOUT, BUSY = "ok", "error", "timeout", "busy"
+MISSING = "missing"  # a local status only: the heartbeat says ERROR
 
 
 @dataclass
@@ -35,8 +43,9 @@ class CollectorStats:
 class CollectorSlot:
     """One collector with its in-flight task, timeout and stats."""
 
-    def __init__(self, collector: object, timeout: float) -> None:
+    def __init__(self, collector: object, timeout: float, paths: Sequence[Path] = ()) -> None:
         self.collector = collector
+        self.paths = tuple(paths)
         self.name: str = collector.name  # type: ignore[attr-defined]
         self.metrics: tuple[MetricSpec, ...] = collector.metrics  # type: ignore[attr-defined]
         self.timeout = timeout
@@ -47,6 +56,11 @@ class CollectorSlot:
         """Collect once: ``(status, samples)`` with status ``ok``, ``error``, ``timeout`` or ``busy``."""
         if self._task is not None and not self._task.done():
             return self._settle(BUSY, ())
+        if self.paths:
+            missing = await asyncio.to_thread(_any_missing, self.paths)
+            if missing:
+                self._settle(MISSING, (), MISSING)
+                return ERROR, ()
         if self._task is not None and not self._task.cancelled():
             self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
         self._task = asyncio.ensure_future(self.collector.collect())  # type: ignore[attr-defined]
@@ -91,6 +105,18 @@ class CollectorSlot:
                 await close()
             except Exception:  # shutdown goes on whatever one plugin does
                 log.warning("collector_close_failed", collector=self.name)
+
+
+def _any_missing(paths: Sequence[Path]) -> bool:
+    """Whether a path is not there at all; one that is there but unreadable is the collector's to report."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            continue
+    return False
 
 
 async def collect_all(slots: Sequence[CollectorSlot]) -> tuple[list[Sample], dict[str, str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from typing import Any, Literal
 from agent.collecting import CollectorSlot
 from agent.edition import Edition
 from agent.errors import ConfigError
-from agent.settings import Settings
+from agent.settings import Settings, configured_paths
 from agent.wiring import allowed_metrics, build_collectors, build_sinks, telemetry_enabled
 
 Level = Literal["error", "warning"]
@@ -78,30 +77,10 @@ def wire(
     return wiring
 
 
-def configured_paths(settings: Settings) -> Iterator[tuple[str, Path]]:
-    """Every path the collectors are configured to read, by setting name."""
-    disabled = set(settings.collectors.disabled)
-    collectors = settings.collectors
-    if "vaults" not in disabled:
-        yield from _named("collectors.vaults", {"path": collectors.vaults.path, "sqlite": collectors.vaults.sqlite})
-    if "requests" not in disabled:
-        requests = collectors.requests
-        yield from _named("collectors.requests", {"access_log": requests.access_log, "tarpit_log": requests.tarpit_log})
-    if "janitor" not in disabled:
-        for index, directory in enumerate(collectors.janitor.dirs):
-            yield f"collectors.janitor.dirs[{index}]", directory
-
-
-def _named(section: str, paths: dict[str, Path | None]) -> Iterator[tuple[str, Path]]:
-    for key, path in paths.items():
-        if path is not None:
-            yield f"{section}.{key}", path
-
-
 def missing_paths(settings: Settings) -> list[str]:
     """A line for each configured path that does not exist or cannot be read by this process."""
     lines = []
-    for name, path in configured_paths(settings):
+    for _, name, path in configured_paths(settings):
         if not path.exists():
             lines.append(f"{name} {path}: does not exist (the collector reports 'missing' until it does)")
         elif not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):

@@ -190,6 +190,20 @@ def default_pop_id(hostname: str | None = None, machine_id_file: Path = MACHINE_
     return "pop-" + hmac.new(machine_id, _POP_ID_APP_KEY, hashlib.sha256).hexdigest()[:12]
 
 
+def configured_paths(settings: Settings) -> list[tuple[str, str, Path]]:
+    """Every path a built-in collector is configured to read: ``(collector, setting, path)``."""
+    collectors = settings.collectors
+    candidates = [
+        ("vaults", "collectors.vaults.path", collectors.vaults.path),
+        ("vaults", "collectors.vaults.sqlite", collectors.vaults.sqlite),
+        ("requests", "collectors.requests.access_log", collectors.requests.access_log),
+        ("requests", "collectors.requests.tarpit_log", collectors.requests.tarpit_log),
+        *(("janitor", f"collectors.janitor.dirs[{i}]", path) for i, path in enumerate(collectors.janitor.dirs)),
+    ]
+    disabled = set(collectors.disabled)
+    return [(name, key, path) for name, key, path in candidates if path is not None and name not in disabled]
+
+
 def default_state_dir() -> Path:
     """``$STATE_DIRECTORY`` (set by systemd's StateDirectory=), else ``./.pop-agent``."""
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
