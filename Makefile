@@ -3,18 +3,26 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# `make run` needs the agent and its runtime libraries only; the development tools come with `make test`.
+RUN_STAMP := $(VENV)/.installed-run
 # The log scan's C module, built in place for the interpreter the venv is made from.
 HLLSCAN := collectors/_hllscan$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup run once test lint typecheck pytest bench soak schema clean
 
-$(STAMP): pyproject.toml
+$(PYTHON):
 	@$(PY) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PY) lacks venv/ensurepip: apt-get install python3-venv" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+
+$(RUN_STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --quiet -e .
 	@touch $@
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
 
 # Rebuilt when its source changes; without a C compiler or Python headers, a notice and the log scan runs in pure Python.
 $(HLLSCAN): collectors/_hllscan.c hatch_build.py | $(STAMP)
@@ -23,12 +31,13 @@ $(HLLSCAN): collectors/_hllscan.c hatch_build.py | $(STAMP)
 setup: $(STAMP) $(HLLSCAN)
 
 ## The daemon in the foreground on embedded defaults: community edition, state in ./.pop-agent/.
-run: setup
-	$(VENV)/bin/agent run
+## --no-config: no /etc/pop-agent/agent.toml, nor $$POP_AGENT_CONFIG's file; POP_AGENT_* variables still apply.
+run: $(RUN_STAMP)
+	$(VENV)/bin/agent run --no-config
 
 ## One heartbeat on stdout.
-once: setup
-	$(VENV)/bin/agent --once
+once: $(RUN_STAMP)
+	$(VENV)/bin/agent --once --no-config
 
 test: setup lint typecheck pytest
 

@@ -29,27 +29,65 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _common() -> _Parser:
-    """Options accepted before or after the command (CLI flags: the strongest settings source)."""
+def _common(*, hidden: bool = False) -> _Parser:
+    """Options accepted before or after the command (CLI flags: the strongest settings source).
+
+    ``hidden``: accepted, but left out of a command's own help, which points to ``agent --help`` instead.
+    """
+
+    def shown(text: str) -> str:
+        return argparse.SUPPRESS if hidden else text
+
     common = _Parser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
+    common.add_argument(
+        "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help=shown("TOML settings file")
+    )
     common.add_argument(
         "--no-config",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="read no settings file: embedded defaults, environment and flags only",
+        help=shown("read no settings file, not even POP_AGENT_CONFIG's: embedded defaults, environment, flags"),
     )
-    common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help="seconds between ticks")
-    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="where the spool and state live")
-    common.add_argument("--pop-id", default=argparse.SUPPRESS, help="this POP's id")
-    common.add_argument("--telemetry", choices=("on", "off"), default=argparse.SUPPRESS, help="let heartbeats leave")
-    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
+    common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help=shown("seconds between ticks"))
+    common.add_argument(
+        "--state-dir", type=Path, default=argparse.SUPPRESS, help=shown("where the spool and state live")
+    )
+    common.add_argument("--pop-id", default=argparse.SUPPRESS, help=shown("this POP's id"))
+    common.add_argument(
+        "--telemetry", choices=("on", "off"), default=argparse.SUPPRESS, help=shown("let heartbeats leave")
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help=shown("least important log lines shown (default info)"),
+    )
     return common
 
 
+def _document(commands: Any) -> None:
+    """Give every command its description, exit codes, environment and example."""
+    from agent.cli_help import HELP, epilog
+
+    for name, sub in commands.choices.items():
+        if name in HELP:
+            sub.description = HELP[name].description
+            sub.epilog = epilog(name)
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = _Parser(prog="agent", description="pop-agent: the POP heartbeat agent.", parents=[common])
+    """The ``agent`` command line: global options, then one sub-parser per command."""
+    from agent.cli_help import MAIN_EPILOG
+
+    parser = _Parser(
+        prog="agent",
+        description="pop-agent: the POP heartbeat agent. Without a command: run the daemon.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    common = _common(hidden=True)
     parser.add_argument("--version", action="store_true", help="print version and edition")
     parser.add_argument("--once", action="store_true", help="one tick: print the heartbeat; no spool, no network")
     parser.add_argument("--push", action="store_true", help="with --once: one tick through the spool and the sinks")
@@ -67,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
     commands.add_parser("check", parents=[common], help="every validation `agent run` does, without running")
     commands.add_parser("collectors", parents=[common], help="the collectors and sinks available")
+    _document(commands)
     return parser
 
 

@@ -280,18 +280,18 @@ class Settings(BaseSettings):
 
 
 def config_file_path(explicit: Path | None, *, use_system_file: bool = True) -> Path | None:
-    """``--config``, else ``$POP_AGENT_CONFIG``, else the system file if it exists (and may be used).
+    """``--config``, else ``$POP_AGENT_CONFIG``, else the system file if it exists.
 
-    An empty ``POP_AGENT_CONFIG`` or ``--no-config`` (``use_system_file=False``)
-    means no file at all: the embedded defaults, whatever is in ``/etc``.
+    ``--no-config`` (``use_system_file=False``) means no file at all, and so does
+    an empty ``POP_AGENT_CONFIG``: the embedded defaults, whatever is in ``/etc``.
     """
     if explicit is not None:
         return explicit
+    if not use_system_file:
+        return None
     if CONFIG_ENV in os.environ:
         from_env = os.environ[CONFIG_ENV]
         return Path(from_env) if from_env else None
-    if not use_system_file:
-        return None
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
 
 

@@ -109,11 +109,14 @@ def test_config_names_its_file_and_environment(run_agent: RunAgent, tmp_path: Pa
     assert "tk_secret-value" not in result.stdout + result.stderr
 
 
-def test_no_config_reads_no_file(run_agent: RunAgent) -> None:
-    """With --no-config not even POP_AGENT_CONFIG's file is read: embedded defaults."""
-    result = run_agent("--no-config", "config", POP_AGENT_CONFIG="")
+def test_no_config_reads_no_file(run_agent: RunAgent, tmp_path: Path) -> None:
+    """With --no-config not even the file POP_AGENT_CONFIG names is read: embedded defaults."""
+    named = tmp_path / "named.toml"
+    named.write_text("interval = 7\n")
+    result = run_agent("--no-config", "config", POP_AGENT_CONFIG=str(named))
     assert 0 == result.returncode
     assert "agent: config file: none (embedded defaults)" == result.stderr.splitlines()[0]
+    assert 10.0 == json.loads(result.stdout)["interval"]
 
 
 def test_unknown_environment_variable_is_78_with_a_suggestion(run_agent: RunAgent) -> None:
