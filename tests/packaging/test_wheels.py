@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import re
@@ -439,7 +440,9 @@ def test_make_install_stages_under_destdir_and_keeps_operator_files(tree: Path, 
     assert (conf / "agent.toml").read_text() == (tree / "systemd" / "agent.toml").read_text()
     assert (destdir / "opt" / "pop-agent" / "share" / "doc" / "pop-agent" / "operations.md").is_file()
     modes = {name: (conf / name).stat().st_mode & 0o777 for name in ("agent.toml", "pop-agent.env", "central-token")}
-    assert modes == {"agent.toml": 0o644, "pop-agent.env": 0o600, "central-token": 0o600}
+    # Every file that may hold a token is 0640 or tighter; agent.toml is readable by the unit's group adm.
+    assert modes == {"agent.toml": 0o640, "pop-agent.env": 0o600, "central-token": 0o600}
+    assert grp.getgrgid((conf / "agent.toml").stat().st_gid).gr_name == "adm"
 
     (conf / "agent.toml").write_text('pop_id = "ams1"\n')
     subprocess.run([*make, "install"], cwd=tree, check=True, capture_output=True)
