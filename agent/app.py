@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -150,10 +153,10 @@ def upload(settings: Settings) -> int:
 def _deliver_now(settings: Settings, *, tick_first: bool) -> int:
     """Drain every sink once (after one tick if asked); exit 0 only when nothing is left."""
     runner = _runner(settings, with_sinks=True)
-    prepare_state_dir(settings.state_dir)
     if not runner.sinks:
         print("agent: nothing to send to: telemetry is off or no sink is configured", file=sys.stderr)
         return EX_FAIL
+    prepare_state_dir(settings.state_dir)
 
     async def main() -> bool:
         await runner.start()
@@ -191,16 +194,26 @@ def _with_spool_errors(settings: Settings, body: Any) -> int:
     return result
 
 
+MAX_DOCUMENT_BYTES = 1_048_576  # a heartbeat is a few KiB; past this, input to scrub or enqueue is refused unread
+
+
 def _read_document(source: str) -> tuple[Any, str | None]:
-    """The JSON document in ``source`` (a path or ``-``), or an error line."""
+    """The JSON document in ``source`` (a path or ``-``), or an error line.
+
+    A path is opened without blocking and must be a regular file, so a FIFO
+    with no writer cannot hang the command; at most :data:`MAX_DOCUMENT_BYTES`
+    are read from either.
+    """
     try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        raw = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1) if source == "-" else _read_regular(Path(source))
     except FileNotFoundError:
         return None, f"{source}: no such file"
     except IsADirectoryError:
         return None, f"{source}: is a directory"
     except OSError as exc:
         return None, f"{source}: cannot read ({exc.strerror})"
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        return None, f"{source}: larger than {MAX_DOCUMENT_BYTES} bytes"
     try:
         return json.loads(raw), None
     except UnicodeDecodeError:
@@ -210,6 +223,19 @@ def _read_document(source: str) -> tuple[Any, str | None]:
         return None, f"{source}: not JSON: {str(exc).split(':', 1)[-1].strip()}"
     except RecursionError:
         return None, f"{source}: not JSON: nested too deeply"
+
+
+def _read_regular(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(MAX_DOCUMENT_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _accepted_document(source: str) -> tuple[Any, int]:

@@ -366,6 +366,8 @@ def check_state_dir_shape(path: Path) -> None:
         except OSError as exc:
             raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: cannot be read ({exc.strerror})") from None
         if stat.S_ISDIR(mode):
+            if probe == path and not os.access(path, os.R_OK | os.X_OK):
+                raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: not readable by this user")
             return
         where = "is a file" if probe == path else f"lies under {probe}, which is not a directory"
         raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: {where}")
