@@ -90,6 +90,7 @@ class Runner:
         self.state_dir = settings.state_dir
         self.counters = Counters()
         self.sink_state = {sink.name: SinkState() for sink in self.sinks}
+        self._passes_done = {sink.name: asyncio.Event() for sink in self.sinks}  # set when a delivery pass ends
         spool_settings = settings.spool
         if not self.sinks:
             bound = min(spool_settings.max_files, spool_settings.local_max_files)
@@ -247,6 +248,8 @@ class Runner:
 
     async def _safe_tick(self) -> dict[str, Any] | None:
         """A tick whose own failure is logged once and skipped: the daemon keeps its rhythm."""
+        for done in self._passes_done.values():
+            done.clear()
         try:
             doc = await self.tick()
         except Exception as exc:  # a bug in one tick must not stop the agent
@@ -257,8 +260,23 @@ class Runner:
         if self._tick_failing:
             log.info("tick_recovered")
             self._tick_failing = False
+        await self._await_passes()
         self.hooks.push()
         return doc
+
+    async def _await_passes(self) -> None:
+        """Let the delivery passes this tick woke finish (briefly) before Kuma hears how delivery is.
+
+        Pushed at once, the tick would report the state from before its own
+        delivery: ``down`` on the very tick delivery recovered.
+        """
+        if self.settings.kuma_push_url is None or not self._passes_done:
+            return
+        bound = min(self.settings.interval / 2, self.settings.alerts.hook_timeout)
+        waits = [asyncio.ensure_future(done.wait()) for done in self._passes_done.values()]
+        _, pending = await asyncio.wait(waits, timeout=bound)
+        for waiter in pending:
+            waiter.cancel()
 
     async def _own_samples(self) -> list[Sample]:
         stats = await self._spool_call(self._incoming_and_stats)
@@ -357,6 +375,7 @@ class Runner:
                 state.record(sink.name, Delivery(failure=code), 0.0)
             finally:
                 self._deadlines.discard(deadline)
+                self._passes_done[sink.name].set()
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
-from agent.health import AlarmKind, HookStatus, OutageEvent, OutageStarted, fixed_code
+from agent.health import AlarmKind, HookStatus, OutageEnded, OutageEvent, OutageStarted, fixed_code
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -35,13 +35,68 @@ _STARTED_TITLE = {
     AlarmKind.SPOOL: "{pop}: spool about to overflow",
 }
 _STARTED_BODY = {
-    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats to central for {duration}.",
+    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats for {duration}.",
     AlarmKind.COLLECTORS: "Every collector on POP {pop} has failed for {duration}.",
     AlarmKind.SPOOL: "The spool on POP {pop} is about to overflow; the oldest heartbeats are dropped when it does.",
 }
-_STARTED_TAIL = "Failure: {failure}\nBacklog: {backlog} heartbeats in the spool."
+_STARTED_TAIL = "Cause: {cause} ({failure}).\n{backlog} held in the spool on the POP{reassurance}."
+_REASSURANCE = {AlarmKind.DELIVERY: "; nothing is lost while the spool has room"}
 _ENDED_TITLE = "{pop}: {what} recovered"
-_ENDED_BODY = "POP {pop}: {what} is back after {duration}.\nBacklog: {backlog} heartbeats in the spool, {drain}."
+_ENDED_BODY = {
+    AlarmKind.DELIVERY: "POP {pop} delivers heartbeats again, after an outage of {duration}.",
+    AlarmKind.COLLECTORS: "POP {pop}: collectors report again, after an outage of {duration}.",
+    AlarmKind.SPOOL: "POP {pop}: the spool is below 80% again, after {duration}.",
+}
+
+# What each fixed failure code means, for a person reading the alert; the code itself is kept in brackets.
+_CAUSES = {
+    "auth": "{sink} refuses the POP's token (HTTP 401 or 403)",
+    "connect": "{sink} cannot be reached",
+    "dns": "{sink}'s host name does not resolve",
+    "tls": "the TLS connection to {sink} fails",
+    "timeout": "{sink} does not answer in time",
+    "disconnected": "{sink} drops the connection",
+    "deadline": "delivery to {sink} runs out of time",
+    "all_collectors_failed": "every collector fails",
+    "spool_near_full": "the spool is over 90% full",
+    "spool_dropping": "the spool is full and the oldest heartbeats are dropped",
+}
+_SINKS = ("remote_write", "pushgateway", "central", "loki")  # longest first: "remote_write" holds an underscore
+_HTTP = re.compile(r"http_([1-5][0-9][0-9])", re.ASCII)
+
+
+def describe_failure(code: str) -> str:
+    """A failure code (``central_http_503``, ``loki_connect``) in words, from fixed phrases only."""
+    sink, rest = "the receiver", code
+    for name in _SINKS:
+        if code.startswith(name + "_"):
+            sink, rest = name, code[len(name) + 1 :]
+            break
+    http = _HTTP.fullmatch(rest)
+    if http:
+        return f"{sink} answers HTTP {http.group(1)}"
+    phrase = _CAUSES.get(rest)
+    return phrase.format(sink=sink) if phrase else "a failure without a known cause"
+
+
+def _heartbeats(count: int) -> str:
+    return "1 heartbeat" if count == 1 else f"{count} heartbeats"
+
+
+def _drain(event: OutageEnded) -> str:
+    """What became of the heartbeats held back during the outage."""
+    backlog = max(0, int(event.backlog))
+    if event.kind is not AlarmKind.DELIVERY and backlog == 0:
+        return "Nothing is waiting in the spool."
+    if backlog == 0:
+        return "Every heartbeat held back during the outage has been delivered; nothing is waiting."
+    if event.drain_per_s is None or event.drain_per_s <= 0:
+        return f"{_heartbeats(backlog)} held back during the outage are waiting and being delivered now."
+    rate = float(event.drain_per_s)
+    return (
+        f"{_heartbeats(backlog)} held back during the outage are still waiting, delivered at {rate:.1f} per second: "
+        f"about {format_duration(backlog / rate)} to go."
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -61,17 +116,17 @@ def render(event: OutageEvent) -> tuple[str, str, str, str]:
     tags = f"{{emoji}},pop-agent,{kind}"
     if isinstance(event, OutageStarted):
         body = _STARTED_BODY[kind].format(pop=pop, duration=format_duration(event.at - event.since))
-        tail = _STARTED_TAIL.format(failure=fixed_code(event.failure), backlog=max(0, int(event.backlog)))
+        failure = fixed_code(event.failure)
+        tail = _STARTED_TAIL.format(
+            cause=describe_failure(failure),
+            failure=failure,
+            backlog=_heartbeats(max(0, int(event.backlog))),
+            reassurance=_REASSURANCE.get(kind, ""),
+        )
         return _STARTED_TITLE[kind].format(pop=pop), "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
-    if event.drain_per_s is None:
-        drain = "drain rate not yet known"
-    else:
-        drain = f"draining at {float(event.drain_per_s):.1f} per second"
-    what = _WHAT[kind]
-    body = _ENDED_BODY.format(
-        pop=pop, what=what, duration=format_duration(event.duration_s), backlog=max(0, int(event.backlog)), drain=drain
-    )
-    return _ENDED_TITLE.format(pop=pop, what=what), "default", tags.format(emoji="white_check_mark"), body
+    body = _ENDED_BODY[kind].format(pop=pop, duration=format_duration(event.duration_s))
+    title = _ENDED_TITLE.format(pop=pop, what=_WHAT[kind])
+    return title, "default", tags.format(emoji="white_check_mark"), f"{body}\n{_drain(event)}"
 
 
 def failure_code(exc: BaseException) -> str:
