@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,13 +19,13 @@ from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.plugins import collector_refs, sink_refs
-from agent.preflight import ERROR, Finding, prepare_state_dir, wire
+from agent.preflight import ERROR, Finding, Wiring, prepare_state_dir, wire
 from agent.sample import MetricSpec
 from agent.scrubber import describe, scrub
 from agent.settings import Settings
 from agent.state import drop_incoming
 from agent.version import __version__
-from agent.wiring import AGENT_METRICS, allowed_metrics, telemetry_enabled
+from agent.wiring import AGENT_METRICS, telemetry_enabled
 
 log = structlog.get_logger("agent")
 
@@ -45,10 +46,15 @@ def _runner(settings: Settings, *, with_sinks: bool) -> Any:
         version=__version__,
         telemetry=wiring.telemetry,
         collectors=wiring.collectors,
-        allowed=allowed_metrics(wiring.collectors, _extra_metrics()),
+        allowed=wiring.allowed,
         backlog_allowed=declared_metrics(),
         sinks=wiring.sinks,
     )
+
+
+def _rewire(settings: Settings) -> tuple[Settings, Wiring]:
+    """New settings and the parts built from them, through the same wiring as at start-up (for a reload)."""
+    return settings, wire(settings, edition(), extra_metrics=_extra_metrics())
 
 
 def check(settings: Settings) -> int:
@@ -89,12 +95,14 @@ def declared_metrics() -> dict[str, MetricSpec]:
     return {spec.name: spec for spec in specs}
 
 
-def run_daemon(settings: Settings) -> int:
-    """``agent run``: tick until SIGTERM/SIGINT, then stop cleanly."""
+def run_daemon(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """``agent run``: tick until SIGTERM/SIGINT, then stop cleanly; on SIGHUP, ``load`` the settings again."""
     from agent.runner import install_signal_handlers
 
     runner = _runner(settings, with_sinks=True)
     prepare_state_dir(settings.state_dir)
+    if load is not None:
+        runner.rebuild = lambda: _rewire(load())
 
     async def main() -> None:
         install_signal_handlers(runner)

@@ -180,7 +180,9 @@ def _settings(args: argparse.Namespace) -> Any:
 def _cmd_run(settings: Any, args: argparse.Namespace) -> int:
     from agent.app import run_daemon
 
-    return run_daemon(settings)
+    # Until the daemon's own handler is in place, a SIGHUP (a reload sent too early) must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return run_daemon(settings, load=lambda: _settings(args))
 
 
 def _cmd_once(settings: Any, args: argparse.Namespace) -> int:

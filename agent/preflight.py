@@ -44,6 +44,7 @@ class Wiring:
     collectors: list[CollectorSlot] = field(default_factory=list)
     sinks: list[Any] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    allowed: dict[str, Any] = field(default_factory=dict)  # the scrubber's allowlist for these collectors
 
     @property
     def errors(self) -> list[Finding]:
@@ -65,7 +66,7 @@ def wire(
         wiring.findings.extend(Finding(ERROR, problem) for problem in exc.problems)
     try:
         wiring.collectors = build_collectors(settings)
-        allowed_metrics(wiring.collectors, extra_metrics)
+        wiring.allowed = allowed_metrics(wiring.collectors, extra_metrics)
     except ConfigError as exc:
         wiring.findings.extend(Finding(ERROR, problem) for problem in exc.problems)
     if with_sinks and wiring.telemetry:

@@ -108,6 +108,10 @@ class Runner:
         self.health = Health.from_settings(settings)
         self.hooks = AlertHooks(self.health)
         self._hook_session: Any = None
+        self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
+        self.rebuild: Any = None  # set by the daemon: settings and parts built anew, for SIGHUP
+        self._delivery: list[asyncio.Task[None]] = []
+        self._reload_task: asyncio.Task[bool] | None = None
         self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
 
     # -- start-up and shutdown -------------------------------------------------------------
@@ -117,7 +121,11 @@ class Runner:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self._spool_call(self.spool.open)
         self.backlog.vouch_above(max(heartbeat.uuid7(), await asyncio.to_thread(self._newest_spooled_id)))
-        self._start_hooks()
+        self.start_hooks()
+        self.load_collector_state()
+
+    def load_collector_state(self) -> None:
+        """Give each collector the state it saved (log offsets, sketches), at start and after a reload."""
         for slot in self.collectors:
             load = getattr(slot.collector, "load_state", None)
             stored = read_json(self.state_dir / COLLECTOR_STATE_DIR / f"{slot.name}.json")
@@ -127,8 +135,9 @@ class Runner:
                 except Exception:  # a stale or foreign state file must not stop the agent
                     log.warning("collector_state_ignored", collector=slot.name)
 
-    def _start_hooks(self) -> None:
+    def start_hooks(self) -> None:
         """Alert hooks (ntfy, Kuma) share one short-lived-connection session; unset means off."""
+        self.hooks = AlertHooks(self.health)
         if self.settings.ntfy_alert_url is None and self.settings.kuma_push_url is None:
             return
         import aiohttp
@@ -179,6 +188,23 @@ class Runner:
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Read the configuration again and apply it between ticks (SIGHUP calls this)."""
+        from agent.reload import reload
+
+        if self.rebuild is None or self._stop.is_set():
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            return  # one under way reads the files after this signal anyway
+        self._reload_task = asyncio.ensure_future(reload(self, self.rebuild))
+
+    async def close_hooks(self) -> None:
+        """Let the alert hooks finish (briefly) and release their session."""
+        await self.hooks.aclose(self.settings.alerts.hook_timeout)
+        if self._hook_session is not None:
+            await self._hook_session.close()
+            self._hook_session = None
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Release hooks, collectors, sinks and the spool's thread."""
@@ -390,7 +416,7 @@ class Runner:
         # the delivery itself.
         gc.collect()
         gc.freeze()
-        delivery = [asyncio.create_task(self._deliver_loop(sink), name=f"sink-{sink.name}") for sink in self.sinks]
+        self.start_delivery()
         self.notifier.ready()
         log.info(
             "agent_started",
@@ -404,7 +430,28 @@ class Runner:
         try:
             await self._tick_loop()
         finally:
-            await self._shutdown(delivery)
+            await self._shutdown(self._delivery)
+
+    def start_delivery(self) -> None:
+        """One delivery loop per sink, woken at once so a backlog starts draining."""
+        self.sink_state = {sink.name: self.sink_state.get(sink.name) or SinkState() for sink in self.sinks}
+        self._passes_done = {sink.name: asyncio.Event() for sink in self.sinks}
+        self._delivery = [asyncio.create_task(self._deliver_loop(s), name=f"sink-{s.name}") for s in self.sinks]
+        for state in self.sink_state.values():
+            state.wake.set()
+
+    async def stop_delivery(self) -> None:
+        """End the delivery loops; a batch in flight stays spooled and is sent again."""
+        for task in self._delivery:
+            task.cancel()
+        for active in list(self._deadlines):
+            active.cap(0)
+        await asyncio.gather(*self._delivery, return_exceptions=True)
+        self._delivery = []
+
+    async def spool_call(self, func: Any, *args: Any) -> Any:
+        """Run ``func`` on the spool's own thread."""
+        return await self._spool_call(func, *args)
 
     async def _tick_loop(self) -> None:
         interval = self.settings.interval
@@ -414,7 +461,9 @@ class Runner:
             await self._sleep_until(next_tick)
             if self._stop.is_set():
                 return
-            doc = await self._safe_tick()
+            async with self.tick_lock:
+                doc = await self._safe_tick()
+                interval = self.settings.interval  # a reload may have changed it
             self._summary(doc)
             next_tick += interval
             now = time.monotonic()
@@ -453,6 +502,10 @@ class Runner:
 
     async def _shutdown(self, delivery: list[asyncio.Task[None]]) -> None:
         self.notifier.stopping()
+        if self._reload_task is not None:  # a stop wins over a reload still waiting for its turn
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
+            delivery = self._delivery
         deadline = Deadline(self.settings.shutdown_deadline)
         log.info("agent_stopping", deadline_s=self.settings.shutdown_deadline)
         for task in delivery:
@@ -552,7 +605,8 @@ def _pid() -> int:
 
 
 def install_signal_handlers(runner: Runner) -> None:
-    """SIGTERM and SIGINT ask the runner to stop cleanly."""
+    """SIGTERM and SIGINT ask the runner to stop cleanly; SIGHUP to reload its configuration."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runner.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, runner.request_reload)

@@ -68,6 +68,7 @@ def test_unit_directives_match_the_agent() -> None:
     assert directives["LoadCredential"] == ["central-token:/etc/pop-agent/central-token"]
     assert directives["StateDirectory"] == ["pop-agent"]
     assert directives["ExecStart"] == ["/opt/pop-agent/bin/agent run"]
+    assert directives["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "PREFIX ?= /opt/pop-agent" in (REPO / "mk" / "packaging.mk").read_text()
 
 
