@@ -2,16 +2,16 @@
 
 One tree, three wheels:
 
-- ``community`` (the default): ``pop-agent`` without the upload sinks, so the code
-  that could send a heartbeat anywhere does not exist in it.
-- ``commercial``: ``pop-agent`` with every sink, plus a generated ``agent/_build.py``
+- ``community`` (the default): ``pop-agent`` without ``sinks/``, so the code that
+  could send a heartbeat anywhere does not exist in it.
+- ``commercial``: ``pop-agent`` with ``sinks/``, plus a generated ``agent/_build.py``
   holding ``EDITION = "commercial"``.
 - ``upload``: the separate ``pop-agent-upload`` distribution (``packaging/upload``),
-  holding only the upload sinks and pinned to the same ``pop-agent`` version.
+  holding ``sinks/`` only and pinned to the same ``pop-agent`` version.
 
 The main project picks the edition from ``$POP_AGENT_BUILD_EDITION``; the upload
-project fixes it in its hook configuration. Which ``sinks`` entries are upload
-code is decided here and nowhere else: everything but :data:`BASE_SINKS`.
+project fixes it in its hook configuration. ``sinks/`` holds upload code and
+nothing else (the alert hooks live in ``alerts/``), so it goes whole or not at all.
 
 The community and commercial wheels also carry the C modules of :data:`NATIVE_MODULES`,
 compiled for the building interpreter, and are then tagged for its platform; where
@@ -38,8 +38,6 @@ from hatchling.metadata.plugin.interface import MetadataHookInterface
 
 EDITION_ENV = "POP_AGENT_BUILD_EDITION"
 EDITIONS = ("community", "commercial", "upload")
-# The sinks every edition ships: the contract, the retry policy and the local alert hooks.
-BASE_SINKS = frozenset({"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"})
 _SKIPPED = frozenset({"__pycache__"})
 # C modules with a pure-Python fallback: the module's path in the tree (its source is that plus ".c"),
 # and what runs in Python when it is not built.
@@ -52,24 +50,14 @@ def tree_root(project_root: str, config: dict[str, Any]) -> Path:
 
 
 def sinks_entries(tree: Path) -> list[Path]:
-    """Every module and subpackage of ``sinks``, sorted by name."""
+    """Every module and subpackage of ``sinks`` (the upload code), sorted by name."""
     return sorted(
         entry
         for entry in (tree / "sinks").iterdir()
         if entry.name not in _SKIPPED
         and not entry.name.startswith(".")
-        and (entry.is_dir() or entry.suffix == ".py" or entry.name in BASE_SINKS)
+        and (entry.is_dir() or entry.suffix == ".py" or entry.name == "py.typed")
     )
-
-
-def upload_entries(tree: Path) -> list[Path]:
-    """The ``sinks`` modules that deliver heartbeats off the machine."""
-    return [entry for entry in sinks_entries(tree) if entry.name not in BASE_SINKS]
-
-
-def base_entries(tree: Path) -> list[Path]:
-    """The ``sinks`` modules every edition ships."""
-    return [entry for entry in sinks_entries(tree) if entry.name in BASE_SINKS]
 
 
 def extension_suffix() -> str:
@@ -133,11 +121,7 @@ class EditionBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         if edition != "upload" and project != "pop-agent":
             raise ValueError(f"{project} is only built as the upload component")
 
-        chosen = {
-            "community": base_entries(tree),
-            "commercial": sinks_entries(tree),
-            "upload": upload_entries(tree),
-        }[edition]
+        chosen = [] if edition == "community" else sinks_entries(tree)
         if edition == "upload" and not chosen:
             raise ValueError("no upload sinks in this tree")
         force_include = build_data["force_include"]

@@ -79,7 +79,7 @@ def check(settings: Settings) -> int:
 
 
 def _extra_metrics() -> tuple[MetricSpec, ...]:
-    from agent.health import HEALTH_METRICS
+    from alerts.health import HEALTH_METRICS
 
     return tuple(HEALTH_METRICS)
 

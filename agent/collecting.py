@@ -23,8 +23,12 @@ import structlog
 
 from agent.errors import CollectorError
 from agent.sample import MetricSpec, Sample
+from agent.state import read_json, write_json
+from collectors.base import Closable, Collector, Persistent
 
 log = structlog.get_logger("agent.collectors")
+
+COLLECTOR_STATE_DIR = "collectors"  # under the state directory: one <name>.json per persistent collector
 
 OK, ERROR, TIMEOUT, BUSY = "ok", "error", "timeout", "busy"
 MISSING = "missing"  # a local status only: the heartbeat says ERROR
@@ -43,11 +47,11 @@ class CollectorStats:
 class CollectorSlot:
     """One collector with its in-flight task, timeout and stats."""
 
-    def __init__(self, collector: object, timeout: float, paths: Sequence[Path] = ()) -> None:
+    def __init__(self, collector: Collector, timeout: float, paths: Sequence[Path] = ()) -> None:
         self.collector = collector
         self.paths = tuple(paths)
-        self.name: str = collector.name  # type: ignore[attr-defined]
-        self.metrics: tuple[MetricSpec, ...] = collector.metrics  # type: ignore[attr-defined]
+        self.name: str = collector.name
+        self.metrics: tuple[MetricSpec, ...] = collector.metrics
         self.timeout = timeout
         self.stats = CollectorStats()
         self._task: asyncio.Task[Sequence[Sample]] | None = None
@@ -63,7 +67,7 @@ class CollectorSlot:
                 return ERROR, ()
         if self._task is not None and not self._task.cancelled():
             self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
-        self._task = asyncio.ensure_future(self.collector.collect())  # type: ignore[attr-defined]
+        self._task = asyncio.ensure_future(self.collector.collect())
         done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
         if not done:
             return self._settle(TIMEOUT, ())
@@ -95,14 +99,29 @@ class CollectorSlot:
                 log.warning("collector_failed", collector=self.name, status=status, code=code or status)
         return status, samples
 
+    def saved_state(self) -> dict[str, object] | None:
+        """The collector's state to keep across restarts (the ``Persistent`` ability), or ``None``."""
+        return self.collector.save_state() if isinstance(self.collector, Persistent) else None
+
+    def restore(self, directory: Path) -> None:
+        """Hand a ``Persistent`` collector the state saved in ``directory`` (blocking: a file read)."""
+        if not isinstance(self.collector, Persistent):
+            return
+        stored = read_json(directory / f"{self.name}.json")
+        if stored is None:
+            return
+        try:
+            self.collector.load_state(stored)
+        except Exception:  # a stale or foreign state file must not stop the agent
+            log.warning("collector_state_ignored", collector=self.name)
+
     async def aclose(self) -> None:
         """Release the collector's resources and forget a hung task."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        close = getattr(self.collector, "aclose", None)
-        if close is not None:
+        if isinstance(self.collector, Closable):
             try:
-                await close()
+                await self.collector.aclose()
             except Exception:  # shutdown goes on whatever one plugin does
                 log.warning("collector_close_failed", collector=self.name)
 
@@ -128,3 +147,27 @@ async def collect_all(slots: Sequence[CollectorSlot]) -> tuple[list[Sample], dic
         statuses[slot.name] = status
         samples.extend(got)
     return samples, statuses
+
+
+def saved_states(slots: Sequence[CollectorSlot]) -> dict[str, dict[str, object]]:
+    """Each persistent collector's state, taken on the event loop, where the collectors run."""
+    states = {}
+    for slot in slots:
+        try:
+            state = slot.saved_state()
+        except Exception:  # a plugin's bug costs its own state only
+            log.warning("collector_state_not_saved", collector=slot.name)
+            continue
+        if state is not None:
+            states[slot.name] = state
+    return states
+
+
+def write_states(directory: Path, states: dict[str, dict[str, object]]) -> None:
+    """Write each collector's state to ``directory/<name>.json`` (blocking: the spool's thread calls this)."""
+    for name, state in states.items():
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            write_json(directory / f"{name}.json", state)
+        except (OSError, TypeError, ValueError):
+            log.warning("collector_state_not_saved", collector=name)

@@ -1,33 +1,51 @@
-"""Delivery bookkeeping: each sink's state, and the second scrub of a spooled backlog.
+"""Delivery: one loop per sink that drains the spool to it, paced by its own backoff.
 
-The runner drains the spool to each sink on its own loop (``Runner.drain``); what
-that loop decides per batch lives here, apart from the loop's plumbing:
+Each sink's :class:`SinkLoop` takes the oldest heartbeats spooled for it, sends
+them, and settles the result in the spool (acknowledged, rejected, or kept). A
+pass ends when nothing is left, when its time budget runs out, or at the first
+failure. After a failure the loop waits out its :class:`~agent.pacing.Backoff`
+(wake-ups from ticks do not cut the wait short) and then tries again on its own,
+ticks or no ticks: a POP whose ticks fail (a full disk) still delivers its
+backlog as soon as the receiver answers. A send that acks nothing, rejects
+nothing and names no failure counts as the failure ``no_progress``, so a sink
+that stalls is paced like one that is down instead of being called in a loop.
 
-- :class:`SinkState`: what ``agent status`` shows of one sink, and the rule that
-  a failure or a recovery is logged once per transition, not once per batch.
-- :class:`BacklogScrubber`: which spooled heartbeats must be scrubbed again
-  before they leave. Heartbeats this process spooled were scrubbed on the way
-  in: their ids are time-ordered and above every id the spool held at start.
-  Anything else read from the spool (a backlog from before a restart, a file
-  dropped in by hand) is scrubbed again on its way out, so nothing reaches a
-  sink unscrubbed by these rules.
+:class:`SinkState` is what ``agent status`` shows of one sink, with the rule that
+a failure or a recovery is logged once per transition, not once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.errors import ScrubRejected
-from agent.sample import Delivery, MetricSpec, Pending
-from agent.scrubber import scrub
+from agent.backlog import BacklogScrubber
+from agent.deadline import Deadline
+from agent.file_thread import FileThread
+from agent.pacing import Backoff
+from agent.sample import Delivery
+from agent.spool import Spool, SpoolStats
+
+if TYPE_CHECKING:
+    # The contract lives with the upload code, which a community wheel does not ship.
+    from sinks.base import Sink
 
 log = structlog.get_logger("agent")
 
-RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a retried batch is not scrubbed again
+BATCH_BYTES = 4 * 1024 * 1024  # most bytes of heartbeats read from the spool for one send
+NO_PROGRESS = "no_progress"
+_CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}", re.ASCII)
+
+# Called after every send with the sink's name, what became of the batch, how
+# long it took (ms) and the spool's state after settling it.
+Observer = Callable[[str, Delivery, float, SpoolStats], None]
 
 
 @dataclass
@@ -40,7 +58,7 @@ class SinkState:
     acked_total: int = 0
     rejected_total: int = 0
     last_delivery_ms: float | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    retry_in_s: float | None = None
 
     def record(self, sink: str, delivery: Delivery, elapsed_ms: float) -> None:
         """Count one delivery attempt; log a failure or a recovery once, when it begins."""
@@ -61,37 +79,124 @@ class SinkState:
             self.consecutive_failures += 1
             self.last_failure = delivery.failure
 
+    def snapshot(self) -> dict[str, Any]:
+        """The fields ``status.json`` shows, copied on the loop."""
+        return dataclasses.asdict(self)
 
-class BacklogScrubber:
-    """Scrubs again every spooled heartbeat this process did not spool itself."""
 
-    def __init__(self, allowed: dict[str, MetricSpec]) -> None:
-        self.allowed = allowed
-        self.floor = "~"  # above every id until the runner has looked at the spool: trust nothing
-        self._rescrubbed: set[str] = set()
+def failure_code(exc: BaseException) -> str:
+    """A fixed code for an exception out of a sink or the spool: its ``code`` if it has one, else its class name."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else type(exc).__name__[:32]
 
-    def vouch_above(self, floor: str) -> None:
-        """Heartbeats with ids above ``floor`` are this process's own, scrubbed when they were spooled."""
-        self.floor = floor
 
-    def check(self, batch: list[Pending]) -> tuple[list[Pending], dict[str, str]]:
-        """The heartbeats that may leave, and a reason code for each one refused."""
-        passed: list[Pending] = []
-        refused: dict[str, str] = {}
-        for pending in batch:
-            if pending.id > self.floor or pending.id in self._rescrubbed:
-                passed.append(pending)
-                continue
+class SinkLoop:
+    """Drains the spool to one sink, pass after pass, backing off after each failed one."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        spool: Spool,
+        files: FileThread,
+        backlog: BacklogScrubber,
+        backoff: Backoff,
+        budget: float,
+        observe: Observer,
+        count_refused: Callable[[int], None],
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.state = SinkState()
+        self.wake = asyncio.Event()
+        self.backoff = backoff
+        self._spool = spool
+        self._files = files
+        self._backlog = backlog
+        self._budget = budget
+        self._observe = observe
+        self._count_refused = count_refused
+        self._retry_at: float | None = None  # monotonic; set while the backoff holds the loop off
+        self._asked_until = 0.0  # monotonic; until when the receiver's Retry-After asked to be left alone
+        self.deadline: Deadline | None = None  # the pass under way, for the shutdown to cut short
+
+    @property
+    def asked_to_wait(self) -> bool:
+        """Whether the receiver's last ``Retry-After`` still asks to be left alone."""
+        return self._asked_until > time.monotonic()
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled: on a wake-up from a tick, or when the backoff has run out."""
+        while True:
+            if self._retry_at is None:
+                await self.wake.wait()
+            else:
+                await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
+            self.wake.clear()
+            self.deadline = Deadline(self._budget)
             try:
-                scrub(pending.doc, self.allowed)
-            except ScrubRejected as rejected:
-                refused[pending.id] = "scrub_" + rejected.findings[0][1]
-                continue
-            except ValueError:
-                refused[pending.id] = "unparseable"
-                continue
-            if len(self._rescrubbed) >= RESCRUBBED_MEMORY:
-                self._rescrubbed.clear()  # forgetting only costs a second scrub
-            self._rescrubbed.add(pending.id)
-            passed.append(pending)
-        return passed, refused
+                done = await self.drain(self.deadline)
+            except Exception as exc:  # a spool read that fails, or a sink's bug, must not end delivery for good
+                self._failed(Delivery(failure=failure_code(exc)), 0.0)
+                done = False
+            finally:
+                self.deadline = None
+            if not done and self._retry_at is None:
+                self.wake.set()  # the budget ran out with more to send: go on at once
+
+    async def drain(self, deadline: Deadline) -> bool:
+        """One pass: send everything spooled for the sink, oldest first, until done, failed or out of time.
+
+        Returns ``True`` when nothing is left for the sink.
+        """
+        spool, files = self._spool, self._files
+        while not deadline.expired:
+            batch = await files.call(spool.batch, self.name, self.sink.max_batch, BATCH_BYTES)
+            if not batch:
+                self._succeeded()
+                return True
+            batch, refused = self._backlog.check(batch)
+            if refused:
+                self._count_refused(len(refused))
+                log.warning("spooled_heartbeats_refused", sink=self.name, count=len(refused))
+                await files.call(spool.settle, self.name, (), refused)
+                if not batch:
+                    continue
+            started = time.monotonic()
+            delivery = await self.sink.send(batch, deadline)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if not (delivery.acked or delivery.rejected or delivery.failure):
+                delivery = dataclasses.replace(delivery, failure=NO_PROGRESS)
+            if delivery.acked or delivery.rejected:
+                stats = await files.call(self._settle_and_stats, delivery)
+            else:
+                stats = await files.call(spool.stats)
+            if delivery.failure == "deadline" and (delivery.acked or delivery.rejected):
+                # Out of time while getting through, not failing: the next pass goes on at once.
+                delivery = dataclasses.replace(delivery, failure=None)
+            if delivery.failure is None:
+                self._succeeded()
+                self.state.record(self.name, delivery, elapsed_ms)
+            else:
+                self._failed(delivery, elapsed_ms)
+            self._observe(self.name, delivery, elapsed_ms, stats)
+            if delivery.failure is not None:
+                return False
+        return False
+
+    def _settle_and_stats(self, delivery: Delivery) -> SpoolStats:
+        self._spool.settle(self.name, delivery.acked, delivery.rejected)
+        return self._spool.stats()
+
+    def _succeeded(self) -> None:
+        self.backoff.succeeded()
+        self._retry_at = None
+        self._asked_until = 0.0
+        self.state.retry_in_s = None
+
+    def _failed(self, delivery: Delivery, elapsed_ms: float) -> None:
+        self.state.record(self.name, delivery, elapsed_ms)
+        wait = self.backoff.failed(delivery.retry_after)
+        self._retry_at = time.monotonic() + wait
+        self._asked_until = self._retry_at if delivery.retry_after else 0.0
+        self.state.retry_in_s = round(wait, 3)

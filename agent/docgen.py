@@ -292,9 +292,9 @@ def iter_metrics() -> Iterator[MetricDoc]:
     """Every metric the agent itself and each built-in collector present in this tree declare."""
     import importlib
 
-    from agent.health import HEALTH_METRICS
     from agent.plugins import BUILTIN_COLLECTORS
     from agent.wiring import AGENT_METRICS
+    from alerts.health import HEALTH_METRICS
 
     for spec in (*AGENT_METRICS, *HEALTH_METRICS):
         yield MetricDoc(spec.name, str(spec.kind), spec.unit, spec.labels, spec.help, "agent")

@@ -17,13 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
-from agent.sample import Sample
+from agent.sample import POP_ID_PATTERN, Sample
 
 SCHEMA_ID = "pop-heartbeat/1"
 
 METRIC_NAME = r"^[a-z][a-z0-9_]{0,63}$"
 COLLECTOR_NAME = r"^[a-z][a-z0-9_]{0,31}$"
-POP_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+POP_ID = rf"^{POP_ID_PATTERN}$"
 # UUIDv7 (lower-case hex, version nibble 7) or a ULID (Crockford base32).
 HEARTBEAT_ID = r"^([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}|[0-7][0-9A-HJKMNP-TV-Z]{25})$"
 TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$"

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from agent.collecting import COLLECTOR_STATE_DIR, saved_states, write_states
 from agent.errors import ConfigError
 from agent.preflight import Wiring
 from agent.settings import Settings
@@ -30,7 +31,7 @@ from agent.settings import Settings
 log = structlog.get_logger("agent")
 
 # Settings the spool, the alarms and the heartbeat's identity are built on: changing them needs a restart.
-RESTART_ONLY = ("pop_id", "state_dir", "spool", "alerts")
+RESTART_ONLY = ("pop_id", "state_dir", "spool", "alerts", "delivery")
 
 Rebuild = Callable[[], tuple[Settings, Wiring]]
 
@@ -115,8 +116,9 @@ async def _discard(wiring: Wiring) -> None:
 
 
 async def _apply(runner: Any, settings: Settings, wiring: Wiring) -> None:
-    """Swap collectors, sinks and hooks; keep the spool, cursors, collector state and health."""
-    await runner.spool_call(runner.save_collector_state)
+    """Swap collectors, sinks and hooks; keep the spool, cursors, backoffs, collector state and health."""
+    states = saved_states(runner.collectors)
+    await runner.files.call(write_states, runner.state_dir / COLLECTOR_STATE_DIR, states)
     for slot in runner.collectors:
         await slot.aclose()
     await runner.stop_delivery()
@@ -127,7 +129,7 @@ async def _apply(runner: Any, settings: Settings, wiring: Wiring) -> None:
     runner.settings = settings
     runner.collectors = list(wiring.collectors)
     runner.allowed = wiring.allowed
-    runner.load_collector_state()
-    runner.sinks = list(wiring.sinks)
+    await runner.files.call(runner.restore_collectors)
+    runner.set_sinks(wiring.sinks)
     runner.start_hooks()
     runner.start_delivery()

@@ -1,9 +1,11 @@
-"""The daemon: one loop that ticks, and one delivery loop per sink.
+"""The daemon: one loop that ticks, the delivery loops it wakes, and the shutdown.
 
-A tick collects, scrubs and spools one heartbeat, then wakes the sinks. Each sink
-drains the spool oldest first, in batches, on its own, so a slow receiver never
-delays a tick and one receiver being down never blocks another. Ticks run on the
-monotonic clock at a fixed rhythm from a random start offset and never overlap.
+A tick collects, scrubs and spools one heartbeat, then wakes every sink's
+delivery loop (:mod:`agent.delivery`), whether or not the tick itself got its
+heartbeat stored. Ticks run on the monotonic clock at a fixed rhythm from a
+random start offset and never overlap. File work (the spool, ``seq``,
+``status.json``, collectors' and health's state) runs on one thread of its own
+(:class:`~agent.file_thread.FileThread`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -11,42 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
-import math
 import os
 import random
-import shutil
 import signal
-import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent import heartbeat
-from agent.collecting import CollectorSlot, collect_all
+from agent import heartbeat, intake
+from agent.backlog import BacklogScrubber
+from agent.collecting import COLLECTOR_STATE_DIR, CollectorSlot, collect_all, saved_states, write_states
 from agent.deadline import Deadline
-from agent.delivery import BacklogScrubber, SinkState
+from agent.delivery import SinkLoop, SinkState
 from agent.errors import ScrubRejected, SpoolError
-from agent.health import AlertHooks, Health, fixed_code
+from agent.file_thread import FileThread
+from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, MetricSpec, Sample
 from agent.scrubber import scrub
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
-from agent.spool_io import error_code
-from agent.state import INCOMING, read_json, remove_quietly, write_json
 from agent.state import Sequence as SeqCounter
-from agent.systemd import Notifier
+from agent.status_file import StatusFile
+from agent.systemd import Notifier, watchdog_period
+from alerts.health import Health
+from alerts.hooks import AlertHooks, start_hooks
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    # The contract lives with the upload code, which a community wheel does not ship.
+    from sinks.base import Sink
 
 log = structlog.get_logger("agent")
-T = TypeVar("T")
 
-STATUS_FILE = "status.json"
-COLLECTOR_STATE_DIR = "collectors"
-INCOMING_PER_TICK = 1000  # documents from `agent enqueue` taken in per tick, so a flood cannot stall ticks
 STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
 
 
@@ -73,8 +75,9 @@ class Runner:
         collectors: Sequence[CollectorSlot],
         allowed: dict[str, MetricSpec],
         backlog_allowed: dict[str, MetricSpec] | None = None,
-        sinks: Sequence[Any] = (),
+        sinks: Sequence[Sink] = (),
         notifier: Notifier | None = None,
+        backoff: BackoffPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.edition = edition
@@ -89,96 +92,90 @@ class Runner:
         self.notifier = notifier or Notifier()
         self.state_dir = settings.state_dir
         self.counters = Counters()
-        self.sink_state = {sink.name: SinkState() for sink in self.sinks}
-        self._passes_done = {sink.name: asyncio.Event() for sink in self.sinks}  # set when a delivery pass ends
         spool_settings = settings.spool
         if not self.sinks:
             bound = min(spool_settings.max_files, spool_settings.local_max_files)
             spool_settings = spool_settings.model_copy(update={"max_files": bound})
         self.spool = Spool(self.state_dir / "spool", spool_settings, sinks=[sink.name for sink in self.sinks])
         self.seq = SeqCounter(self.state_dir / "seq.json")
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")  # one writer: spool calls serialise
+        self.files = FileThread()
+        self.status_file = StatusFile(self.state_dir)
+        self.health = Health.from_settings(settings, defer=self.files.submit)
+        self.hooks = AlertHooks(self.health)
+        delivery = settings.delivery
+        self._policy = backoff or BackoffPolicy(
+            delivery.backoff_initial, delivery.backoff_max, delivery.retry_after_max
+        )
+        self.loops: dict[str, SinkLoop] = {}
+        self.set_sinks(self.sinks)
         self._stop = asyncio.Event()
-        self._deadlines: set[Deadline] = set()
         self._started = time.monotonic()
         self._spool_failing = False
         self._tick_failing = False
-        self._status_failing = False
         self._last_state_save = 0.0
-        self.health = Health.from_settings(settings)
-        self.hooks = AlertHooks(self.health)
-        self._hook_session: Any = None
+        self._hook_session: aiohttp.ClientSession | None = None
         self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
         self.rebuild: Any = None  # set by the daemon: settings and parts built anew, for SIGHUP
         self._delivery: list[asyncio.Task[None]] = []
         self._reload_task: asyncio.Task[bool] | None = None
+        self._passes_done: dict[str, asyncio.Event] = {}  # set when a sink has tried this tick's delivery
         self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
+
+    def set_sinks(self, sinks: Sequence[Sink]) -> None:
+        """One delivery loop per sink; a sink already known keeps its state and backoff (a reload)."""
+        old = self.loops
+        self.sinks = list(sinks)
+        self.loops = {
+            sink.name: SinkLoop(
+                sink,
+                spool=self.spool,
+                files=self.files,
+                backlog=self.backlog,
+                backoff=old[sink.name].backoff if sink.name in old else Backoff(self._policy),
+                budget=max(60.0, 3 * self.settings.interval),
+                observe=self._observe_delivery,
+                count_refused=self._count_refused,
+            )
+            for sink in self.sinks
+        }
+        for name, loop in self.loops.items():
+            if name in old:
+                loop.state = old[name].state
+
+    @property
+    def sink_state(self) -> dict[str, SinkState]:
+        """Each sink's delivery state, by name."""
+        return {name: loop.state for name, loop in self.loops.items()}
 
     # -- start-up and shutdown -------------------------------------------------------------
 
     async def start(self) -> None:
         """Create the state directory, open the spool, restore collectors' state."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        await self._spool_call(self.spool.open)
-        self.backlog.vouch_above(max(heartbeat.uuid7(), await asyncio.to_thread(self._newest_spooled_id)))
+        await self.files.call(self._open)
         self.start_hooks()
-        self.load_collector_state()
 
-    def load_collector_state(self) -> None:
-        """Give each collector the state it saved (log offsets, sketches), at start and after a reload."""
+    def _open(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.open()
+        self.backlog.vouch_above(max(heartbeat.uuid7(), self._newest_spooled_id()))
+        self.restore_collectors()
+
+    def restore_collectors(self) -> None:
+        """Hand each collector the state it saved (blocking: at start, and after a reload)."""
+        directory = self.state_dir / COLLECTOR_STATE_DIR
         for slot in self.collectors:
-            load = getattr(slot.collector, "load_state", None)
-            stored = read_json(self.state_dir / COLLECTOR_STATE_DIR / f"{slot.name}.json")
-            if load is not None and stored is not None:
-                try:
-                    load(stored)
-                except Exception:  # a stale or foreign state file must not stop the agent
-                    log.warning("collector_state_ignored", collector=slot.name)
+            slot.restore(directory)
 
     def start_hooks(self) -> None:
-        """Alert hooks (ntfy, Kuma) share one short-lived-connection session; unset means off."""
-        self.hooks = AlertHooks(self.health)
-        if self.settings.ntfy_alert_url is None and self.settings.kuma_push_url is None:
-            return
-        import aiohttp
+        """The alert hooks the settings ask for (at start, and after a reload)."""
+        self.hooks, self._hook_session = start_hooks(self.health, self.settings)
 
-        from sinks.kuma import KumaHook
-        from sinks.ntfy import NtfyHook
-
-        self._hook_session = aiohttp.ClientSession()
-        self.hooks = AlertHooks(
-            self.health,
-            notifier=NtfyHook.from_settings(self.settings, self._hook_session),
-            pusher=KumaHook.from_settings(self.settings, self._hook_session),
-        )
-
-    def _take_incoming(self) -> None:
-        """Spool what `agent enqueue` handed over while this daemon held the spool, scrubbed again."""
-        directory = self.spool.root / INCOMING
-        try:
-            names = sorted(name for name in os.listdir(directory) if name.endswith(".json") and name[0] != ".")
-        except FileNotFoundError:
-            return
-        for name in names[:INCOMING_PER_TICK]:
-            path = directory / name
-            try:
-                if not stat.S_ISREG(os.lstat(path).st_mode):
-                    raise ValueError(name)  # a directory, link or FIFO (reading a FIFO would block every tick)
-                doc = json.loads(path.read_bytes())
-                scrub(doc, self.backlog_allowed)
-                if f"{doc['id']}.json" != name:
-                    raise ValueError(name)
-                self.spool.put(doc["id"], heartbeat.dumps(doc))
-            except SpoolError:
-                return  # the disk is full or read-only: leave them for a later tick
-            except (ScrubRejected, ValueError, KeyError, TypeError, OSError, RecursionError):
-                self.counters.scrub_rejected_total += 1
-                log.warning("incoming_refused")
-            with contextlib.suppress(OSError):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    remove_quietly(path)
+    async def close_hooks(self) -> None:
+        """Let the alert hooks finish (briefly) and release their session."""
+        await self.hooks.aclose(self.settings.alerts.hook_timeout)
+        if self._hook_session is not None:
+            await self._hook_session.close()
+            self._hook_session = None
 
     def _newest_spooled_id(self) -> str:
         pending = self.spool.root / "pending"
@@ -196,15 +193,8 @@ class Runner:
         if self.rebuild is None or self._stop.is_set():
             return
         if self._reload_task is not None and not self._reload_task.done():
-            return  # one under way reads the files after this signal anyway
+            return  # the reload under way reads the files after this signal anyway
         self._reload_task = asyncio.ensure_future(reload(self, self.rebuild))
-
-    async def close_hooks(self) -> None:
-        """Let the alert hooks finish (briefly) and release their session."""
-        await self.hooks.aclose(self.settings.alerts.hook_timeout)
-        if self._hook_session is not None:
-            await self._hook_session.close()
-            self._hook_session = None
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Release hooks, collectors, sinks and the spool's thread."""
@@ -216,7 +206,7 @@ class Runner:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.aclose()
-        self._io.shutdown(wait=True)
+        await asyncio.to_thread(self.files.shutdown)
         self.spool.close()
 
     # -- one tick ---------------------------------------------------------------------------
@@ -233,6 +223,8 @@ class Runner:
             self.hooks.dispatch(self.health.observe_collectors(failed=failed, total=len(statuses)))
             samples.extend(await self._own_samples())
             samples.extend(self.health.samples())
+            if self.seq.reserve_due:
+                await self.files.call(self.seq.reserve)
         doc = heartbeat.build(
             pop=self.settings.pop_id,
             seq=self.seq.peek() if once else self.seq.take(),
@@ -245,7 +237,18 @@ class Runner:
         return doc, statuses
 
     async def tick(self) -> dict[str, Any] | None:
-        """One tick: collect, scrub, spool, wake the sinks. The spooled heartbeat, or ``None``."""
+        """One tick: collect, scrub, spool, wake the sinks. The spooled heartbeat, or ``None``.
+
+        The sinks are woken however the tick ends: delivering what is spooled is
+        also how a full disk gets room back.
+        """
+        try:
+            return await self._tick()
+        finally:
+            for loop in self.loops.values():
+                loop.wake.set()
+
+    async def _tick(self) -> dict[str, Any] | None:
         doc, _ = await self.collect()
         try:
             scrub(doc, self.allowed)
@@ -253,23 +256,23 @@ class Runner:
             self.counters.scrub_rejected_total += 1
             log.error("heartbeat_rejected", findings=[f"{path}: {code}" for path, code in rejected.findings])
             return None
+        # Snapshots taken here, on the loop; the thread only writes them.
+        status = self.status_snapshot()
+        states = None
+        if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
+            self._last_state_save = time.monotonic()
+            states = saved_states(self.collectors)
         try:
-            save_state = time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY
-            await self._spool_call(self._put_and_record, doc["id"], heartbeat.dumps(doc), save_state)
+            await self.files.call(self._store, doc["id"], heartbeat.dumps(doc), status, states)
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
                 log.error("spool_write_failed", code=exc.code)
             self._spool_failing = True
-            # Delivering what is spooled is how a full disk gets room back.
-            for state in self.sink_state.values():
-                state.wake.set()
             return None
         if self._spool_failing:
             log.info("spool_write_recovered")
             self._spool_failing = False
-        for state in self.sink_state.values():
-            state.wake.set()
         return doc
 
     async def _safe_tick(self) -> dict[str, Any] | None:
@@ -278,20 +281,20 @@ class Runner:
             done.clear()
         try:
             doc = await self.tick()
-        except Exception as exc:  # a bug in one tick must not stop the agent
+        except Exception as exc:  # a bug in one tick, or a seq that cannot be reserved, must not stop the agent
             if not self._tick_failing:
-                log.error("tick_failed", error=type(exc).__name__)
+                log.error("tick_failed", error=getattr(exc, "code", None) or type(exc).__name__)
             self._tick_failing = True
             return None
         if self._tick_failing:
             log.info("tick_recovered")
             self._tick_failing = False
-        await self._await_passes()
+        await self._await_delivery()
         self.hooks.push()
         return doc
 
-    async def _await_passes(self) -> None:
-        """Let the delivery passes this tick woke finish (briefly) before Kuma hears how delivery is.
+    async def _await_delivery(self) -> None:
+        """Let each sink try this tick's delivery (briefly) before Kuma hears how delivery is.
 
         Pushed at once, the tick would report the state from before its own
         delivery: ``down`` on the very tick delivery recovered.
@@ -305,7 +308,8 @@ class Runner:
             waiter.cancel()
 
     async def _own_samples(self) -> list[Sample]:
-        stats = await self._spool_call(self._incoming_and_stats)
+        refused, stats = await self.files.call(self._incoming_and_stats)
+        self.counters.scrub_rejected_total += refused
         if self.sinks:
             # Without a sink the spool is a bounded local record: reaching its bound
             # and dropping the oldest is its normal state, not an outage.
@@ -326,82 +330,45 @@ class Runner:
         own.extend(Sample(name, value) for name, value in vars(self.counters).items())
         return own
 
-    # Each trip to the spool thread costs more CPU than the small calls it carries, so a
-    # tick makes two: one before its heartbeat is built, one to store it. On the runner's
-    # own thread, not the default executor: hung collector threads can fill that one.
+    # Each trip to the spool's thread costs more CPU than the small calls it carries, so a
+    # tick makes two: one before its heartbeat is built, one to store it.
 
-    def _incoming_and_stats(self) -> SpoolStats:
-        self._take_incoming()
-        return self.spool.stats()
+    def _incoming_and_stats(self) -> tuple[int, SpoolStats]:
+        refused = intake.take_incoming(self.spool, self.backlog_allowed)
+        return refused, self.spool.stats()
 
-    def _put_and_record(self, heartbeat_id: str, data: bytes, save_state: bool) -> None:
+    def _store(
+        self, heartbeat_id: str, data: bytes, status: dict[str, Any], states: dict[str, dict[str, object]] | None
+    ) -> None:
         self.spool.put(heartbeat_id, data)
-        self.write_status()
-        if save_state:
-            self.save_collector_state()
+        self.status_file.write(status, self.spool.stats())
+        if states is not None:
+            write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
+            self.spool.prune_aside()  # the age bound of rejected/ holds even when nothing new is refused
 
     # -- delivery ---------------------------------------------------------------------------
 
-    async def drain(self, sink: Any, deadline: Deadline) -> bool:
-        """Send ``sink`` everything spooled for it, oldest first, until done, failed or out of time.
+    async def drain(self, sink: Sink, deadline: Deadline) -> bool:
+        """One delivery pass for ``sink`` now (``agent upload``); ``True`` when nothing is left for it."""
+        return await self.loops[sink.name].drain(deadline)
 
-        Returns ``True`` when nothing is left for the sink.
-        """
-        state = self.sink_state[sink.name]
-        while not deadline.expired:
-            batch = await self._spool_call(self.spool.batch, sink.name, sink.max_batch, 4 * 1024 * 1024)
-            if not batch:
-                return True
-            batch, refused = self.backlog.check(batch)
-            if refused:
-                self.counters.scrub_rejected_total += len(refused)
-                log.warning("spooled_heartbeats_refused", sink=sink.name, count=len(refused))
-                await self._spool_call(self.spool.settle, sink.name, (), refused)
-                if not batch:
-                    continue
-            started = time.monotonic()
-            delivery = await sink.send(batch, deadline)
-            elapsed_ms = (time.monotonic() - started) * 1000
-            if delivery.acked or delivery.rejected:
-                stats = await self._spool_call(self._settle_and_stats, sink.name, delivery.acked, delivery.rejected)
-            else:
-                stats = await self._spool_call(self.spool.stats)
-            state.record(sink.name, delivery, elapsed_ms)
-            self._observe_delivery(elapsed_ms, stats)
-            if delivery.failure is not None:
-                return False
-        return False
+    def _count_refused(self, count: int) -> None:
+        self.counters.scrub_rejected_total += count
 
-    def _settle_and_stats(self, sink: str, acked: Iterable[str], rejected: Mapping[str, str]) -> SpoolStats:
-        self.spool.settle(sink, acked, rejected)
-        return self.spool.stats()
-
-    def _observe_delivery(self, elapsed_ms: float, stats: SpoolStats) -> None:
+    def _observe_delivery(self, sink: str, delivery: Delivery, elapsed_ms: float, stats: SpoolStats) -> None:
         """Feed health the state of delivery as a whole: healthy only while every sink is."""
-        failing = [(name, st.last_failure) for name, st in self.sink_state.items() if st.last_failure]
-        failure = f"{failing[0][0]}_{failing[0][1]}"[:32] if failing else None
+        failing = [(name, state.last_failure) for name, state in self.sink_state.items() if state.last_failure]
+        failed_sink, failure = failing[0] if failing else (None, None)
+        if sink in self._passes_done:
+            self._passes_done[sink].set()
         events = self.health.observe_delivery(
-            ok=not failing, backlog=stats.pending, failure=failure, latency_ms=None if failing else elapsed_ms
+            ok=not failing,
+            backlog=stats.pending,
+            failure=failure,
+            latency_ms=None if failing else elapsed_ms,
+            sink=failed_sink,
         )
         self.hooks.dispatch(events)
-
-    async def _deliver_loop(self, sink: Any) -> None:
-        state = self.sink_state[sink.name]
-        send_budget = max(60.0, 3 * self.settings.interval)
-        while not self._stop.is_set():
-            await state.wake.wait()
-            state.wake.clear()
-            deadline = Deadline(send_budget)
-            self._deadlines.add(deadline)
-            try:
-                await self.drain(sink, deadline)
-            except Exception as exc:  # a spool read that fails, or a sink's bug, must not end delivery for good
-                # A fixed code if the error carries one, else its class name: never its text.
-                code = fixed_code(getattr(exc, "code", None), type(exc).__name__[:32])
-                state.record(sink.name, Delivery(failure=code), 0.0)
-            finally:
-                self._deadlines.discard(deadline)
-                self._passes_done[sink.name].set()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -409,7 +376,9 @@ class Runner:
         """Tick until asked to stop, then shut down within the shutdown deadline."""
         self.daemon = True
         await self.start()
-        await self._spool_call(self.write_status)  # `agent status` knows it runs before its first tick
+        # `agent status` knows the daemon runs before its first tick.
+        first = self.status_snapshot()
+        await self.files.call(lambda: self.status_file.write(first, self.spool.stats()))
         # Everything imported and built so far lives as long as the process. Frozen,
         # it is no longer walked by every full collection, which the reference cycles
         # a delivery leaves (aiohttp's) trigger: that walk cost more CPU per tick than
@@ -430,28 +399,24 @@ class Runner:
         try:
             await self._tick_loop()
         finally:
-            await self._shutdown(self._delivery)
+            await self._shutdown()
 
     def start_delivery(self) -> None:
-        """One delivery loop per sink, woken at once so a backlog starts draining."""
-        self.sink_state = {sink.name: self.sink_state.get(sink.name) or SinkState() for sink in self.sinks}
-        self._passes_done = {sink.name: asyncio.Event() for sink in self.sinks}
-        self._delivery = [asyncio.create_task(self._deliver_loop(s), name=f"sink-{s.name}") for s in self.sinks]
-        for state in self.sink_state.values():
-            state.wake.set()
+        """Start each sink's delivery loop, woken at once so a backlog starts draining."""
+        self._passes_done = {name: asyncio.Event() for name in self.loops}
+        self._delivery = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
+        for loop in self.loops.values():
+            loop.wake.set()
 
     async def stop_delivery(self) -> None:
         """End the delivery loops; a batch in flight stays spooled and is sent again."""
         for task in self._delivery:
             task.cancel()
-        for active in list(self._deadlines):
-            active.cap(0)
+        for loop in self.loops.values():
+            if loop.deadline is not None:
+                loop.deadline.cap(0)
         await asyncio.gather(*self._delivery, return_exceptions=True)
         self._delivery = []
-
-    async def spool_call(self, func: Any, *args: Any) -> Any:
-        """Run ``func`` on the spool's own thread."""
-        return await self._spool_call(func, *args)
 
     async def _tick_loop(self) -> None:
         interval = self.settings.interval
@@ -479,7 +444,7 @@ class Runner:
 
     async def _sleep_until(self, when: float) -> None:
         """Sleep until ``when`` on the monotonic clock, pinging the watchdog on the way."""
-        watchdog = _watchdog_period()
+        watchdog = watchdog_period()
         while (left := when - time.monotonic()) > 0 and not self._stop.is_set():
             self.notifier.watchdog()
             with contextlib.suppress(TimeoutError):
@@ -500,108 +465,46 @@ class Runner:
             failed=failed or None,
         )
 
-    async def _shutdown(self, delivery: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self) -> None:
         self.notifier.stopping()
         if self._reload_task is not None:  # a stop wins over a reload still waiting for its turn
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
-            delivery = self._delivery
         deadline = Deadline(self.settings.shutdown_deadline)
         log.info("agent_stopping", deadline_s=self.settings.shutdown_deadline)
-        for task in delivery:
-            task.cancel()
-        for active in list(self._deadlines):
-            active.cap(0)
-        await asyncio.gather(*delivery, return_exceptions=True)
-        # Flush what the sinks can send in the time left; the rest stays spooled.
+        await self.stop_delivery()
+        # Flush what the sinks can send in the time left; the rest stays spooled. A receiver
+        # that asked to be left alone (Retry-After) is not knocked on again on the way out.
+        flushing = [loop.drain(deadline) for loop in self.loops.values() if not loop.asked_to_wait]
         with contextlib.suppress(Exception):
-            await asyncio.gather(*(self.drain(sink, deadline) for sink in self.sinks))
-        self.save_collector_state()
-        self.write_status()
-        stats = self.spool.stats()
+            await asyncio.gather(*flushing)
+        status, states = self.status_snapshot(), saved_states(self.collectors)
+        stats = await self.files.call(self._final_writes, status, states)
         await self.aclose(grace=deadline.remaining())
         log.info("agent_stopped", spool_pending=stats.pending)
 
+    def _final_writes(self, status: dict[str, Any], states: dict[str, dict[str, object]]) -> SpoolStats:
+        write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
+        stats = self.spool.stats()
+        self.status_file.write(status, stats)
+        return stats
+
     # -- state files ------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """What ``agent status`` reads: the daemon's view of itself."""
-        stats = self.spool.stats()
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``agent status`` reads of the loop's own state, copied on the loop (the spool's part is added later)."""
         return {
             "pop": self.settings.pop_id,
             "edition": self.edition,
             "version": self.version,
             "telemetry": "on" if self.telemetry else "off",
-            "updated": time.time(),
-            "pid": _pid(),
+            "pid": os.getpid(),
             "daemon": self.daemon,
-            "spool": {
-                "pending": stats.pending,
-                "bytes": stats.bytes,
-                "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
-                "dropped_total": stats.dropped_total,
-                "quarantined_total": stats.quarantined_total,
-                "rejected_total": stats.rejected_total,
-            },
-            "sinks": {
-                name: {
-                    "last_ack": state.last_ack,
-                    "last_failure": state.last_failure,
-                    "consecutive_failures": state.consecutive_failures,
-                    "acked_total": state.acked_total,
-                    "rejected_total": state.rejected_total,
-                    "last_delivery_ms": state.last_delivery_ms,
-                }
-                for name, state in self.sink_state.items()
-            },
-            "collectors": {slot.name: vars(slot.stats) for slot in self.collectors},
-            "counters": vars(self.counters),
+            "sinks": {name: state.snapshot() for name, state in self.sink_state.items()},
+            "collectors": {slot.name: dict(vars(slot.stats)) for slot in self.collectors},
+            "counters": dict(vars(self.counters)),
             "health": self.health.status(),
         }
-
-    def write_status(self) -> None:
-        """Rewrite ``status.json``; a full or read-only disk is logged once, never fatal.
-
-        Atomic but not fsynced: the file is advisory and rewritten every tick. A
-        failure must not fail the tick that already spooled its heartbeat, nor the
-        shutdown that flushed the sinks.
-        """
-        try:
-            write_json(self.state_dir / STATUS_FILE, self.status(), durable=False)
-        except OSError as exc:
-            if not self._status_failing:
-                log.warning("status_not_written", code=error_code(exc))
-            self._status_failing = True
-            return
-        if self._status_failing:
-            log.info("status_written_again")
-            self._status_failing = False
-
-    def save_collector_state(self) -> None:
-        self._last_state_save = time.monotonic()
-        directory = self.state_dir / COLLECTOR_STATE_DIR
-        for slot in self.collectors:
-            save = getattr(slot.collector, "save_state", None)
-            if save is None:
-                continue
-            try:
-                directory.mkdir(mode=0o700, exist_ok=True)
-                write_json(directory / f"{slot.name}.json", save())
-            except Exception:
-                log.warning("collector_state_not_saved", collector=slot.name)
-
-    async def _spool_call(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._io, func, *args)
-
-
-def _watchdog_period() -> float:
-    """Half the watchdog interval systemd asked for; without a watchdog, no wake-ups between ticks."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    return int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else math.inf
-
-
-def _pid() -> int:
-    return os.getpid()
 
 
 def install_signal_handlers(runner: Runner) -> None:

@@ -11,6 +11,9 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
+# A POP id: the one pattern the settings, the heartbeat schema and the alert texts all check.
+POP_ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+
 
 class MetricKind(StrEnum):
     """How a metric behaves over time; sinks use it to type Prometheus series."""

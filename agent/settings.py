@@ -29,6 +29,7 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.privacy import find_sensitive
+from agent.sample import POP_ID_PATTERN
 
 DEFAULT_CONFIG_FILE = Path("/etc/pop-agent/agent.toml")
 ENV_PREFIX = "POP_AGENT_"
@@ -41,7 +42,6 @@ MACHINE_ID_FILE = Path("/etc/machine-id")
 # An application-specific id derived from the machine id, as sd_id128_get_machine_app_specific() does:
 # stable per machine, and the machine id itself never leaves it.
 _POP_ID_APP_KEY = b"pop-agent pop_id"
-POP_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 
 
@@ -67,8 +67,6 @@ class CentralSinkSettings(_Section):
     gzip_min_bytes: int = Field(4096, ge=0, description="Bodies at least this large are gzip-compressed.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for central's answer.")
-    max_attempts: int = Field(4, ge=1, le=20, description="Tries per batch before it waits for the next tick.")
-    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
 
     _url = field_validator("url")(_check_url)
 
@@ -149,6 +147,20 @@ class SpoolSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    """Every sink's delivery loop: how it backs off after a failed pass (see agent/pacing.py)."""
+
+    backoff_initial: float = Field(
+        1.0, gt=0, le=3600, description="Longest wait after the first failed pass; it doubles with each failure."
+    )
+    backoff_max: float = Field(
+        120.0, gt=0, le=3600, description="Cap of the backoff; each wait is drawn from zero to it (full jitter)."
+    )
+    retry_after_max: float = Field(
+        900.0, ge=0, le=86_400, description="Longest Retry-After honoured; a receiver asking for more gets this."
+    )
+
+
 class AlertsSettings(_Section):
     outage_after: float = Field(300, gt=0, description="Seconds of failed delivery before an outage alert.")
     hook_timeout: float = Field(5.0, gt=0, description="Seconds an alert hook may take.")
@@ -161,7 +173,7 @@ def host_slug(hostname: str) -> str:
 
 def pop_id_problem(pop_id: str) -> str | None:
     """Why ``pop_id`` would get every heartbeat rejected by the scrubber, or ``None`` if it is safe."""
-    if not re.match(POP_ID_PATTERN, pop_id):
+    if not re.fullmatch(POP_ID_PATTERN, pop_id):
         return "must be lower-case letters, digits and dashes, at most 63, starting with a letter or digit"
     reason = find_sensitive(pop_id)
     return f"the scrubber refuses it ({reason}): every heartbeat would be rejected" if reason else None
@@ -223,7 +235,7 @@ class Settings(BaseSettings):
 
     pop_id: str = Field(
         default_factory=default_pop_id,
-        pattern=POP_ID_PATTERN,
+        pattern=rf"^{POP_ID_PATTERN}$",
         description=(
             "This POP's id. Default: the host name as a slug; a host name the scrubber refuses (ip-10-1-2-3) "
             "gives pop- and 12 hex digits derived from /etc/machine-id instead. An explicit id the scrubber "
@@ -239,6 +251,7 @@ class Settings(BaseSettings):
     sinks: SinksSettings = SinksSettings()
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
+    delivery: DeliverySettings = DeliverySettings()
     alerts: AlertsSettings = AlertsSettings()
     ntfy_alert_url: SecretStr | None = Field(
         None,
@@ -263,7 +276,7 @@ class Settings(BaseSettings):
     def _safe_pop_id(cls, value: str) -> str:
         """A pop id the scrubber refuses would make every heartbeat a rejected one: refuse it at start."""
         problem = pop_id_problem(value)
-        if problem is not None and re.match(POP_ID_PATTERN, value):
+        if problem is not None and re.fullmatch(POP_ID_PATTERN, value):
             raise ValueError(problem)
         return value
 

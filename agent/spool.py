@@ -7,7 +7,9 @@ Layout under ``root`` (``<state_dir>/spool``)::
     trash/                     settled files, removed by a background thread
     quarantine/                files that were not a heartbeat (never parsed again)
     rejected/<id>.json         heartbeats a receiver refused as malformed,
-    rejected/<id>.reason.json  with {"sink": ..., "reason": "<fixed code>"}
+    rejected/<id>.reason.json  with {"sink": ..., "reason": "<fixed code>"}; one
+                               the scrubber refused keeps only this sidecar
+                               (both directories bounded: see agent/aside.py)
     state.json                 per-sink cursors and the counters
     lock                       flock held by the one process that writes
 
@@ -38,7 +40,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent import aside
 from agent.errors import SpoolError
 from agent.sample import Pending
 from agent.settings import SpoolSettings
@@ -57,9 +59,6 @@ SINK_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 REASON_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
 _UUID7 = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
 STATE_VERSION = 1
-# quarantine/ and rejected/ are for a human to look at, not an archive: a POP whose
-# every heartbeat is refused would otherwise fill its disk with them.
-KEEP_ASIDE = 1000
 _COUNTERS = ("dropped_total", "quarantined_total", "rejected_total")
 
 
@@ -184,8 +183,8 @@ class Spool:
                 self._quarantine_path(entry.path, entry.name)
             else:
                 unlink_quietly(entry.path)
-        self._aside["quarantine"] = _count_files(self._quarantine, "")
-        self._aside["rejected"] = _count_files(self._rejected, ".reason.json")
+        self._aside["quarantine"] = aside.prune(self._quarantine, grouped=False)
+        self._aside["rejected"] = aside.prune(self._rejected, grouped=True)
         changed = self._load_state()
         changed |= self._scan_pending()
         finished = [doc_id for doc_id in self._live() if self._done_by_all(doc_id)]
@@ -583,27 +582,22 @@ class Spool:
                 return
         self._counters["quarantined_total"] += 1
         self._aside["quarantine"] += 1
-        if self._aside["quarantine"] > KEEP_ASIDE:
-            self._aside["quarantine"] = _prune_oldest(self._quarantine, "", KEEP_ASIDE)
+        if self._aside["quarantine"] > aside.KEEP_FILES:
+            self._aside["quarantine"] = aside.prune(self._quarantine, grouped=False)
 
     def _set_aside_rejected(self, sink: str, refused: Mapping[str, str]) -> None:
-        """Link refused heartbeats into ``rejected/`` with their reason; the first refusal wins."""
+        """Link refused heartbeats into ``rejected/`` with their reason; the first refusal wins.
+
+        One the scrubber refused is not linked: only its reason is kept (see :mod:`agent.aside`).
+        """
         for doc_id, reason in refused.items():
             target = os.path.join(self._rejected, f"{doc_id}.json")
-            sidecar = os.path.join(self._rejected, f"{doc_id}.reason.json")
+            sidecar = os.path.join(self._rejected, f"{doc_id}{aside.SIDECAR}")
             if os.path.exists(sidecar):
                 continue
-            source = os.path.join(self._pending, f"{doc_id}.json")
-            try:
-                # Files are never rewritten in place, so a hard link is as good as a copy.
-                os.link(source, target)
-            except FileExistsError:
-                pass
-            except OSError:
-                with open(source, "rb") as handle:
-                    raw = handle.read()
-                replace_atomically(self._ops, os.path.join(self._tmp, f"{doc_id}.json"), target, raw, fsync=self._fsync)
             code = reason if REASON_PATTERN.fullmatch(reason) else "invalid"
+            if aside.keeps_whole(code):
+                self._keep_copy(doc_id, target)
             body = json.dumps({"sink": sink, "reason": code}).encode()
             replace_atomically(
                 self._ops, os.path.join(self._tmp, f"{doc_id}.reason.json"), sidecar, body, fsync=self._fsync
@@ -611,8 +605,28 @@ class Spool:
             self._aside["rejected"] += 1
         if refused:
             self._sync_dir(self._rejected)
-            if self._aside["rejected"] > KEEP_ASIDE:
-                self._aside["rejected"] = _prune_oldest(self._rejected, ".reason.json", KEEP_ASIDE)
+            if self._aside["rejected"] > aside.KEEP_FILES:
+                self._aside["rejected"] = aside.prune(self._rejected, grouped=True)
+
+    def _keep_copy(self, doc_id: str, target: str) -> None:
+        source = os.path.join(self._pending, f"{doc_id}.json")
+        try:
+            # Files are never rewritten in place, so a hard link is as good as a copy.
+            os.link(source, target)
+        except FileExistsError:
+            pass
+        except OSError:
+            with open(source, "rb") as handle:
+                raw = handle.read()
+            replace_atomically(self._ops, os.path.join(self._tmp, f"{doc_id}.json"), target, raw, fsync=self._fsync)
+
+    def prune_aside(self) -> None:
+        """Apply the age, size and count bounds of ``quarantine/`` and ``rejected/`` (blocking; once a minute)."""
+        with self._lock:
+            self._check_writable()
+            with contextlib.suppress(OSError):
+                self._aside["quarantine"] = aside.prune(self._quarantine, grouped=False)
+                self._aside["rejected"] = aside.prune(self._rejected, grouped=True)
 
     def _load_state(self) -> bool:
         """Read ``state.json``; a damaged one is quarantined (``True``) and every sink starts over."""
@@ -715,32 +729,3 @@ def _uuid7_seconds(doc_id: str) -> float | None:
     if match is None:
         return None
     return int(match.group(1) + match.group(2), 16) / 1000.0
-
-
-def _count_files(path: str, suffix: str) -> int:
-    with os.scandir(path) as entries:
-        return sum(1 for entry in entries if not suffix or entry.name.endswith(suffix))
-
-
-def _prune_oldest(path: str, suffix: str, keep: int) -> int:
-    """Remove the oldest entries of ``path`` (by mtime) down to ``keep``; returns how many are left.
-
-    With ``suffix``, entries are grouped by the name before it (a heartbeat and
-    its sidecar go together) and only names ending in it are counted.
-    """
-    with os.scandir(path) as scan:
-        entries = [(entry.stat(follow_symlinks=False).st_mtime, entry.name) for entry in scan]
-    if suffix:
-        keys = sorted((mtime, name[: -len(suffix)]) for mtime, name in entries if name.endswith(suffix))
-        for _, stem in keys[: max(0, len(keys) - keep)]:
-            unlink_quietly(os.path.join(path, stem + suffix))
-            unlink_quietly(os.path.join(path, stem + ".json"))
-        return min(len(keys), keep)
-    entries.sort()
-    for _, name in entries[: max(0, len(entries) - keep)]:
-        target = os.path.join(path, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            unlink_quietly(target)
-    return min(len(entries), keep)

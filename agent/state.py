@@ -82,15 +82,29 @@ class Sequence:
         """The number the next heartbeat would get, without reserving it (for ``--once``)."""
         return self._next
 
+    @property
+    def reserve_due(self) -> bool:
+        """Whether the next :meth:`take` must first write a reservation (blocking I/O)."""
+        return self._next > self._reserved
+
+    def reserve(self) -> None:
+        """Reserve the next block on disk (two fsynced writes); a no-op while numbers are left."""
+        if not self.reserve_due:
+            return
+        # Reserved in memory only once the reservation is on disk: a failed write
+        # (a full disk) must fail every take, not hand out numbers a restart reuses.
+        reserved = self._next + self._block - 1
+        for path in self._paths:
+            write_json(path, {"reserved": reserved})
+        self._reserved = reserved
+
     def take(self) -> int:
-        """Hand out the next number, reserving a new block first when needed."""
-        if self._next > self._reserved:
-            # Reserved in memory only once the reservation is on disk: a failed write
-            # (a full disk) must fail every take, not hand out numbers a restart reuses.
-            reserved = self._next + self._block - 1
-            for path in self._paths:
-                write_json(path, {"reserved": reserved})
-            self._reserved = reserved
+        """Hand out the next number, reserving a new block first when needed.
+
+        Without I/O unless :attr:`reserve_due`; the daemon calls :meth:`reserve`
+        on the spool's thread first, so it never blocks the event loop here.
+        """
+        self.reserve()
         value = self._next
         self._next += 1
         return value

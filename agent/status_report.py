@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.state import read_json
+from agent.status_file import STATUS_FILE
 
-STATUS_FILE = "status.json"
 EX_RUNNING, EX_NOT_RUNNING = 0, 3
 # LSB reserves 150-199 of the status exit codes for applications; 3 and 0 keep their systemd meaning.
 EX_RUNNING_OUTAGE = 150

@@ -6,6 +6,7 @@ call is a no-op.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -46,3 +47,9 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.send(f"STATUS={text}")
+
+
+def watchdog_period() -> float:
+    """Half the watchdog interval systemd asked for (``$WATCHDOG_USEC``); without a watchdog, ``inf``."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    return int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else math.inf

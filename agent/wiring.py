@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.collecting import CollectorSlot
 from agent.edition import Edition, upload_installed
@@ -13,6 +13,9 @@ from agent.errors import ConfigError
 from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
 from agent.sample import MetricKind, MetricSpec
 from agent.settings import Settings, configured_paths
+
+if TYPE_CHECKING:
+    from sinks.base import Sink  # the contract ships with the upload code
 
 UPLOAD_HINT = "install the upload component (make wheel EDITION=upload; pip install pop_agent_upload-*.whl)"
 
@@ -80,11 +83,11 @@ def build_collectors(settings: Settings) -> list[CollectorSlot]:
     return slots
 
 
-def build_sinks(settings: Settings, telemetry: bool) -> list[Any]:
+def build_sinks(settings: Settings, telemetry: bool) -> list[Sink]:
     """The sinks to deliver to: none at all unless telemetry is on."""
     if not telemetry:
         return []
-    sinks = []
+    sinks: list[Sink] = []
     for ref in sink_refs():
         configured = ref.name not in BUILTIN_SINKS or getattr(settings.sinks, ref.name).url is not None
         if not configured:

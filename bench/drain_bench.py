@@ -40,7 +40,6 @@ from aiohttp import web
 from agent.deadline import Deadline
 from agent.settings import CentralSinkSettings
 from sinks.central import CentralSink, gzip_bytes
-from sinks.retry import RetryPolicy
 
 PATH = "/ingest/v1/heartbeats"
 TARGET = 10_000
@@ -145,7 +144,7 @@ async def paired(url: str, files: list[Path], ids: list[str], *, gzip_min: int |
     from agent.sample import Pending
 
     cfg = CentralSinkSettings(url=url, gzip_min_bytes=gzip_min if gzip_min is not None else 1 << 40)
-    sink = CentralSink(cfg, token="bench-token", policy=RetryPolicy.immediate())
+    sink = CentralSink(cfg, token="bench-token")
     headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-token"}
     seconds = {"read": 0.0, "baseline": 0.0, "sink": 0.0}
     delivered = {"baseline": 0, "sink": 0}
@@ -194,7 +193,7 @@ async def drain(url: str, root: Path) -> int:
     from agent.spool import Spool
 
     cfg = CentralSinkSettings(url=url)
-    sink = CentralSink(cfg, token="bench-token", policy=RetryPolicy.immediate())
+    sink = CentralSink(cfg, token="bench-token")
     acked = 0
     spool = Spool(root, SpoolSettings(), sinks=("central",), fsync=True)
     await asyncio.to_thread(spool.open)

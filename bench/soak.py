@@ -267,7 +267,7 @@ def soak(seconds: float, interval: float, seed: int) -> dict[str, Any]:
             POP_AGENT_SINKS__CENTRAL__TOKEN="soak-token",
             POP_AGENT_SINKS__CENTRAL__CONNECT_TIMEOUT="1",
             POP_AGENT_SINKS__CENTRAL__READ_TIMEOUT="2",
-            POP_AGENT_SINKS__CENTRAL__MAX_RETRY_DELAY="2",
+            POP_AGENT_DELIVERY__BACKOFF_MAX="2",
             POP_AGENT_TELEMETRY="on",
         )
         argv = [sys.executable, __file__, "--daemon", str(probe), "run", "--interval", str(interval)]

@@ -5,18 +5,21 @@ bytes, so a document is sent exactly as the scrubber passed it. What each status
 means for the batch:
 
 - 2xx: every heartbeat in the request is acknowledged (the body is not read).
-- 408, 429, 5xx, timeouts, connection errors: retried (``with_retries``), then kept.
-- 401/403: kept, not retried; failure ``auth``.
+- 408, 429, 5xx, timeouts, connection errors: kept; failure ``http_<status>`` (or
+  ``timeout``, ``connect``, ...) with central's ``Retry-After``.
+- 401/403: kept; failure ``auth``.
 - 413: split in halves until it fits; a lone heartbeat still refused is ``too_large``.
 - 400/422: bisected; each lone heartbeat refused is ``malformed``, the rest go.
-- anything else: kept, not retried; failure ``http_<status>``.
+- anything else: kept; failure ``http_<status>``.
+
+Each request is made once: the first one that fails ends the send, and the
+delivery loop's backoff (:mod:`agent.pacing`) decides when to try again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import zlib
 from collections import deque
@@ -31,7 +34,6 @@ from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
     from agent.settings import CentralSinkSettings, Settings
@@ -137,14 +139,12 @@ class CentralSink:
         *,
         token: str,
         session: aiohttp.ClientSession | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.central.url is not set")
         self._cfg = cfg
         self._url = cfg.url
         self.max_batch = cfg.batch_max_count
-        self._policy = policy or RetryPolicy(max_attempts=cfg.max_attempts, max_delay=cfg.max_retry_delay)
         self._http = SessionHolder(session, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
         self._plain_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._gzip_headers = {**self._plain_headers, "Content-Encoding": "gzip"}
@@ -174,7 +174,7 @@ class CentralSink:
             part = work.popleft()
             body, headers = await self._encode(part)
             try:
-                await with_retries(self._policy, deadline, functools.partial(self._post, body, headers, deadline))
+                await self._post(body, headers, deadline)
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break

@@ -19,11 +19,13 @@ bisected until each refused heartbeat stands alone. Re-sending an entry that
 was stored is harmless: Loki drops an entry identical in timestamp and line to
 one it holds, and a heartbeat's line is always the same bytes.
 
-- 2xx: acked. 408, 429, 5xx, timeouts, connection errors: retried, then kept.
+- 2xx: acked. 408, 429, 5xx, timeouts, connection errors: kept, with Loki's
+  ``Retry-After``; each request is made once, and the delivery loop's backoff
+  decides when to try again.
 - 400, 413: as above; a lone heartbeat refused is rejected with the reason
   (``too_far_behind``, ``out_of_order``, ``too_old``, ``too_new``,
   ``line_too_long``, ``too_large``, else ``malformed``).
-- anything else (401/403, 404, ...): kept, not retried; failure ``auth`` or ``http_<status>``.
+- anything else (401/403, 404, ...): kept; failure ``auth`` or ``http_<status>``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import functools
 import json
 import re
 import zlib
@@ -49,7 +50,6 @@ from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSi
 from agent.sample import Delivery, Pending
 from sinks.exposition import timestamp_ns
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
-from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
     from agent.settings import LokiSinkSettings, Settings
@@ -194,14 +194,12 @@ class LokiSink:
         cfg: LokiSinkSettings,
         *,
         session: aiohttp.ClientSession | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.loki.url is not set")
         self._cfg = cfg
         self._url = cfg.url.rstrip("/") + PUSH_PATH
         self.max_batch = cfg.batch_max_count
-        self._policy = policy or RetryPolicy()
         self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
         self._headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         if cfg.tenant_id is not None:
@@ -237,7 +235,7 @@ class LokiSink:
                 break
             part = work.popleft()
             try:
-                await with_retries(self._policy, deadline, functools.partial(self._post, part, deadline))
+                await self._post(part, deadline)
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break

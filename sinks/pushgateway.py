@@ -10,18 +10,19 @@ them first would show nothing that the next push does not overwrite.
 What each answer means:
 
 - 2xx: the pushed heartbeat and every older one of its POP in the batch are acked.
-- 408, 429, 5xx, timeouts, connection errors: retried (``with_retries``), then kept.
+- 408, 429, 5xx, timeouts, connection errors: kept, with the receiver's ``Retry-After``.
 - 400: the Pushgateway refused the body (say a metric pushed elsewhere with
   another type): that heartbeat is rejected ``malformed`` and the next newest is
   tried, a few times per call at most, so a gateway that refuses everything costs
   a bounded number of requests per tick.
-- anything else (401/403, 404, ...): kept, not retried; failure ``auth`` or ``http_<status>``.
+- anything else (401/403, 404, ...): kept; failure ``auth`` or ``http_<status>``.
+
+Each request is made once; when to try again is the delivery loop's backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,7 +34,6 @@ from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSi
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render, timestamp_ns
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
-from sinks.retry import RetryPolicy, with_retries
 
 if TYPE_CHECKING:
     from agent.settings import PushgatewaySinkSettings, Settings
@@ -63,14 +63,12 @@ class PushgatewaySink:
         cfg: PushgatewaySinkSettings,
         *,
         session: aiohttp.ClientSession | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.pushgateway.url is not set")
         self._cfg = cfg
         self._base = cfg.url.rstrip("/")
         self.max_batch = MAX_BATCH
-        self._policy = policy or RetryPolicy()
         self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
 
     def __repr__(self) -> str:
@@ -138,9 +136,7 @@ class PushgatewaySink:
                 rejected[newest.id] = "malformed"
                 continue
             try:
-                await with_retries(
-                    self._policy, deadline, functools.partial(self._put, self.group_url(pop), body, deadline)
-                )
+                await self._put(self.group_url(pop), body, deadline)
             except SinkError as error:
                 if isinstance(error, TransientSinkError) or error.code != "malformed":
                     return error

@@ -1,14 +1,26 @@
-"""Delivery bookkeeping: a sink's state across failures and recoveries, and the backlog's second scrub."""
+"""Delivery: a sink's state across failures and recoveries, the backlog's second scrub, and the paced loop."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from agent import heartbeat
-from agent.delivery import RESCRUBBED_MEMORY, BacklogScrubber, SinkState
+from agent.backlog import RESCRUBBED_MEMORY, BacklogScrubber
+from agent.delivery import SinkLoop, SinkState
+from agent.file_thread import FileThread
+from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
+from agent.settings import CentralSinkSettings, SpoolSettings
+from agent.spool import Spool
+from sinks.central import CentralSink
 from tests.heartbeats import make_heartbeat
 
 ALLOWED = {"cpu_percent": MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")}
@@ -76,3 +88,147 @@ def test_remembered_rescrubs_are_bounded() -> None:
     backlog = [pending(doc(seq, cpu_percent=1.0)) for seq in range(RESCRUBBED_MEMORY + 10)]
     assert len(backlog) == len(scrubber.check(backlog)[0])
     assert len(scrubber._rescrubbed) <= RESCRUBBED_MEMORY
+
+
+# -- the delivery loop against a real central on 127.0.0.1 ----------------------------------
+
+
+class Script:
+    """A central that answers from a script (then 200), recording each request's heartbeat count in order."""
+
+    def __init__(self, *answers: tuple[int, dict[str, str]]) -> None:
+        self.answers = list(answers)
+        self.requests: list[int] = []
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        self.requests.append(len(body["heartbeats"]))
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        return web.Response(status=status, headers=headers)
+
+
+@pytest.fixture
+async def deliver(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Spool ``count`` heartbeats and build a central sink loop for a scripted server; all closed afterwards."""
+    closing: list[Any] = []
+
+    async def make(script: Script, count: int, policy: BackoffPolicy, observed: list[Delivery]) -> SinkLoop:
+        app = web.Application()
+        app.router.add_post("/ingest", script.ingest)
+        server = await aiohttp_server(app)
+        spool = Spool(tmp_path / "spool", SpoolSettings(), sinks=["central"], fsync=False)
+        spool.open()
+        for seq in range(count):
+            document = doc(seq, cpu_percent=1.0)
+            spool.put(document["id"], heartbeat.dumps(document))
+        sink = CentralSink(CentralSinkSettings(url=str(server.make_url("/ingest")), batch_max_count=2), token="t0k3n")
+        files = FileThread()
+        scrubber = BacklogScrubber(ALLOWED)
+        scrubber.vouch_above("")
+        closing.extend((sink, files, spool))
+        return SinkLoop(
+            sink,
+            spool=spool,
+            files=files,
+            backlog=scrubber,
+            backoff=Backoff(policy),
+            budget=30.0,
+            observe=lambda name, delivery, ms, stats: observed.append(delivery),
+            count_refused=lambda count: None,
+        )
+
+    yield make
+    for thing in closing:
+        if isinstance(thing, CentralSink):
+            await thing.aclose()
+        elif isinstance(thing, FileThread):
+            thing.shutdown()
+        else:
+            thing.close()
+
+
+async def run_until(loop: SinkLoop, condition: Callable[[], bool]) -> None:
+    """Run ``loop`` (woken once, as by a tick) until ``condition`` holds, then cancel it."""
+    task = asyncio.create_task(loop.run())
+    loop.wake.set()
+    try:
+        for _ in range(2000):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("condition not met")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_loop_retries_on_its_own_after_failures_without_a_second_wake(deliver: Any) -> None:
+    """Two 503s then 200s: woken once, the loop comes back by itself and delivers all, each request one batch."""
+    script = Script((503, {}), (503, {}))
+    observed: list[Delivery] = []
+    loop = await deliver(script, 4, BackoffPolicy.immediate(), observed)
+    await run_until(loop, lambda: loop.state.acked_total == 4)
+    assert [2, 2, 2, 2] == script.requests
+    assert ["http_503", "http_503", None, None] == [delivery.failure for delivery in observed]
+    assert 0 == loop.backoff.failures
+
+
+async def test_each_failed_pass_is_one_request(deliver: Any) -> None:
+    """A sink makes one attempt per pass: five failures cost five requests, then one delivers and resets."""
+    script = Script(*[(503, {})] * 5)
+    observed: list[Delivery] = []
+    loop = await deliver(script, 2, BackoffPolicy(initial=1e-4, cap=1e-3), observed)
+    await run_until(loop, lambda: loop.state.acked_total == 2)
+    assert (6, 0) == (len(script.requests), loop.backoff.failures)
+    assert ["http_503"] * 5 + [None] == [delivery.failure for delivery in observed]
+
+
+async def test_retry_after_holds_the_loop_and_wakes_do_not_cut_it_short(deliver: Any) -> None:
+    """A 429 with Retry-After: 3600: wake-ups from ticks change nothing, and the shutdown does not knock."""
+    script = Script((429, {"Retry-After": "3600"}))
+    observed: list[Delivery] = []
+    loop = await deliver(script, 2, BackoffPolicy(initial=1e-4, cap=1e-3, retry_after_max=900.0), observed)
+    task = asyncio.create_task(loop.run())
+    loop.wake.set()
+    for _ in range(2000):
+        if observed:
+            break
+        await asyncio.sleep(0.005)
+    for _ in range(20):
+        loop.wake.set()
+        await asyncio.sleep(0.005)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert ([2], 3600.0) == (script.requests, observed[0].retry_after)
+    assert loop.asked_to_wait
+    assert 900.0 <= (loop.state.retry_in_s or 0.0) <= 990.0
+
+
+class Stalled:
+    """A sink that takes the batch and reports nothing: no ack, no reject, no failure."""
+
+    name = "central"
+    max_batch = 10
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, batch: Any, deadline: Any) -> Delivery:
+        self.calls += 1
+        return Delivery()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_no_progress_is_a_failure_and_paced(deliver: Any) -> None:
+    """A send with no ack, reject or failure counts as ``no_progress`` and steps the backoff, once per pass."""
+    observed: list[Delivery] = []
+    loop = await deliver(Script(), 2, BackoffPolicy(initial=1e-4, cap=1e-3), observed)
+    stalled = Stalled()
+    loop.sink = stalled
+    await run_until(loop, lambda: len(observed) >= 3)
+    assert {"no_progress"} == {delivery.failure for delivery in observed}
+    assert len(observed) == loop.backoff.failures
+    assert stalled.calls - len(observed) in (0, 1)  # the loop may be stopped inside one more call
+    assert "no_progress" == loop.state.last_failure

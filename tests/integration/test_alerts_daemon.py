@@ -61,7 +61,8 @@ async def test_outage_restart_and_recovery_alert_once_and_leak_nothing(aiohttp_s
         POP_AGENT_ALERTS__OUTAGE_AFTER="1.5",
         POP_AGENT_SINKS__CENTRAL__URL=str(central_server.make_url("/ingest/v1/heartbeats")),
         POP_AGENT_SINKS__CENTRAL__TOKEN=CENTRAL_TOKEN,
-        POP_AGENT_SINKS__CENTRAL__MAX_ATTEMPTS="1",
+        POP_AGENT_DELIVERY__BACKOFF_INITIAL="0.05",
+        POP_AGENT_DELIVERY__BACKOFF_MAX="0.2",
         NTFY_ALERT_URL=str(hook_server.make_url("/pop-alerts")),
         NTFY_ALERT_TOKEN=NTFY_TOKEN,
         KUMA_PUSH_URL=str(hook_server.make_url(f"/api/push/{KUMA_TOKEN}")) + "?status=up&msg=OK&ping=",
@@ -154,6 +155,40 @@ async def test_dead_hooks_change_nothing(aiohttp_server: Any, tmp_path: Path, un
     hang.set()
 
 
+async def test_a_loki_outage_pages_as_loki_not_as_central(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Central delivers while Loki answers 503: the outage message names loki as the receiver, and never central."""
+    central = Central()
+    central_server = await aiohttp_server(central.app())
+
+    async def loki_down(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    loki_app = web.Application()
+    loki_app.router.add_post("/loki/api/v1/push", loki_down)
+    loki_server = await aiohttp_server(loki_app)
+    hooks = Hooks()
+    hook_server = await aiohttp_server(hooks.app())
+    daemon = Daemon(
+        tmp_path,
+        POP_AGENT_TELEMETRY="on",
+        POP_AGENT_INTERVAL="0.2",
+        POP_AGENT_ALERTS__OUTAGE_AFTER="0.5",
+        POP_AGENT_SINKS__CENTRAL__URL=str(central_server.make_url("/ingest/v1/heartbeats")),
+        POP_AGENT_SINKS__CENTRAL__TOKEN=CENTRAL_TOKEN,
+        POP_AGENT_SINKS__LOKI__URL=str(loki_server.make_url("")),
+        POP_AGENT_DELIVERY__BACKOFF_INITIAL="0.05",
+        POP_AGENT_DELIVERY__BACKOFF_MAX="0.2",
+        NTFY_ALERT_URL=str(hook_server.make_url("/pop-alerts")),
+    )
+    await daemon.start()
+    await wait_for(lambda: len(hooks.ntfy) >= 1 and len(central.acked) >= 3, timeout=30)
+    assert await daemon.stop() == 0
+    outage = hooks.ntfy[0]
+    text = outage["headers"]["Title"] + "\n" + outage["body"]
+    assert "loki" in text
+    assert "central" not in text
+
+
 async def test_kuma_sends_no_stale_ping_and_no_down_once_delivery_recovered(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:
@@ -184,7 +219,8 @@ async def test_kuma_sends_no_stale_ping_and_no_down_once_delivery_recovered(
         POP_AGENT_ALERTS__OUTAGE_AFTER="1",
         POP_AGENT_SINKS__CENTRAL__URL=str(central_server.make_url("/ingest/v1/heartbeats")),
         POP_AGENT_SINKS__CENTRAL__TOKEN=CENTRAL_TOKEN,
-        POP_AGENT_SINKS__CENTRAL__MAX_ATTEMPTS="1",
+        POP_AGENT_DELIVERY__BACKOFF_INITIAL="0.05",
+        POP_AGENT_DELIVERY__BACKOFF_MAX="0.2",
         KUMA_PUSH_URL=str(hook_server.make_url(f"/api/push/{KUMA_TOKEN}")),
     )
     central.respond = lambda batch: web.Response(status=503)

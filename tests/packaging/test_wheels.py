@@ -26,10 +26,21 @@ from hatch_build import compile_extension
 
 REPO = Path(__file__).resolve().parents[2]
 EDITIONS = ("community", "commercial", "upload")
-# What the community wheel may hold of sinks/: the contract, retry policy and local alert hooks.
-BASE_SINKS = {"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"}
+# The local alert hooks every edition ships; sinks/ is upload code only and none of it is in community.
+ALERT_MODULES = {"alerts/__init__.py", "alerts/health.py", "alerts/hooks.py", "alerts/ntfy.py", "alerts/kuma.py"}
 NAMED_UPLOAD_SINKS = {"sinks/central.py", "sinks/pushgateway.py", "sinks/loki.py"}
-TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")
+TREE_PARTS = (
+    "pyproject.toml",
+    "hatch_build.py",
+    "agent",
+    "collectors",
+    "sinks",
+    "alerts",
+    "packaging",
+    "mk",
+    "systemd",
+    "docs",
+)
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "agent" / "version.py").read_text()).group(1)  # type: ignore[union-attr]
 EX_CONFIG = 78
 TICKS = 3
@@ -176,11 +187,10 @@ def _pending(tmp_path: Path) -> int:
 
 
 def test_community_wheel_lacks_upload_sinks(wheels: dict[str, Path], tree: Path) -> None:
-    """The community wheel has the base sinks and not one module of upload code, nor an edition marker."""
+    """The community wheel has the alert hooks and not one module of sinks/ (upload code), nor an edition marker."""
     files = _payload(wheels["community"])
-    sinks = {name for name in files if name.startswith("sinks/")}
-    assert set() == NAMED_UPLOAD_SINKS & files
-    assert {f"sinks/{name}" for name in BASE_SINKS} & _tree_sinks(tree) == sinks
+    assert set() == {name for name in files if name.startswith("sinks/")}
+    assert ALERT_MODULES <= files
     assert "agent/_build.py" not in files
     assert {"agent/__init__.py", "agent/cli.py", "collectors/__init__.py"} <= files
 
@@ -197,10 +207,9 @@ def test_commercial_wheel_has_every_sink_and_bakes_edition(wheels: dict[str, Pat
 
 
 def test_upload_wheel_holds_only_upload_sinks(wheels: dict[str, Path], tree: Path) -> None:
-    """The upload component holds exactly the upload sinks and pins pop-agent to its own version."""
+    """The upload component holds exactly sinks/ and pins pop-agent to its own version."""
     files = _payload(wheels["upload"])
-    expected = {name for name in _tree_sinks(tree) if name.removeprefix("sinks/") not in BASE_SINKS}
-    assert expected == files
+    assert _tree_sinks(tree) == files
     assert files >= NAMED_UPLOAD_SINKS
     metadata = _metadata(wheels["upload"])
     assert ("Name", "pop-agent-upload") in metadata

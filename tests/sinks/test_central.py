@@ -28,7 +28,6 @@ from agent.errors import ConfigError
 from agent.sample import Delivery, Pending
 from agent.settings import CentralSinkSettings, Settings, SinksSettings
 from sinks.central import CentralSink, plan_requests, read_token, request_body
-from sinks.retry import RetryPolicy
 
 TOKEN = "s3cr3t-central-token-0123456789"
 PATH = "/ingest/v1/heartbeats"
@@ -129,28 +128,17 @@ def central(aiohttp_server: Any) -> Callable[..., Awaitable[Central]]:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[Callable[..., CentralSink]]:
-    """Build central sinks with a zero-wait retry policy; closed after the test."""
+    """Build central sinks; closed after the test."""
     made: list[CentralSink] = []
 
-    def make(url: str, *, token: str = TOKEN, policy: RetryPolicy | None = None, **cfg: Any) -> CentralSink:
+    def make(url: str, *, token: str = TOKEN, **cfg: Any) -> CentralSink:
         settings = CentralSinkSettings(url=url, **{"gzip_min_bytes": 1 << 30, **cfg})
-        made.append(CentralSink(settings, token=token, policy=policy or RetryPolicy.immediate()))
+        made.append(CentralSink(settings, token=token))
         return made[-1]
 
     yield make
     for each in made:
         await each.aclose()
-
-
-class RecordingDeadline(Deadline):
-    """A deadline whose waits are recorded instead of slept."""
-
-    def __init__(self, seconds: float | None = None) -> None:
-        super().__init__(seconds)
-        self.slept: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
 
 
 def closed_port() -> int:
@@ -217,68 +205,64 @@ async def test_central_down_keeps_the_batch_then_delivers_when_up(central, sink)
     assert ids(batch) == server.accepted_ids
 
 
-async def test_503_with_retry_after_seconds_waits_that_long_then_delivers(central, sink) -> None:
-    """A 503 with Retry-After: 3 makes the retry wait exactly 3 s, then the 200 acks."""
+async def test_503_with_retry_after_ends_the_send_and_reports_the_wait(central, sink) -> None:
+    """A 503 with Retry-After: 3 is one request, kept with retry_after 3.0; the next send delivers."""
     server = await central(scripted(lambda: status(503, {"Retry-After": "3"}), ok))
-    deadline = RecordingDeadline(60)
     batch = backlog(3)
+    the_sink = sink(server.url)
 
-    delivery = await sink(server.url, policy=RetryPolicy(max_attempts=4, initial=0.5, max_delay=30)).send(
-        batch, deadline
-    )
+    kept = await the_sink.send(batch, Deadline(60))
+    delivered = await the_sink.send(batch, Deadline(60))
 
-    assert Delivery(acked=frozenset(ids(batch))) == delivery
-    assert deadline.slept == [3.0]
+    assert Delivery(failure="http_503", retry_after=3.0) == kept
+    assert Delivery(acked=frozenset(ids(batch))) == delivered
     assert [ids(batch), ids(batch)] == [request.ids for request in server.received]
 
 
-async def test_retry_after_as_http_date_is_honoured(central, sink) -> None:
-    """A Retry-After HTTP-date 20 s ahead makes the retry wait until that date."""
+async def test_retry_after_as_http_date_is_reported_in_seconds(central, sink) -> None:
+    """A Retry-After HTTP-date 20 s ahead is reported as the seconds until that date."""
     when = datetime.now(UTC) + timedelta(seconds=20)
-    server = await central(scripted(lambda: status(503, {"Retry-After": format_datetime(when, usegmt=True)}), ok))
-    deadline = RecordingDeadline(60)
-    batch = backlog(2)
+    server = await central(scripted(lambda: status(503, {"Retry-After": format_datetime(when, usegmt=True)})))
 
-    delivery = await sink(server.url, policy=RetryPolicy(max_attempts=2, initial=0.5, max_delay=30)).send(
-        batch, deadline
-    )
+    delivery = await sink(server.url).send(backlog(2), Deadline(60))
 
-    assert Delivery(acked=frozenset(ids(batch))) == delivery
-    assert len(deadline.slept) == 1
-    assert 10 < deadline.slept[0] <= 20
+    assert "http_503" == delivery.failure
+    assert delivery.retry_after is not None and 10 < delivery.retry_after <= 20
 
 
-async def test_retry_after_is_clamped_by_the_policy_max_delay(central, sink) -> None:
-    """A Retry-After longer than the policy's max_delay waits max_delay."""
-    server = await central(scripted(lambda: status(503, {"Retry-After": "3600"}), ok))
-    deadline = RecordingDeadline(60)
+async def test_a_long_retry_after_is_reported_as_given(central, sink) -> None:
+    """Retry-After: 3600 reaches the delivery loop whole: clamping it is the backoff's job, not the sink's."""
+    server = await central(scripted(lambda: status(429, {"Retry-After": "3600"})))
 
-    await sink(server.url, policy=RetryPolicy(max_attempts=2, initial=0.5, max_delay=5)).send(backlog(1), deadline)
+    delivery = await sink(server.url).send(backlog(1), Deadline(60))
 
-    assert deadline.slept == [5.0]
+    assert Delivery(failure="http_429", retry_after=3600.0) == delivery
 
 
 @pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 504])
-async def test_transient_statuses_are_retried_then_delivered(central, sink, code: int) -> None:
-    """408, 429 and 5xx are retried with the same batch; the next 200 acks it."""
+async def test_transient_statuses_keep_the_batch_after_one_request(central, sink, code: int) -> None:
+    """408, 429 and 5xx keep the batch after a single request; the next send delivers the same batch."""
     server = await central(scripted(lambda: status(code), ok))
     batch = backlog(4)
+    the_sink = sink(server.url)
 
-    delivery = await sink(server.url).send(batch, Deadline(30))
+    kept = await the_sink.send(batch, Deadline(30))
+    delivered = await the_sink.send(batch, Deadline(30))
 
-    assert Delivery(acked=frozenset(ids(batch))) == delivery
+    assert Delivery(failure=f"http_{code}") == kept
+    assert Delivery(acked=frozenset(ids(batch))) == delivered
     assert [ids(batch), ids(batch)] == [request.ids for request in server.received]
 
 
-async def test_exhausted_attempts_keep_the_batch_with_a_fixed_code(central, sink) -> None:
-    """After max_attempts 503s nothing is acked; the failure is "http_503" with central's Retry-After."""
+async def test_a_failed_request_keeps_the_batch_with_a_fixed_code(central, sink) -> None:
+    """A 503 is tried once, nothing acked; the failure is "http_503" with central's Retry-After, never its body."""
     server = await central(scripted(lambda: status(503, {"Retry-After": "7"}, b"upstream exploded: secret")))
     batch = backlog(3)
 
-    delivery = await sink(server.url, policy=RetryPolicy.immediate(max_attempts=3)).send(batch, Deadline(30))
+    delivery = await sink(server.url).send(batch, Deadline(30))
 
     assert Delivery(failure="http_503", retry_after=7.0) == delivery
-    assert len(server.received) == 3
+    assert len(server.received) == 1
 
 
 @pytest.mark.parametrize("code", [401, 403])
@@ -365,12 +349,10 @@ async def test_a_central_that_never_answers_times_out_and_keeps_everything(centr
     server = await central(lambda request, n: asyncio.Event().wait())
     batch = backlog(3)
 
-    delivery = await sink(server.url, read_timeout=0.2, policy=RetryPolicy.immediate(max_attempts=2)).send(
-        batch, Deadline(30)
-    )
+    delivery = await sink(server.url, read_timeout=0.2).send(batch, Deadline(30))
 
     assert Delivery(failure="timeout") == delivery
-    assert len(server.received) == 2
+    assert len(server.received) == 1
 
 
 async def test_the_deadline_cuts_a_request_shorter_than_its_read_timeout(central, sink) -> None:
@@ -505,8 +487,8 @@ async def test_owned_session_is_closed_and_a_passed_session_is_left_open(central
     server = await central(scripted(ok))
     cfg = CentralSinkSettings(url=server.url)
     async with aiohttp.ClientSession() as shared:
-        given_sink = CentralSink(cfg, token=TOKEN, session=shared, policy=RetryPolicy.immediate())
-        own_sink = CentralSink(cfg, token=TOKEN, policy=RetryPolicy.immediate())
+        given_sink = CentralSink(cfg, token=TOKEN, session=shared)
+        own_sink = CentralSink(cfg, token=TOKEN)
         await given_sink.send(backlog(1), Deadline(30))
         await own_sink.send(backlog(1), Deadline(30))
         own_session = own_sink._http.get()

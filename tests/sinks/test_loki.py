@@ -29,7 +29,6 @@ from agent.sample import Delivery, Pending
 from agent.settings import LokiSinkSettings, Settings
 from sinks.exposition import timestamp_ns
 from sinks.loki import LokiSink, cutoffs, ignored_entries
-from sinks.retry import RetryPolicy
 from tests.sinks.realprocs import free_port, heartbeat
 
 HOUR_NS = 3600 * 10**9
@@ -203,7 +202,7 @@ async def loki() -> AsyncIterator[Starter]:
 
 async def push(url: str, batch: list[Pending], *, tenant: str | None = None, batch_max_count: int = 500) -> Delivery:
     cfg = LokiSinkSettings(url=url, tenant_id=tenant, batch_max_count=batch_max_count)
-    sink = LokiSink(cfg, policy=RetryPolicy.immediate())
+    sink = LokiSink(cfg)
     try:
         return await sink.send(batch, Deadline(30))
     finally:
@@ -264,13 +263,18 @@ async def test_backlog_after_an_outage_lands_once_in_timestamp_order_per_stream(
         assert [(timestamp_ns(item.doc["ts"]), compact(item)) for item in mine] == fake.lines(pop)
 
 
-async def test_unavailable_loki_is_retried_then_the_backlog_lands(loki: Starter) -> None:
-    """A 503 and a 429 (with Retry-After) are retried; the batch then goes whole."""
+async def test_unavailable_loki_keeps_the_batch_per_request_then_the_backlog_lands(loki: Starter) -> None:
+    """A 503 and a 429 (with Retry-After) each end one send after one request; the third send goes whole."""
     fake, url = await loki()
     fake.script.extend([503, 429])
     batch = backlog("ams1", 5, time.time() - 60)
 
-    assert Delivery(acked=frozenset(item.id for item in batch)) == await push(url, batch)
+    outcomes = [await push(url, batch) for _ in range(3)]
+
+    assert [Delivery(failure="http_503", retry_after=0.0), Delivery(failure="http_429", retry_after=0.0)] == outcomes[
+        :2
+    ]
+    assert Delivery(acked=frozenset(item.id for item in batch)) == outcomes[2]
     assert (fake.requests, fake.problems) == (3, [])
 
 
@@ -278,7 +282,7 @@ async def test_unavailable_loki_is_retried_then_the_backlog_lands(loki: Starter)
     ("status", "failure"), [(503, "http_503"), (429, "http_429"), (401, "auth"), (404, "http_404")]
 )
 async def test_failures_keep_the_whole_batch(loki: Starter, status: int, failure: str) -> None:
-    """Transient answers after the last retry, auth and path errors keep every heartbeat, with a fixed code."""
+    """Transient answers, auth and path errors keep every heartbeat, with a fixed code."""
     fake, url = await loki()
     fake.script.extend([status] * 10)
 
@@ -375,7 +379,7 @@ async def test_spooled_document_without_time_is_rejected_without_a_request(loki:
 async def test_expired_deadline_sends_nothing(loki: Starter) -> None:
     """With the deadline spent, nothing goes out and the batch stays."""
     fake, url = await loki()
-    sink = LokiSink(LokiSinkSettings(url=url), policy=RetryPolicy.immediate())
+    sink = LokiSink(LokiSinkSettings(url=url))
     try:
         delivery = await sink.send([heartbeat()], Deadline(0))
     finally:

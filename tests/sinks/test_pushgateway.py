@@ -20,7 +20,6 @@ from agent.sample import Delivery, Pending
 from agent.settings import PushgatewaySinkSettings, Settings
 from sinks.exposition import grouping_path, render
 from sinks.pushgateway import PushgatewaySink
-from sinks.retry import RetryPolicy
 from tests.sinks.realprocs import PUSHGATEWAY, binary, free_port, get_text, heartbeat, parse_exposition, pushgateway
 
 GROUP = {"job": "pop_agent", "instance": ""}
@@ -41,7 +40,7 @@ def gateway() -> Iterator[str]:
 
 
 def sink_for(url: str, **settings: object) -> PushgatewaySink:
-    return PushgatewaySink(PushgatewaySinkSettings(url=url, **settings), policy=RetryPolicy.immediate())
+    return PushgatewaySink(PushgatewaySinkSettings(url=url, **settings))
 
 
 async def push(url: str, batch: list[Pending]) -> Delivery:
@@ -232,11 +231,12 @@ async def test_one_put_per_pop_in_the_text_format(scripted) -> None:  # type: ig
     assert all(len(line.split(" ")) == 2 for line in body.splitlines() if not line.startswith("#"))
 
 
-async def test_unavailable_gateway_is_retried_honouring_retry_after(scripted) -> None:  # type: ignore[no-untyped-def]
-    """A 503 with Retry-After is retried and the heartbeat acked on the next answer."""
-    fake, url = await scripted([503], retry_after="0")
+async def test_unavailable_gateway_reports_retry_after_and_the_next_send_delivers(scripted) -> None:  # type: ignore[no-untyped-def]
+    """A 503 with Retry-After ends the send after one request with that wait; the next send acks the heartbeat."""
+    fake, url = await scripted([503], retry_after="5")
     beat = heartbeat()
 
+    assert Delivery(failure="http_503", retry_after=5.0) == await push(url, [beat])
     assert Delivery(acked=frozenset({beat.id})) == await push(url, [beat])
     assert len(fake.requests) == 2
 
@@ -245,7 +245,7 @@ async def test_unavailable_gateway_is_retried_honouring_retry_after(scripted) ->
     ("status", "failure"), [(503, "http_503"), (429, "http_429"), (401, "auth"), (404, "http_404")]
 )
 async def test_failures_keep_the_whole_backlog(scripted, status: int, failure: str) -> None:  # type: ignore[no-untyped-def]
-    """Transient answers (after retries) and auth or path errors keep every heartbeat, with a fixed code."""
+    """Transient answers and auth or path errors keep every heartbeat, with a fixed code."""
     _, url = await scripted([status] * 10)
     batch = [heartbeat(seq=1), heartbeat(seq=2)]
 

@@ -19,23 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from agent.health import (
-    HEALTH_METRICS,
-    AlarmKind,
-    AlertHooks,
-    Failing,
-    Health,
-    HealthEvent,
-    HealthState,
-    OutageEnded,
-    OutageStarted,
-    PushStatus,
-    Restored,
-)
 from agent.sample import MetricKind
 from agent.settings import AlertsSettings, SpoolSettings
-from sinks.kuma import KumaHook
-from sinks.ntfy import NtfyHook
+from alerts.events import AlarmKind, Failing, HealthEvent, HealthState, OutageEnded, OutageStarted, PushStatus, Restored
+from alerts.health import HEALTH_METRICS, Health
+from alerts.hooks import AlertHooks
+from alerts.kuma import KumaHook
+from alerts.ntfy import NtfyHook
 
 WALL0 = 1_700_000_000.0
 OUTAGE_AFTER = 300.0
@@ -169,7 +159,7 @@ def test_state_file_is_written_atomically_on_transitions_only(tmp_path: Path) ->
     run_delivery(health, clock, [False] * 31)
     assert [path.name for path in tmp_path.iterdir()] == ["alerts.json"]
     saved = json.loads((tmp_path / "alerts.json").read_text())
-    expected = {"bad_since": WALL0, "active": True, "cleared_at": None, "failure": "timeout"}
+    expected = {"bad_since": WALL0, "active": True, "cleared_at": None, "failure": "timeout", "sink": ""}
     assert expected == saved["alarms"]["delivery"]
 
 

@@ -2,7 +2,7 @@
 
 Three alarms share one rule set. Each is *bad* or not at every observation:
 
-- ``delivery``: the tick's delivery to central failed;
+- ``delivery``: the last delivery pass of some sink failed (the event names that sink);
 - ``collectors``: every collector failed this tick;
 - ``spool``: the spool is about to overflow (90 % of ``max_files`` or ``max_bytes``;
   it stays bad until below 80 %) or heartbeats were just dropped.
@@ -17,29 +17,38 @@ per ``outage_after``. Bad spells that end before an outage give :class:`Failing`
 
 Elapsed times come from the monotonic clock, so a wall-clock jump neither starts
 nor stretches an outage; the wall clock is used only to persist the alarms in
-``<state_dir>/alerts.json`` (written atomically, on transitions only), so that a
-restart during an outage sends no second outage message.
+``<state_dir>/alerts.json`` (written atomically, on transitions only, by the
+spool's thread in the daemon), so that a restart during an outage sends no
+second outage message.
 
-:class:`AlertHooks` does the wiring the runner needs: it logs every event once and
-fires the ntfy and Kuma hooks as background tasks that never delay a tick.
+The hooks that act on the events (:mod:`alerts.hooks`, :mod:`alerts.ntfy`,
+:mod:`alerts.kuma`) are fed by this machine, never by the spool or the sinks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from agent.sample import MetricKind, MetricSpec, Sample
 from agent.state import write_atomic
+from alerts.events import (
+    SINK_NAME,
+    AlarmKind,
+    Failing,
+    HealthEvent,
+    HealthState,
+    OutageEnded,
+    OutageStarted,
+    PushStatus,
+    Restored,
+    fixed_code,
+)
 
 if TYPE_CHECKING:
     from agent.settings import AlertsSettings, Settings, SpoolSettings
@@ -51,25 +60,22 @@ STATE_VERSION = 1
 SPOOL_HIGH = 0.9
 SPOOL_LOW = 0.8
 
-_CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}", re.ASCII)  # a code has at least one letter or digit
-
 log = structlog.get_logger()
 
+HEALTH_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("delivery_failures_consecutive", MetricKind.GAUGE, "Delivery passes that failed in a row (any sink)."),
+    MetricSpec("outage_active", MetricKind.GAUGE, "1 while an outage (delivery, collectors or spool) is on."),
+    MetricSpec("outage_seconds", MetricKind.GAUGE, "Length so far of the longest outage under way.", "seconds"),
+    MetricSpec("alerts_sent_total", MetricKind.COUNTER, "Outage and recovery messages the alert hook accepted."),
+    MetricSpec("alert_hook_failures_total", MetricKind.COUNTER, "Alert hook calls (ntfy, Kuma) that failed."),
+)
 
-class AlarmKind(StrEnum):
-    """What an outage is about."""
-
-    DELIVERY = "delivery"
-    COLLECTORS = "collectors"
-    SPOOL = "spool"
+# Runs a blocking write somewhere: at once by default, on the spool's thread in the daemon.
+Defer = Callable[..., None]
 
 
-class HealthState(StrEnum):
-    """Delivery health as ``agent status`` shows it."""
-
-    HEALTHY = "healthy"
-    FAILING = "failing"
-    OUTAGE = "outage"
+def _now(func: Callable[..., None], *args: Any) -> None:
+    func(*args)
 
 
 class Clock(Protocol):
@@ -90,107 +96,6 @@ class SystemClock:
         return time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class Failing:
-    """An alarm turned bad (not yet an outage). ``failure`` is a fixed code."""
-
-    kind: AlarmKind
-    at: float  # wall clock
-    failure: str
-
-    event: ClassVar[str] = "health_failing"
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    """An alarm turned good again before it became an outage."""
-
-    kind: AlarmKind
-    at: float
-    failed_for_s: float
-
-    event: ClassVar[str] = "health_restored"
-
-
-@dataclass(frozen=True, slots=True)
-class OutageStarted:
-    """An outage began: the alarm has been bad for its whole ``raise_after``.
-
-    ``since`` is when it turned bad (wall clock); ``backlog`` is the number of
-    heartbeats waiting in the spool.
-    """
-
-    kind: AlarmKind
-    pop: str
-    at: float
-    since: float
-    failure: str
-    backlog: int
-
-    event: ClassVar[str] = "outage_started"
-
-
-@dataclass(frozen=True, slots=True)
-class OutageEnded:
-    """An outage ended. ``duration_s`` counts from when the alarm turned bad.
-
-    ``drain_per_s`` is how fast the backlog shrank over the last tick (heartbeats
-    per second), ``None`` when unknown.
-    """
-
-    kind: AlarmKind
-    pop: str
-    at: float
-    duration_s: float
-    backlog: int
-    drain_per_s: float | None
-
-    event: ClassVar[str] = "outage_ended"
-
-
-OutageEvent = OutageStarted | OutageEnded
-HealthEvent = Failing | Restored | OutageStarted | OutageEnded
-
-
-def event_fields(event: HealthEvent) -> dict[str, Any]:
-    """The event as log fields: fixed codes and numbers only."""
-    fields: dict[str, Any] = {"kind": str(event.kind)}
-    if isinstance(event, Failing):
-        fields["failure"] = event.failure
-    elif isinstance(event, Restored):
-        fields["failed_for_s"] = round(event.failed_for_s, 1)
-    elif isinstance(event, OutageStarted):
-        fields.update(failure=event.failure, backlog=event.backlog, failing_for_s=round(event.at - event.since, 1))
-    else:
-        fields.update(duration_s=round(event.duration_s, 1), backlog=event.backlog)
-        if event.drain_per_s is not None:
-            fields["drain_per_s"] = round(event.drain_per_s, 2)
-    return fields
-
-
-def fixed_code(value: str | None, default: str = "other") -> str:
-    """``value`` if it is a short lower-case code, else ``default``: free text never reaches an alert."""
-    return value if value is not None and _CODE.fullmatch(value) else default
-
-
-HEALTH_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("delivery_failures_consecutive", MetricKind.GAUGE, "Deliveries to central failed in a row."),
-    MetricSpec("outage_active", MetricKind.GAUGE, "1 while an outage (delivery, collectors or spool) is on."),
-    MetricSpec("outage_seconds", MetricKind.GAUGE, "Length so far of the longest outage under way.", "seconds"),
-    MetricSpec("alerts_sent_total", MetricKind.COUNTER, "Outage and recovery messages the alert hook accepted."),
-    MetricSpec("alert_hook_failures_total", MetricKind.COUNTER, "Alert hook calls (ntfy, Kuma) that failed."),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class PushStatus:
-    """What to push to Uptime Kuma this tick: status, a fixed message, ms of the last good delivery."""
-
-    status: Literal["up", "down"]
-    msg: str
-    ping_ms: float | None
-
-
 class _Alarm:
     """One alarm's state; times on the monotonic clock."""
 
@@ -202,13 +107,14 @@ class _Alarm:
         self.active = False
         self.cleared_at: float | None = None
         self.failure = ""
+        self.sink = ""
 
-    def step(self, bad: bool, failure: str, now: float) -> tuple[str, float] | None:
-        """Advance; return ``(transition, bad_for_s)`` or ``None``."""
+    def step(self, bad: bool, failure: str, now: float, sink: str = "") -> tuple[str, float] | None:
+        """Advance; return ``(transition, bad_for_s)`` or ``None``. The spell keeps its first failure and sink."""
         if bad:
             fresh = self.bad_since is None
             if self.bad_since is None:
-                self.bad_since, self.failure = now, failure
+                self.bad_since, self.failure, self.sink = now, failure, sink
             bad_for = now - self.bad_since
             ready = self.cleared_at is None or now - self.cleared_at >= self.gap
             if not self.active and bad_for >= self.raise_after and ready:
@@ -233,6 +139,7 @@ class _Alarm:
             "active": self.active,
             "cleared_at": to_wall(self.cleared_at),
             "failure": self.failure,
+            "sink": self.sink,
         }
 
     def load(self, data: dict[str, Any], wall: float, mono: float) -> None:
@@ -246,6 +153,8 @@ class _Alarm:
         self.active = data.get("active") is True and self.bad_since is not None
         self.cleared_at = to_mono(data.get("cleared_at"))
         self.failure = fixed_code(data.get("failure") if isinstance(data.get("failure"), str) else None)
+        sink = data.get("sink")
+        self.sink = sink if isinstance(sink, str) and SINK_NAME.fullmatch(sink) else ""
 
 
 class Health:
@@ -265,8 +174,10 @@ class Health:
         pop_id: str,
         state_dir: Path | None = None,
         clock: Clock | None = None,
+        defer: Defer | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
+        self._defer: Defer = defer or _now
         self._pop = pop_id
         self._max_files = spool.max_files
         self._max_bytes = spool.max_bytes
@@ -288,16 +199,29 @@ class Health:
         self._load()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Health:
-        """A health machine persisting in ``settings.state_dir``."""
-        return cls(settings.alerts, settings.spool, pop_id=settings.pop_id, state_dir=settings.state_dir, clock=clock)
+    def from_settings(cls, settings: Settings, *, clock: Clock | None = None, defer: Defer | None = None) -> Health:
+        """A health machine persisting in ``settings.state_dir`` (through ``defer``, off the event loop)."""
+        return cls(
+            settings.alerts,
+            settings.spool,
+            pop_id=settings.pop_id,
+            state_dir=settings.state_dir,
+            clock=clock,
+            defer=defer,
+        )
 
     # -- observations -------------------------------------------------------
 
     def observe_delivery(
-        self, *, ok: bool, backlog: int, failure: str | None = None, latency_ms: float | None = None
+        self,
+        *,
+        ok: bool,
+        backlog: int,
+        failure: str | None = None,
+        latency_ms: float | None = None,
+        sink: str | None = None,
     ) -> tuple[HealthEvent, ...]:
-        """One delivery attempt: ``ok`` if central took the batch, ``failure`` its fixed code if not.
+        """One delivery attempt: ``ok`` if every sink delivers, else ``failure``, the fixed code of ``sink``'s failure.
 
         ``backlog`` is the spool's pending count after the attempt; ``latency_ms``
         how long the successful delivery took (Kuma's ``ping``).
@@ -314,7 +238,8 @@ class Health:
                 self._ping_ms = max(0.0, latency_ms)
         else:
             self.failures_consecutive += 1
-        return self._step(AlarmKind.DELIVERY, not ok, fixed_code(failure), now, drain)
+        name = sink if sink is not None and SINK_NAME.fullmatch(sink) else ""
+        return self._step(AlarmKind.DELIVERY, not ok, fixed_code(failure), now, drain, name)
 
     def observe_collectors(self, *, failed: int, total: int) -> tuple[HealthEvent, ...]:
         """This tick's collector results; the alarm is bad when every one of them failed."""
@@ -379,7 +304,8 @@ class Health:
         # The ping is the last delivery's only while that delivery succeeded: a stale one would read as a live link.
         ping = self._ping_ms if self.failures_consecutive == 0 else None
         if active:
-            return PushStatus("down", f"outage_{active[0]}", ping)
+            sink = self._alarms[active[0]].sink
+            return PushStatus("down", f"outage_{active[0]}" + (f"_{sink}" if sink else ""), ping)
         return PushStatus("up", str(self.state), ping)
 
     def status(self) -> dict[str, Any]:
@@ -396,10 +322,10 @@ class Health:
     # -- internals ------------------------------------------------------------
 
     def _step(
-        self, kind: AlarmKind, bad: bool, failure: str, now: float, drain: float | None
+        self, kind: AlarmKind, bad: bool, failure: str, now: float, drain: float | None, sink: str = ""
     ) -> tuple[HealthEvent, ...]:
         alarm = self._alarms[kind]
-        transition = alarm.step(bad, failure, now)
+        transition = alarm.step(bad, failure, now, sink)
         if transition is None:
             return ()
         name, bad_for = transition
@@ -407,13 +333,13 @@ class Health:
         backlog = self._backlog
         event: HealthEvent
         if name == "failing":
-            event = Failing(kind, wall, alarm.failure)
+            event = Failing(kind, wall, alarm.failure, alarm.sink)
         elif name == "restored":
             event = Restored(kind, wall, bad_for)
         elif name == "started":
-            event = OutageStarted(kind, self._pop, wall, wall - bad_for, alarm.failure, backlog)
+            event = OutageStarted(kind, self._pop, wall, wall - bad_for, alarm.failure, backlog, alarm.sink)
         else:
-            event = OutageEnded(kind, self._pop, wall, bad_for, backlog, drain)
+            event = OutageEnded(kind, self._pop, wall, bad_for, backlog, drain, alarm.sink)
         self._save()
         return (event,)
 
@@ -446,8 +372,12 @@ class Health:
             "saved_at": wall,
             "alarms": {str(kind): alarm.dump(wall, mono) for kind, alarm in self._alarms.items()},
         }
+        # The document is built here, on the loop; the fsynced write goes where ``defer`` sends it.
+        self._defer(self._write, self._path, json.dumps(doc, sort_keys=True).encode())
+
+    def _write(self, path: Path, data: bytes) -> None:
         try:
-            _write_state(self._path, json.dumps(doc, sort_keys=True).encode())
+            _write_state(path, data)
         except OSError:
             if self._save_ok:
                 log.warning("health_state_save_failed")
@@ -456,124 +386,8 @@ class Health:
         if not self._save_ok:
             log.info("health_state_save_recovered")
         self._save_ok = True
+
+
 def _write_state(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
-
-
-# -- hooks --------------------------------------------------------------------
-
-
-class HookStatus:
-    """A hook's up/down state: its failures are logged once when they start and once when they end.
-
-    The log names the hook by a fixed label and the failure by a fixed code, never
-    by its URL (which may hold a token) or by exception text.
-    """
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.failing = False
-        self.sent_total = 0
-        self.failures_total = 0
-
-    def succeeded(self) -> bool:
-        """Count a success; log the recovery if the hook was failing. Returns ``True``."""
-        self.sent_total += 1
-        if self.failing:
-            self.failing = False
-            log.info("alert_hook_recovered", hook=self.label)
-        return True
-
-    def failed(self, code: str) -> bool:
-        """Count a failure; log it if the hook was fine until now. Returns ``False``."""
-        self.failures_total += 1
-        if not self.failing:
-            self.failing = True
-            log.warning("alert_hook_failing", hook=self.label, failure=fixed_code(code))
-        return False
-
-
-class Notifier(Protocol):
-    """An outage/recovery message sender (ntfy). Never raises; ``False`` when it failed."""
-
-    async def notify(self, event: OutageEvent) -> bool: ...
-
-
-class Pusher(Protocol):
-    """A per-tick status push (Uptime Kuma). Never raises; ``False`` when it failed."""
-
-    async def push(self, status: Literal["up", "down"], msg: str, ping_ms: float | None) -> bool: ...
-
-
-class AlertHooks:
-    """Logs health events once and fires the hooks in the background.
-
-    :meth:`dispatch` and :meth:`push` return at once; the hooks run as tasks whose
-    results are counted in ``health``. A Kuma push still under way when the next
-    tick comes is not doubled. :meth:`aclose` gives what is left a grace period,
-    then cancels it.
-    """
-
-    def __init__(self, health: Health, *, notifier: Notifier | None = None, pusher: Pusher | None = None) -> None:
-        self._health = health
-        self._notifier = notifier
-        self._pusher = pusher
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._push_task: asyncio.Task[None] | None = None
-
-    def dispatch(self, events: Iterable[HealthEvent]) -> None:
-        """Log each event once; send outage starts and ends to the notifier."""
-        for event in events:
-            if isinstance(event, OutageStarted):
-                log.error(event.event, **event_fields(event))
-            elif isinstance(event, Failing):
-                log.warning(event.event, **event_fields(event))
-            else:
-                log.info(event.event, **event_fields(event))
-            if self._notifier is not None and isinstance(event, OutageStarted | OutageEnded):
-                self._spawn(self._notify(self._notifier, event))
-
-    def push(self) -> None:
-        """Push the current status to Kuma, unless the previous push is still under way."""
-        if self._pusher is None or (self._push_task is not None and not self._push_task.done()):
-            return
-        status = self._health.push_status()
-        self._push_task = self._spawn(self._push(self._pusher, status))
-
-    async def flush(self, grace: float) -> bool:
-        """Wait up to ``grace`` seconds for the hooks under way; ``True`` if none is left."""
-        tasks = set(self._tasks)
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.0, grace))
-        return not self._tasks
-
-    async def aclose(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the hooks under way, then cancel the rest."""
-        if await self.flush(grace):
-            return
-        pending = set(self._tasks)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _notify(self, notifier: Notifier, event: OutageEvent) -> None:
-        self._health.record_alert(await _never_raise(notifier.notify(event)))
-
-    async def _push(self, pusher: Pusher, status: PushStatus) -> None:
-        self._health.record_push(await _never_raise(pusher.push(status.status, status.msg, status.ping_ms)))
-
-
-async def _never_raise(call: Any) -> bool:
-    # Hooks promise not to raise; a third-party one that does still must not kill the task quietly.
-    try:
-        return bool(await call)
-    except Exception:
-        log.warning("alert_hook_raised")
-        return False

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
-from agent.health import AlarmKind, HookStatus, OutageEnded, OutageEvent, OutageStarted, fixed_code
+from agent.sample import POP_ID_PATTERN
+from alerts.events import SINK_NAME, AlarmKind, OutageEnded, OutageEvent, OutageStarted, fixed_code
+from alerts.hooks import HookStatus, failure_code
 
 if TYPE_CHECKING:
     from agent.settings import Settings
 
 LABEL = "ntfy"
-_POP = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+_POP = re.compile(POP_ID_PATTERN, re.ASCII)
 
 _WHAT = {
     AlarmKind.DELIVERY: "heartbeat delivery",
@@ -30,12 +32,12 @@ _WHAT = {
     AlarmKind.SPOOL: "spool",
 }
 _STARTED_TITLE = {
-    AlarmKind.DELIVERY: "{pop}: heartbeat delivery outage",
+    AlarmKind.DELIVERY: "{pop}: heartbeat delivery outage ({sink})",
     AlarmKind.COLLECTORS: "{pop}: every collector failing",
     AlarmKind.SPOOL: "{pop}: spool about to overflow",
 }
 _STARTED_BODY = {
-    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats for {duration}.",
+    AlarmKind.DELIVERY: "POP {pop} has not delivered heartbeats to {sink} for {duration}.",
     AlarmKind.COLLECTORS: "Every collector on POP {pop} has failed for {duration}.",
     AlarmKind.SPOOL: "The spool on POP {pop} is about to overflow; the oldest heartbeats are dropped when it does.",
 }
@@ -43,7 +45,7 @@ _STARTED_TAIL = "Cause: {cause} ({failure}).\n{backlog} held in the spool on the
 _REASSURANCE = {AlarmKind.DELIVERY: "; nothing is lost while the spool has room"}
 _ENDED_TITLE = "{pop}: {what} recovered"
 _ENDED_BODY = {
-    AlarmKind.DELIVERY: "POP {pop} delivers heartbeats again, after an outage of {duration}.",
+    AlarmKind.DELIVERY: "POP {pop} delivers heartbeats to {sink} again, after an outage of {duration}.",
     AlarmKind.COLLECTORS: "POP {pop}: collectors report again, after an outage of {duration}.",
     AlarmKind.SPOOL: "POP {pop}: the spool is below 80% again, after {duration}.",
 }
@@ -57,25 +59,20 @@ _CAUSES = {
     "timeout": "{sink} does not answer in time",
     "disconnected": "{sink} drops the connection",
     "deadline": "delivery to {sink} runs out of time",
+    "no_progress": "{sink} takes nothing and gives no reason",
     "all_collectors_failed": "every collector fails",
     "spool_near_full": "the spool is over 90% full",
     "spool_dropping": "the spool is full and the oldest heartbeats are dropped",
 }
-_SINKS = ("remote_write", "pushgateway", "central", "loki")  # longest first: "remote_write" holds an underscore
 _HTTP = re.compile(r"http_([1-5][0-9][0-9])", re.ASCII)
 
 
-def describe_failure(code: str) -> str:
-    """A failure code (``central_http_503``, ``loki_connect``) in words, from fixed phrases only."""
-    sink, rest = "the receiver", code
-    for name in _SINKS:
-        if code.startswith(name + "_"):
-            sink, rest = name, code[len(name) + 1 :]
-            break
-    http = _HTTP.fullmatch(rest)
+def describe_failure(code: str, sink: str = "the receiver") -> str:
+    """A failure code of ``sink`` (``http_503``, ``connect``) in words, from fixed phrases only."""
+    http = _HTTP.fullmatch(code)
     if http:
         return f"{sink} answers HTTP {http.group(1)}"
-    phrase = _CAUSES.get(rest)
+    phrase = _CAUSES.get(code)
     return phrase.format(sink=sink) if phrase else "a failure without a known cause"
 
 
@@ -112,30 +109,24 @@ def format_duration(seconds: float) -> str:
 def render(event: OutageEvent) -> tuple[str, str, str, str]:
     """The message for ``event``: ``(title, priority, tags, body)``, from fixed templates only."""
     pop = event.pop if _POP.fullmatch(event.pop) else "pop"
+    sink = event.sink if SINK_NAME.fullmatch(event.sink) else "a receiver"
     kind = AlarmKind(event.kind)
     tags = f"{{emoji}},pop-agent,{kind}"
     if isinstance(event, OutageStarted):
-        body = _STARTED_BODY[kind].format(pop=pop, duration=format_duration(event.at - event.since))
+        body = _STARTED_BODY[kind].format(pop=pop, sink=sink, duration=format_duration(event.at - event.since))
         failure = fixed_code(event.failure)
         tail = _STARTED_TAIL.format(
-            cause=describe_failure(failure),
+            cause=describe_failure(failure, sink),
             failure=failure,
             backlog=_heartbeats(max(0, int(event.backlog))),
             reassurance=_REASSURANCE.get(kind, ""),
         )
-        return _STARTED_TITLE[kind].format(pop=pop), "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
-    body = _ENDED_BODY[kind].format(pop=pop, duration=format_duration(event.duration_s))
-    title = _ENDED_TITLE.format(pop=pop, what=_WHAT[kind])
+        title = _STARTED_TITLE[kind].format(pop=pop, sink=sink)
+        return title, "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
+    body = _ENDED_BODY[kind].format(pop=pop, sink=sink, duration=format_duration(event.duration_s))
+    what = _WHAT[kind] + (f" to {sink}" if kind is AlarmKind.DELIVERY else "")
+    title = _ENDED_TITLE.format(pop=pop, what=what)
     return title, "default", tags.format(emoji="white_check_mark"), f"{body}\n{_drain(event)}"
-
-
-def failure_code(exc: BaseException) -> str:
-    """A fixed code for a hook's request failure."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return "connect"
-    return "other"
 
 
 class NtfyHook:

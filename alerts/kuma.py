@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import aiohttp
 from yarl import URL
 
-from agent.health import HookStatus
-from sinks.ntfy import failure_code
+from alerts.hooks import HookStatus, failure_code
 
 if TYPE_CHECKING:
     from agent.settings import Settings

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from agent.settings import Settings
-from sinks.kuma import KumaHook, push_url
+from alerts.kuma import KumaHook, push_url
 
 PUSH_TOKEN = "kumaPushTOKEN42xyz"
 

@@ -1,0 +1,93 @@
+"""Intake from ``agent enqueue``: documents handed to a running daemon through ``spool/incoming/``.
+
+Each is scrubbed again and spooled under its own id, then removed. A file is
+opened without following a link and without blocking, and only read once
+``fstat`` on the open descriptor says it is a regular file: a FIFO or device
+swapped in after the listing must not block the spool's thread, and with it
+every tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import structlog
+
+from agent import heartbeat
+from agent.errors import ScrubRejected, SpoolError
+from agent.sample import MetricSpec
+from agent.scrubber import scrub
+from agent.spool import Spool
+from agent.state import INCOMING, remove_quietly
+
+log = structlog.get_logger("agent")
+
+PER_TICK = 1000  # documents taken in per tick, so a flood cannot stall ticks
+MAX_DOCUMENT_BYTES = 1 << 20  # an enqueued heartbeat is a few KiB; anything this large is not one
+
+
+def take_incoming(spool: Spool, allowed: dict[str, MetricSpec]) -> int:
+    """Spool what ``agent enqueue`` left in ``spool/incoming/``, scrubbed again; the number refused.
+
+    Blocking: runs on the spool's thread. On a full or read-only disk the rest
+    is left for a later tick.
+    """
+    directory = spool.root / INCOMING
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(".json") and name[0] != ".")
+    except FileNotFoundError:
+        return 0
+    refused = 0
+    for name in names[:PER_TICK]:
+        path = directory / name
+        try:
+            doc = json.loads(read_regular(path))
+            scrub(doc, allowed)
+            if f"{doc['id']}.json" != name:
+                raise ValueError(name)
+            spool.put(doc["id"], heartbeat.dumps(doc))
+        except SpoolError:
+            return refused  # the disk is full or read-only: leave them for a later tick
+        except (ScrubRejected, ValueError, KeyError, TypeError, OSError, RecursionError):
+            refused += 1
+            log.warning("incoming_refused")
+        _remove(path)
+    return refused
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a link, FIFO, device or directory); else ``ValueError``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise ValueError("not a regular file") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_DOCUMENT_BYTES:
+            raise ValueError("not a regular file of heartbeat size")
+        chunks = []
+        left = MAX_DOCUMENT_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise ValueError("grew past heartbeat size")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            remove_quietly(path)

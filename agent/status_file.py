@@ -1,0 +1,62 @@
+"""``status.json``: the daemon's last word, read by ``agent status``.
+
+The runner builds a snapshot of what the loop owns (sinks, collectors, counters,
+health) on the loop, and hands it to the spool's thread, which adds the spool's
+own numbers and writes the file. Nothing the loop owns is read from the thread,
+so a status is never torn between two ticks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.spool import SpoolStats
+from agent.spool_io import error_code
+from agent.state import write_json
+
+log = structlog.get_logger("agent")
+
+STATUS_FILE = "status.json"
+
+
+def spool_fields(stats: SpoolStats) -> dict[str, Any]:
+    """The spool's numbers as ``agent status`` shows them."""
+    return {
+        "pending": stats.pending,
+        "bytes": stats.bytes,
+        "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
+        "dropped_total": stats.dropped_total,
+        "quarantined_total": stats.quarantined_total,
+        "rejected_total": stats.rejected_total,
+    }
+
+
+class StatusFile:
+    """Writes ``<state_dir>/status.json``; a full or read-only disk is logged once, never fatal."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATUS_FILE
+        self._failing = False
+
+    def write(self, snapshot: dict[str, Any], stats: SpoolStats) -> None:
+        """Write ``snapshot`` with the spool's ``stats`` (blocking: the spool's thread calls this).
+
+        Atomic but not fsynced: the file is advisory and rewritten every tick. A
+        failure must not fail the tick that already spooled its heartbeat, nor
+        the shutdown that flushed the sinks.
+        """
+        doc = {**snapshot, "spool": spool_fields(stats), "updated": time.time()}
+        try:
+            write_json(self.path, doc, durable=False)
+        except OSError as exc:
+            if not self._failing:
+                log.warning("status_not_written", code=error_code(exc))
+            self._failing = True
+            return
+        if self._failing:
+            log.info("status_written_again")
+            self._failing = False
