@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.settings import default_pop_id
+from agent.identity import default_pop_id
 from tests.conftest import RunAgent, agent_env
 
 
