@@ -299,10 +299,11 @@ class Runner:
         Pushed at once, the tick would report the state from before its own
         delivery: ``down`` on the very tick delivery recovered.
         """
-        if self.settings.kuma_push_url is None or not self._passes_done:
-            return
+        due = [self._passes_done[name] for name, loop in self.loops.items() if loop.attempts_on_wake]
+        if self.settings.kuma_push_url is None or not due:
+            return  # a sink backing off tries again on its own time, not this tick's
         bound = min(self.settings.interval / 2, self.settings.alerts.hook_timeout)
-        waits = [asyncio.ensure_future(done.wait()) for done in self._passes_done.values()]
+        waits = [asyncio.ensure_future(done.wait()) for done in due]
         _, pending = await asyncio.wait(waits, timeout=bound)
         for waiter in pending:
             waiter.cancel()
