@@ -24,4 +24,7 @@ def edition() -> Edition:
 
 def upload_installed() -> bool:
     """Whether the upload sinks exist in this installation at all."""
-    return importlib.util.find_spec("sinks.central") is not None
+    try:
+        return importlib.util.find_spec("sinks.central") is not None
+    except ModuleNotFoundError:  # a community wheel has no `sinks` package at all: find_spec cannot look inside it
+        return False

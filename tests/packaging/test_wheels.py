@@ -335,6 +335,11 @@ def test_community_refuses_telemetry_without_upload(wheels: dict[str, Path], ins
     assert done.returncode == EX_CONFIG
     assert "upload" in done.stderr
     assert _pending(tmp_path) == 0
+    # `agent check` runs the same validation: it refuses this configuration too, with the daemon's words.
+    checked = subprocess.run([bin_dir / "agent", "check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert EX_CONFIG == checked.returncode
+    reason = done.stderr.strip().removeprefix("agent: configuration error: ")
+    assert f"error: {reason}" in checked.stdout.splitlines()
 
 
 @pytest.mark.slow
