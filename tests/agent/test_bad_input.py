@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import logs
 from agent.cli import main
 from tests.conftest import agent_env
 from tests.heartbeats import make_heartbeat
@@ -61,6 +62,10 @@ def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
         if key.startswith(("NTFY_", "KUMA_")):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+    # structlog is configured once per process, caching its loggers on first use: configured here, every
+    # later test in this process would log to this test's captured (closed) stderr. These cases print
+    # their one line; they log nothing.
+    monkeypatch.setattr(logs, "configure", lambda **kwargs: None)
     handler = signal.getsignal(signal.SIGTERM)
     yield
     signal.signal(signal.SIGTERM, handler)
