@@ -103,10 +103,11 @@ def prepare_state_dir(path: Path, *, keep: bool = True) -> None:
             created.append(directory)
         if not path.is_dir():
             raise ConfigError(f"{where}: is not a directory")
-        probe = path / _PROBE
+        # One name per process: two commands starting at once must not remove each other's probe.
+        probe = path / f"{_PROBE}.{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         os.close(fd)
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = "not writable" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "cannot be created"
         raise ConfigError(f"{where}: {reason} ({exc.strerror})") from None
