@@ -252,3 +252,21 @@ def test_upload_with_telemetry_off_says_so(run_agent: RunAgent) -> None:
     result = run_agent("upload")
     assert result.returncode == 1
     assert "telemetry is off" in result.stderr
+
+
+def test_status_names_another_command_holding_the_spool(run_agent: RunAgent, tmp_path: Path) -> None:
+    """While another process holds the spool's lock and no daemon status names it, status says so: exit 3."""
+    import fcntl
+    import os
+
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    with (spool / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_agent("status")
+    assert 3 == result.returncode
+    expected = (
+        f"daemon: not running; another agent command (pid {os.getpid()}) holds the spool; "
+        f"state dir {tmp_path / 'state'}"
+    )
+    assert expected in result.stdout.splitlines()
