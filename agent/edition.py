@@ -23,8 +23,8 @@ def edition() -> Edition:
 
 
 def upload_installed() -> bool:
-    """Whether the upload sinks exist in this installation at all."""
+    """Whether the upload sinks exist in this installation at all (a community wheel has no ``sinks`` package)."""
     try:
         return importlib.util.find_spec("sinks.central") is not None
-    except ModuleNotFoundError:  # a community wheel has no `sinks` package at all: find_spec cannot look inside it
+    except ModuleNotFoundError:
         return False

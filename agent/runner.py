@@ -477,8 +477,7 @@ class Runner:
         # Flush what the sinks can send in the time left; the rest stays spooled. A receiver
         # that asked to be left alone (Retry-After) is not knocked on again on the way out.
         flushing = [loop.drain(deadline) for loop in self.loops.values() if not loop.asked_to_wait]
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*flushing)
+        await asyncio.gather(*flushing, return_exceptions=True)  # one sink's bug must not cut another's flush
         status, states = self.status_snapshot(), saved_states(self.collectors)
         stats = await self.files.call(self._final_writes, status, states)
         await self.aclose(grace=deadline.remaining())

@@ -8,7 +8,7 @@ heartbeat. Requests go one at a time.
   alike): for each chunk of files, read them once, then deliver the chunk twice,
   back to back: ``baseline`` joins the bytes and POSTs them with a bare session
   (gzip-compressed in the ``gzip`` stage, like the sink), ``sink`` calls
-  ``CentralSink.send`` (batching, retry wrapper, status mapping, Delivery). Each
+  ``CentralSink.send`` (batching, status mapping, Delivery). Each
   side's rate counts the shared reading time plus its own sending time.
 - ``drain``: the whole path: ``Spool.batch`` -> ``CentralSink.send`` ->
   ``Spool.settle`` (cursor saved with fsync, acked files set aside), with the

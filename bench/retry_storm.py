@@ -20,7 +20,9 @@ Figures, as issue 13 asks:
 - ``requests_per_pop_per_30s``: requests central saw after the outage's first minute
   and before it ended, per POP, per 30 s;
 - ``busiest_1s_vs_mean``: the busiest 1 s bucket of that same span against the mean
-  bucket (a synchronised fleet shows waves: a high ratio);
+  bucket (a synchronised fleet shows waves: a high ratio); since the rate falls as
+  the backoffs grow, also ``busiest_1s_vs_its_30s``, each bucket against the 30 s
+  around it, which a falling rate does not inflate;
 - ``drain_s``: from the end of the outage until every POP's outage backlog was acked
   (median, 99th percentile and the last POP).
 
@@ -282,6 +284,14 @@ def figures(
     mean = len(during) / n_buckets
     fives = Counter(int((at - after_minute) * scale / 5) for at in during)  # 5 s buckets: less timer noise
     mean5 = len(during) / max(1, int(span_real / 5))
+    # The rate falls while the backoffs grow, so the first seconds after the first minute are busier than
+    # the mean of the whole span without any wave: against the mean of the 30 s around it, a bucket shows
+    # only what stands out locally, which is what a synchronised wave would do.
+    series = [buckets.get(i, 0) for i in range(n_buckets)]
+    local = 0.0
+    for i, count in enumerate(series):
+        around = series[max(0, i - 15) : i + 16]
+        local = max(local, count / (sum(around) / len(around))) if sum(around) else local
     drains = sorted(((b.drained_at - recover_at) * scale) for b in backlogs if b.drained_at is not None)
     first_minute = sum(1 for at, _, _ in seen if started <= at < after_minute)
     return {
@@ -295,6 +305,10 @@ def figures(
         "mean_1s": round(mean, 2),
         "busiest_1s_vs_mean": round(max(buckets.values(), default=0) / mean, 2) if mean else None,
         "busiest_5s_vs_mean": round(max(fives.values(), default=0) / mean5, 2) if mean5 else None,
+        "busiest_1s_vs_its_30s": round(local, 2),
+        "requests_per_pop_per_30s_last_2min": round(
+            sum(1 for at in during if at >= recover_at - 120.0 / scale) / args.pops / (min(120.0, span_real) / 30.0), 3
+        ),
         "drained_pops": len(drains),
         "drain_s": {
             "median": round(statistics.median(drains), 1) if drains else None,
