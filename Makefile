@@ -3,26 +3,35 @@ PY ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# `make run` needs the agent and its runtime libraries only; the development tools come with `make test`.
+RUN_STAMP := $(VENV)/.installed-run
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup run once test lint typecheck pytest bench soak schema clean
 
-$(STAMP): pyproject.toml
+$(PYTHON):
 	@$(PY) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PY) lacks venv/ensurepip: apt-get install python3-venv" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+
+$(RUN_STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --quiet -e .
 	@touch $@
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@touch $@ $(RUN_STAMP)
 
 setup: $(STAMP)
 
 ## The daemon in the foreground on embedded defaults: community edition, state in ./.pop-agent/.
-run: setup
-	$(VENV)/bin/agent run
+## --no-config: no /etc/pop-agent/agent.toml, nor $$POP_AGENT_CONFIG's file; POP_AGENT_* variables still apply.
+run: $(RUN_STAMP)
+	$(VENV)/bin/agent run --no-config
 
 ## One heartbeat on stdout.
-once: setup
-	$(VENV)/bin/agent --once
+once: $(RUN_STAMP)
+	$(VENV)/bin/agent --once --no-config
 
 test: setup lint typecheck pytest
 

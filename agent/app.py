@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import stat
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,35 +19,63 @@ from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
+from agent.preflight import ERROR, Finding, Wiring, prepare_state_dir, wire
 from agent.sample import MetricSpec
 from agent.scrubber import Allowlist, describe, scrub
 from agent.settings import Settings
 from agent.state import drop_incoming
 from agent.version import __version__
-from agent.wiring import AGENT_METRICS, allowed_metrics, build_collectors, build_sinks, telemetry_enabled
+from agent.wiring import AGENT_METRICS, telemetry_enabled
 
 log = structlog.get_logger("agent")
 
-EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
 
 
 def _runner(settings: Settings, *, with_sinks: bool) -> Any:
     from agent.runner import Runner
 
-    telemetry = telemetry_enabled(settings, edition())
-    slots = build_collectors(settings)
-    sinks = build_sinks(settings, telemetry) if with_sinks else []
+    wiring = wire(settings, edition(), with_sinks=with_sinks, extra_metrics=_extra_metrics())
+    if wiring.errors:
+        problems = [finding.text for finding in wiring.errors]
+        raise ConfigError("; ".join(problems), problems=problems)
     return Runner(
         settings,
         edition=edition(),
         version=__version__,
-        telemetry=telemetry,
-        collectors=slots,
-        allowed=allowed_metrics(slots, _extra_metrics()),
+        telemetry=wiring.telemetry,
+        collectors=wiring.collectors,
+        allowed=wiring.allowed,
         backlog_allowed=declared_metrics(),
-        sinks=sinks,
+        sinks=wiring.sinks,
     )
+
+
+def _rewire(settings: Settings) -> tuple[Settings, Wiring]:
+    """New settings and the parts built from them, through the same wiring as at start-up (for a reload)."""
+    return settings, wire(settings, edition(), extra_metrics=_extra_metrics())
+
+
+def check(settings: Settings) -> int:
+    """``agent check``: every validation ``agent run`` does, without running; one line per finding."""
+    wiring = wire(settings, edition(), extra_metrics=_extra_metrics())
+    findings = list(wiring.findings)
+    try:
+        prepare_state_dir(settings.state_dir, keep=False)
+    except ConfigError as exc:
+        findings.append(Finding(ERROR, str(exc)))
+    for finding in findings:
+        print(f"{finding.level}: {finding.text}")
+    if any(finding.level == ERROR for finding in findings):
+        return EX_CONFIG
+    print(
+        f"ok: pop_id {settings.pop_id}, state_dir {settings.state_dir}, "
+        f"telemetry {'on' if wiring.telemetry else 'off'}, "
+        f"collectors {', '.join(slot.name for slot in wiring.collectors) or 'none'}, "
+        f"sinks {', '.join(sink.name for sink in wiring.sinks) or 'none'}"
+    )
+    return EX_OK
 
 
 def _extra_metrics() -> tuple[MetricSpec, ...]:
@@ -72,11 +103,14 @@ def declared_metrics() -> Allowlist:
     return Allowlist(specs, collectors=names)
 
 
-def run_daemon(settings: Settings) -> int:
-    """``agent run``: tick until SIGTERM/SIGINT, then stop cleanly."""
+def run_daemon(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
+    """``agent run``: tick until SIGTERM/SIGINT, then stop cleanly; on SIGHUP, ``load`` the settings again."""
     from agent.runner import install_signal_handlers
 
     runner = _runner(settings, with_sinks=True)
+    prepare_state_dir(settings.state_dir)
+    if load is not None:
+        runner.rebuild = lambda: _rewire(load())
 
     async def main() -> None:
         install_signal_handlers(runner)
@@ -85,10 +119,12 @@ def run_daemon(settings: Settings) -> int:
     try:
         threads.run(main())
     except SpoolError as exc:
+        from agent.logs import error_line
+
         if exc.code == "locked":
-            print(f"agent: another agent is running on {settings.state_dir}", file=sys.stderr)
+            error_line(f"agent: another agent is running on {settings.state_dir}")
             return EX_TEMPFAIL
-        print(f"agent: cannot open the spool in {settings.state_dir}: {exc.code}", file=sys.stderr)
+        error_line(f"agent: cannot open the spool in {settings.state_dir}: {exc.code}")
         return EX_FAIL
     return EX_OK
 
@@ -113,9 +149,10 @@ def once(settings: Settings) -> int:
             print(f"agent: heartbeat rejected: {line}", file=sys.stderr)
         return EX_FAIL
     print(json.dumps(doc, indent=2))
-    failed = sorted(name for name, status in statuses.items() if status != "ok")
-    for name in failed:
-        print(f"agent: collector {name}: {statuses[name]}", file=sys.stderr)
+    # The slot's own status: "missing" for a configured path that is not there, where the heartbeat says "error".
+    failed = sorted((slot.name, slot.stats.status) for slot in runner.collectors if statuses[slot.name] != "ok")
+    for name, status_ in failed:
+        print(f"agent: collector {name}: {status_}", file=sys.stderr)
     return EX_FAIL if failed else EX_OK
 
 
@@ -135,6 +172,7 @@ def _deliver_now(settings: Settings, *, tick_first: bool) -> int:
     if not runner.sinks:
         print("agent: nothing to send to: telemetry is off or no sink is configured", file=sys.stderr)
         return EX_FAIL
+    prepare_state_dir(settings.state_dir)
 
     async def main() -> bool:
         await runner.start()
@@ -172,16 +210,26 @@ def _with_spool_errors(settings: Settings, body: Any) -> int:
     return result
 
 
+MAX_DOCUMENT_BYTES = 1_048_576  # a heartbeat is a few KiB; past this, input to scrub or enqueue is refused unread
+
+
 def _read_document(source: str) -> tuple[Any, str | None]:
-    """The JSON document in ``source`` (a path or ``-``), or an error line."""
+    """The JSON document in ``source`` (a path or ``-``), or an error line.
+
+    A path is opened without blocking and must be a regular file, so a FIFO
+    with no writer cannot hang the command; at most :data:`MAX_DOCUMENT_BYTES`
+    are read from either.
+    """
     try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        raw = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1) if source == "-" else _read_regular(Path(source))
     except FileNotFoundError:
         return None, f"{source}: no such file"
     except IsADirectoryError:
         return None, f"{source}: is a directory"
     except OSError as exc:
         return None, f"{source}: cannot read ({exc.strerror})"
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        return None, f"{source}: larger than {MAX_DOCUMENT_BYTES} bytes"
     try:
         return jsondoc.loads(raw), None
     except UnicodeDecodeError:
@@ -191,6 +239,19 @@ def _read_document(source: str) -> tuple[Any, str | None]:
         return None, f"{source}: not JSON: {str(exc).split(':', 1)[-1].strip()}"
     except RecursionError:
         return None, f"{source}: not JSON: nested too deeply"
+
+
+def _read_regular(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(MAX_DOCUMENT_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _accepted_document(source: str) -> tuple[Any, int]:
@@ -220,6 +281,7 @@ def enqueue(settings: Settings, source: str) -> int:
     """``agent enqueue``: scrub a document, then spool it for delivery."""
     from agent.spool import Spool
 
+    prepare_state_dir(settings.state_dir)
     doc, code = _accepted_document(source)
     if doc is None:
         return code
@@ -284,73 +346,33 @@ def export(settings: Settings, out: Path | None) -> int:
 
 
 def status(settings: Settings, *, as_json: bool) -> int:
-    """``agent status``: the daemon's last word, and the spool as it is on disk now."""
-    from agent.state import read_json
-    from agent.status_file import STATUS_FILE
+    """``agent status``: whether the daemon runs, its last word, and the spool as it is on disk now."""
+    from agent import status_report
 
     try:
         telemetry = "on" if telemetry_enabled(settings, edition()) else "off"
     except ConfigError:
         telemetry = "misconfigured"
-    report: dict[str, Any] = {"edition": edition(), "version": __version__, "telemetry": telemetry}
-    daemon = read_json(settings.state_dir / STATUS_FILE)
-    try:
-        spool = _readonly_spool(settings)
-        stats = spool.stats()
-        spool.close()
-        report["spool"] = {
-            "pending": stats.pending,
-            "bytes": stats.bytes,
-            "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
-            "dropped_total": stats.dropped_total,
-            "quarantined_total": stats.quarantined_total,
-            "rejected_total": stats.rejected_total,
-        }
-    except SpoolError as exc:
-        report["spool"] = {"error": exc.code}
-    if daemon:
-        report["daemon"] = {
-            "updated_age_s": round(time.time() - float(daemon.get("updated", 0)), 1),
-            "pid": daemon.get("pid"),
-        }
-        for key in ("sinks", "collectors", "health", "counters"):
-            if key in daemon:
-                report[key] = daemon[key]
-    if as_json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(_render_status(report))
-    return EX_OK
-
-
-def _render_status(report: dict[str, Any]) -> str:
-    lines = [f"edition: {report['edition']}  version: {report['version']}  telemetry: {report['telemetry']}"]
-    spool = report.get("spool", {})
-    if "error" in spool:
-        lines.append(f"spool: unreadable ({spool['error']})")
-    else:
-        lines.append(
-            f"spool: {spool['pending']} pending, {spool['bytes']} bytes, oldest {spool['oldest_age_s']} s; "
-            f"dropped {spool['dropped_total']}, quarantined {spool['quarantined_total']}, "
-            f"rejected {spool['rejected_total']}"
-        )
-    daemon = report.get("daemon")
-    lines.append(
-        f"daemon: last status {daemon['updated_age_s']} s ago (pid {daemon['pid']})" if daemon else "daemon: no status"
-    )
-    for name, sink in report.get("sinks", {}).items():
-        last_ack = sink.get("last_ack")
-        ack = f"{round(time.time() - last_ack, 1)} s ago" if last_ack else "never"
-        lines.append(
-            f"sink {name}: last ack {ack}, consecutive failures {sink['consecutive_failures']}"
-            + (f", failing: {sink['last_failure']}" if sink.get("last_failure") else "")
-        )
-    health = report.get("health")
-    if health:
-        lines.append("health: " + ", ".join(f"{k}={v}" for k, v in sorted(health.items())))
-    for name, collector in report.get("collectors", {}).items():
-        lines.append(f"collector {name}: {collector['status']} (errors {collector['errors_total']})")
-    return "\n".join(lines)
+    base: dict[str, Any] = {"edition": edition(), "version": __version__, "telemetry": telemetry}
+    daemon = status_report.inspect(settings.state_dir)
+    if daemon.state != "never started":
+        try:
+            spool = _readonly_spool(settings)
+            stats = spool.stats()
+            spool.close()
+            base["spool"] = {
+                "pending": stats.pending,
+                "bytes": stats.bytes,
+                "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
+                "dropped_total": stats.dropped_total,
+                "quarantined_total": stats.quarantined_total,
+                "rejected_total": stats.rejected_total,
+            }
+        except SpoolError as exc:
+            base["spool"] = {"error": exc.code}
+    report = status_report.report(daemon, settings.state_dir, base)
+    print(status_report.render(report, as_json))
+    return status_report.exit_code(daemon)
 
 
 def list_plugins(settings: Settings) -> int:

@@ -29,21 +29,65 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _common() -> _Parser:
-    """Options accepted before or after the command (CLI flags: the strongest settings source)."""
+def _common(*, hidden: bool = False) -> _Parser:
+    """Options accepted before or after the command (CLI flags: the strongest settings source).
+
+    ``hidden``: accepted, but left out of a command's own help, which points to ``agent --help`` instead.
+    """
+
+    def shown(text: str) -> str:
+        return argparse.SUPPRESS if hidden else text
+
     common = _Parser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help="TOML settings file")
-    common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help="seconds between ticks")
-    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="where the spool and state live")
-    common.add_argument("--pop-id", default=argparse.SUPPRESS, help="this POP's id")
-    common.add_argument("--telemetry", choices=("on", "off"), default=argparse.SUPPRESS, help="let heartbeats leave")
-    common.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS)
+    common.add_argument(
+        "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help=shown("TOML settings file")
+    )
+    common.add_argument(
+        "--no-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=shown("read no settings file, not even POP_AGENT_CONFIG's: embedded defaults, environment, flags"),
+    )
+    common.add_argument("--interval", type=float, default=argparse.SUPPRESS, help=shown("seconds between ticks"))
+    common.add_argument(
+        "--state-dir", type=Path, default=argparse.SUPPRESS, help=shown("where the spool and state live")
+    )
+    common.add_argument("--pop-id", default=argparse.SUPPRESS, help=shown("this POP's id"))
+    common.add_argument(
+        "--telemetry", choices=("on", "off"), default=argparse.SUPPRESS, help=shown("let heartbeats leave")
+    )
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help=shown("least important log lines shown (default info)"),
+    )
     return common
 
 
+def _document(commands: Any) -> None:
+    """Give every command its description, exit codes, environment and example."""
+    from agent.cli_help import HELP, epilog
+
+    for name, sub in commands.choices.items():
+        if name in HELP:
+            sub.description = HELP[name].description
+            sub.epilog = epilog(name)
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = _Parser(prog="agent", description="pop-agent: the POP heartbeat agent.", parents=[common])
+    """The ``agent`` command line: global options, then one sub-parser per command."""
+    from agent.cli_help import MAIN_EPILOG
+
+    parser = _Parser(
+        prog="agent",
+        description="pop-agent: the POP heartbeat agent. Without a command: run the daemon.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common()],
+    )
+    common = _common(hidden=True)
     parser.add_argument("--version", action="store_true", help="print version and edition")
     parser.add_argument("--once", action="store_true", help="one tick: print the heartbeat; no spool, no network")
     parser.add_argument("--push", action="store_true", help="with --once: one tick through the spool and the sinks")
@@ -59,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("file", help="a file, or - for stdin")
     commands.add_parser("upload", parents=[common], help="drain the spool once, now")
     commands.add_parser("config", parents=[common], help="the effective configuration, secrets masked")
+    commands.add_parser("check", parents=[common], help="every validation `agent run` does, without running")
     commands.add_parser("collectors", parents=[common], help="the collectors and sinks available")
     _add_audit_commands(commands, common)
+    _document(commands)
     return parser
 
 
@@ -103,7 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(secrets=secrets_of(settings), level=getattr(args, "log_level", "info"))
         return handler(settings, args)
     except ConfigError as exc:
-        print(f"agent: configuration error: {exc}", file=sys.stderr)
+        if command == "check":
+            for problem in exc.problems:
+                print(f"error: {problem}")
+        else:
+            from agent.logs import error_line
+
+            error_line(f"agent: configuration error: {exc}")
         return EX_CONFIG
     except KeyboardInterrupt:
         return EX_OK
@@ -118,6 +170,7 @@ def _stop_early(signum: int, frame: object) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from agent.errors import ConfigError
     from agent.settings import load_settings
 
     overrides = {
@@ -126,13 +179,19 @@ def _settings(args: argparse.Namespace) -> Any:
         "pop_id": getattr(args, "pop_id", None),
         "telemetry": getattr(args, "telemetry", None),
     }
-    return load_settings(getattr(args, "config", None), **overrides)
+    if getattr(args, "no_config", False) and getattr(args, "config", None) is not None:
+        raise ConfigError("--config and --no-config contradict each other")
+    return load_settings(
+        getattr(args, "config", None), use_system_file=not getattr(args, "no_config", False), **overrides
+    )
 
 
 def _cmd_run(settings: Any, args: argparse.Namespace) -> int:
     from agent.app import run_daemon
 
-    return run_daemon(settings)
+    # Until the daemon's own handler is in place, a SIGHUP (a reload sent too early) must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return run_daemon(settings, load=lambda: _settings(args))
 
 
 def _cmd_once(settings: Any, args: argparse.Namespace) -> int:
@@ -172,10 +231,20 @@ def _cmd_upload(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_config(settings: Any, args: argparse.Namespace) -> int:
-    from agent.settings import masked_dump
+    from agent.settings import config_file_path, environment_used, masked_dump
 
+    path = config_file_path(getattr(args, "config", None), use_system_file=not getattr(args, "no_config", False))
+    # Where the settings came from goes to stderr, so stdout stays the configuration as JSON.
+    print(f"agent: config file: {path if path is not None else 'none (embedded defaults)'}", file=sys.stderr)
+    print(f"agent: environment: {', '.join(environment_used()) or 'none'}", file=sys.stderr)
     print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
     return EX_OK
+
+
+def _cmd_check(settings: Any, args: argparse.Namespace) -> int:
+    from agent.app import check
+
+    return check(settings)
 
 
 def _cmd_collectors(settings: Any, args: argparse.Namespace) -> int:
@@ -205,6 +274,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "enqueue": _cmd_enqueue,
     "upload": _cmd_upload,
     "config": _cmd_config,
+    "check": _cmd_check,
     "collectors": _cmd_collectors,
     "sent": _cmd_sent,
     "egress": _cmd_egress,

@@ -3,11 +3,17 @@
 The runner owns timeouts and per-collector state, so collectors stay tiny. A
 collector still running from an earlier tick is not started again (its work is
 in a thread that cannot be cancelled); it reports ``busy`` until it finishes.
+
+A collector configured with a path that does not exist (an access log, a vault
+store) is not run: ``agent status`` shows it ``missing``, the log says so once
+(``collector_failed`` with code ``missing``), and the heartbeat, whose schema
+keeps its four statuses, says ``error``, so central sees it unhealthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ log = structlog.get_logger("agent.collectors")
 COLLECTOR_STATE_DIR = "collectors"  # under the state directory: one <name>.json per persistent collector
 
 OK, ERROR, TIMEOUT, BUSY = "ok", "error", "timeout", "busy"
+MISSING = "missing"  # a local status only: the heartbeat says ERROR
 
 
 @dataclass
@@ -40,8 +47,9 @@ class CollectorStats:
 class CollectorSlot:
     """One collector with its in-flight task, timeout and stats."""
 
-    def __init__(self, collector: Collector, timeout: float) -> None:
+    def __init__(self, collector: Collector, timeout: float, paths: Sequence[Path] = ()) -> None:
         self.collector = collector
+        self.paths = tuple(paths)
         self.name: str = collector.name
         self.metrics: tuple[MetricSpec, ...] = collector.metrics
         self.timeout = timeout
@@ -52,6 +60,11 @@ class CollectorSlot:
         """Collect once: ``(status, samples)`` with status ``ok``, ``error``, ``timeout`` or ``busy``."""
         if self._task is not None and not self._task.done():
             return self._settle(BUSY, ())
+        if self.paths:
+            missing = await asyncio.to_thread(_any_missing, self.paths)
+            if missing:
+                self._settle(MISSING, (), MISSING)
+                return ERROR, ()
         if self._task is not None and not self._task.cancelled():
             self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
         self._task = asyncio.ensure_future(self.collector.collect())
@@ -111,6 +124,18 @@ class CollectorSlot:
                 await self.collector.aclose()
             except Exception:  # shutdown goes on whatever one plugin does
                 log.warning("collector_close_failed", collector=self.name)
+
+
+def _any_missing(paths: Sequence[Path]) -> bool:
+    """Whether a path is not there at all; one that is there but unreadable is the collector's to report."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            continue
+    return False
 
 
 async def collect_all(slots: Sequence[CollectorSlot]) -> tuple[list[Sample], dict[str, str]]:

@@ -126,6 +126,11 @@ class SinkLoop:
         self.deadline: Deadline | None = None  # the pass under way, for the shutdown to cut short
 
     @property
+    def attempts_on_wake(self) -> bool:
+        """Whether a tick's wake-up starts a pass now (not while a backoff or Retry-After runs)."""
+        return self._retry_at is None
+
+    @property
     def asked_to_wait(self) -> bool:
         """Whether the receiver's last ``Retry-After`` still asks to be left alone."""
         return self._asked_until > time.monotonic()

@@ -222,14 +222,18 @@ Sources, strongest first:
    variables `NTFY_ALERT_URL`, `NTFY_ALERT_TOKEN` and `KUMA_PUSH_URL` are read by
    those exact names;
 3. the TOML file: `--config FILE`, else `$POP_AGENT_CONFIG`, else
-   `/etc/pop-agent/agent.toml` if it exists. A dotted name is a key in a table:
-   `sinks.central.url` is `url` under `[sinks.central]`;
+   `/etc/pop-agent/agent.toml` if it exists. `--no-config` (what `make run`
+   uses), or an empty `POP_AGENT_CONFIG`, reads no file at all. A dotted name is
+   a key in a table: `sinks.central.url` is `url` under `[sinks.central]`;
 4. the defaults below.
 
 A value that does not fit is a one-line error naming the setting and its
 environment variable (never the value), and the agent exits with status 78.
-An unknown key is an error too, so a typo cannot go unnoticed. Secret settings
-are never printed or logged.
+An unknown key is an error too, and so is an unknown `POP_AGENT_*` variable
+(with "did you mean" when a close name exists), so a typo cannot go
+unnoticed. Secret settings are never printed or logged. `agent config` says
+which file and which variables it used; `agent check` runs every validation
+`agent run` does.
 """
 
 

@@ -20,9 +20,17 @@ class AgentError(Exception):
 
 
 class ConfigError(AgentError, ValueError):
-    """The configuration cannot be used; the process exits 78 (EX_CONFIG)."""
+    """The configuration cannot be used; the process exits 78 (EX_CONFIG).
+
+    ``problems`` lists each problem on its own (``agent check`` prints one line
+    each); the message joins them into the one line other commands print.
+    """
 
     code = "config_error"
+
+    def __init__(self, message: str = "", *, code: str | None = None, problems: list[str] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.problems = tuple(problems) if problems else (message or self.code,)
 
 
 class CollectorError(AgentError):

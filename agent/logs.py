@@ -4,11 +4,17 @@ JSON lines on stderr when stderr is not a terminal (journald, files), readable
 console output when it is. Stdout is left to command output (``agent --once``
 prints the heartbeat there). A masking processor is the second line of defence:
 callers never log secrets on purpose, and whatever slips through is masked.
+
+Under systemd, when stderr is the journal (``$JOURNAL_STREAM`` names stderr's
+device and inode), every line starts with its syslog priority as ``<N>``, which
+journald reads by default (``SyslogLevelPrefix=yes``), so ``journalctl -p err``
+filters; the journal stamps each entry itself, so the lines carry no timestamp.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -61,22 +67,56 @@ class MaskSecrets:
         return value
 
 
+# syslog(3) priorities by structlog method name.
+PRIORITIES = {"debug": 7, "info": 6, "msg": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3, "critical": 2}
+
+
+def to_journal(stream: TextIO | None = None, environ: dict[str, str] | None = None) -> bool:
+    """Whether ``stream`` (stderr by default) is connected to the journal, as ``$JOURNAL_STREAM`` says.
+
+    systemd sets it to ``<device>:<inode>`` of the stream it connected; a unit that
+    redirects stderr to a file keeps the variable but not the stream, and gets no prefixes.
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def _priority_prefix(logger: Any, method: str, rendered: str) -> str:
+    return f"<{PRIORITIES.get(method, 6)}>{rendered}"
+
+
+def error_line(text: str, stream: TextIO | None = None) -> None:
+    """Print one error line for the operator on stderr, with priority 3 when stderr is the journal."""
+    stream = stream or sys.stderr
+    print(f"<3>{text}" if to_journal(stream) else text, file=stream)
+
+
 def configure(*, secrets: Iterable[str] = (), stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog for this process. Called once, by the CLI."""
     stream = stream or sys.stderr
+    journal = to_journal(stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *([] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=True)]),
         MaskSecrets(secrets),
     ]
-    renderer: Any
-    if stream.isatty():
-        renderer = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    renderer: list[Any]
+    if journal:
+        renderer = [structlog.processors.JSONRenderer(), _priority_prefix]
+    elif stream.isatty():
+        renderer = [structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)]
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = [structlog.processors.JSONRenderer()]
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,

@@ -105,27 +105,45 @@ class Runner:
         self.hooks = AlertHooks(self.health)
         self.ledger = LedgerWriter.from_settings(settings)
         delivery = settings.delivery
-        policy = backoff or BackoffPolicy(delivery.backoff_initial, delivery.backoff_max, delivery.retry_after_max)
-        self.loops = {
-            sink.name: SinkLoop(
-                sink,
-                spool=self.spool,
-                files=self.files,
-                backlog=self.backlog,
-                backoff=Backoff(policy),
-                budget=max(60.0, 3 * settings.interval),
-                observe=self._observe_delivery,
-                count_refused=self._count_refused,
-                ledger=self.ledger,
-            )
-            for sink in self.sinks
-        }
+        self._policy = backoff or BackoffPolicy(
+            delivery.backoff_initial, delivery.backoff_max, delivery.retry_after_max
+        )
+        self.loops: dict[str, SinkLoop] = {}
+        self.set_sinks(self.sinks)
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self._spool_failing = False
         self._tick_failing = False
         self._last_state_save = 0.0
         self._hook_session: aiohttp.ClientSession | None = None
+        self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
+        self.rebuild: Any = None  # set by the daemon: settings and parts built anew, for SIGHUP
+        self._delivery: list[asyncio.Task[None]] = []
+        self._reload_task: asyncio.Task[bool] | None = None
+        self._passes_done: dict[str, asyncio.Event] = {}  # set when a sink has tried this tick's delivery
+        self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
+
+    def set_sinks(self, sinks: Sequence[Sink]) -> None:
+        """One delivery loop per sink; a sink already known keeps its state and backoff (a reload)."""
+        old = self.loops
+        self.sinks = list(sinks)
+        self.loops = {
+            sink.name: SinkLoop(
+                sink,
+                spool=self.spool,
+                files=self.files,
+                backlog=self.backlog,
+                backoff=old[sink.name].backoff if sink.name in old else Backoff(self._policy),
+                budget=max(60.0, 3 * self.settings.interval),
+                observe=self._observe_delivery,
+                count_refused=self._count_refused,
+                ledger=self.ledger,
+            )
+            for sink in self.sinks
+        }
+        for name, loop in self.loops.items():
+            if name in old:
+                loop.state = old[name].state
 
     @property
     def sink_state(self) -> dict[str, SinkState]:
@@ -137,15 +155,30 @@ class Runner:
     async def start(self) -> None:
         """Create the state directory, open the spool, restore collectors' state."""
         await self.files.call(self._open)
-        self.hooks, self._hook_session = start_hooks(self.health, self.settings, self.ledger)
+        self.start_hooks()
 
     def _open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.spool.open()
         self.backlog.vouch_above(max(heartbeat.uuid7(), self._newest_spooled_id()))
+        self.restore_collectors()
+
+    def restore_collectors(self) -> None:
+        """Hand each collector the state it saved (blocking: at start, and after a reload)."""
         directory = self.state_dir / COLLECTOR_STATE_DIR
         for slot in self.collectors:
             slot.restore(directory)
+
+    def start_hooks(self) -> None:
+        """The alert hooks the settings ask for (at start, and after a reload)."""
+        self.hooks, self._hook_session = start_hooks(self.health, self.settings, self.ledger)
+
+    async def close_hooks(self) -> None:
+        """Let the alert hooks finish (briefly) and release their session."""
+        await self.hooks.aclose(self.settings.alerts.hook_timeout)
+        if self._hook_session is not None:
+            await self._hook_session.close()
+            self._hook_session = None
 
     def _newest_spooled_id(self) -> str:
         pending = self.spool.root / "pending"
@@ -155,6 +188,16 @@ class Runner:
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Read the configuration again and apply it between ticks (SIGHUP calls this)."""
+        from agent.reload import reload
+
+        if self.rebuild is None or self._stop.is_set():
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            return  # the reload under way reads the files after this signal anyway
+        self._reload_task = asyncio.ensure_future(reload(self, self.rebuild))
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Release hooks, collectors, sinks and the spool's thread."""
@@ -239,6 +282,8 @@ class Runner:
 
     async def _safe_tick(self) -> dict[str, Any] | None:
         """A tick whose own failure is logged once and skipped: the daemon keeps its rhythm."""
+        for done in self._passes_done.values():
+            done.clear()
         try:
             doc = await self.tick()
         except Exception as exc:  # a bug in one tick, or a seq that cannot be reserved, must not stop the agent
@@ -249,8 +294,24 @@ class Runner:
         if self._tick_failing:
             log.info("tick_recovered")
             self._tick_failing = False
+        await self._await_delivery()
         self.hooks.push()
         return doc
+
+    async def _await_delivery(self) -> None:
+        """Let each sink try this tick's delivery (briefly) before Kuma hears how delivery is.
+
+        Pushed at once, the tick would report the state from before its own
+        delivery: ``down`` on the very tick delivery recovered.
+        """
+        due = [self._passes_done[name] for name, loop in self.loops.items() if loop.attempts_on_wake]
+        if self.settings.kuma_push_url is None or not due:
+            return  # a sink backing off tries again on its own time, not this tick's
+        bound = min(self.settings.interval / 2, self.settings.alerts.hook_timeout)
+        waits = [asyncio.ensure_future(done.wait()) for done in due]
+        _, pending = await asyncio.wait(waits, timeout=bound)
+        for waiter in pending:
+            waiter.cancel()
 
     async def _own_samples(self) -> list[Sample]:
         refused, stats = await self.files.call(self._incoming_and_stats)
@@ -304,6 +365,8 @@ class Runner:
         """Feed health the state of delivery as a whole: healthy only while every sink is."""
         failing = [(name, state.last_failure) for name, state in self.sink_state.items() if state.last_failure]
         failed_sink, failure = failing[0] if failing else (None, None)
+        if sink in self._passes_done:
+            self._passes_done[sink].set()
         events = self.health.observe_delivery(
             ok=not failing,
             backlog=stats.pending,
@@ -317,14 +380,18 @@ class Runner:
 
     async def run(self) -> None:
         """Tick until asked to stop, then shut down within the shutdown deadline."""
+        self.daemon = True
         await self.start()
+        # `agent status` knows the daemon runs before its first tick.
+        first = self.status_snapshot()
+        await self.files.call(lambda: self.status_file.write(first, self.spool.stats()))
         # Everything imported and built so far lives as long as the process. Frozen,
         # it is no longer walked by every full collection, which the reference cycles
         # a delivery leaves (aiohttp's) trigger: that walk cost more CPU per tick than
         # the delivery itself.
         gc.collect()
         gc.freeze()
-        delivery = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
+        self.start_delivery()
         self.notifier.ready()
         log.info(
             "agent_started",
@@ -338,7 +405,24 @@ class Runner:
         try:
             await self._tick_loop()
         finally:
-            await self._shutdown(delivery)
+            await self._shutdown()
+
+    def start_delivery(self) -> None:
+        """Start each sink's delivery loop, woken at once so a backlog starts draining."""
+        self._passes_done = {name: asyncio.Event() for name in self.loops}
+        self._delivery = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
+        for loop in self.loops.values():
+            loop.wake.set()
+
+    async def stop_delivery(self) -> None:
+        """End the delivery loops; a batch in flight stays spooled and is sent again."""
+        for task in self._delivery:
+            task.cancel()
+        for loop in self.loops.values():
+            if loop.deadline is not None:
+                loop.deadline.cap(0)
+        await asyncio.gather(*self._delivery, return_exceptions=True)
+        self._delivery = []
 
     async def _tick_loop(self) -> None:
         interval = self.settings.interval
@@ -348,7 +432,9 @@ class Runner:
             await self._sleep_until(next_tick)
             if self._stop.is_set():
                 return
-            doc = await self._safe_tick()
+            async with self.tick_lock:
+                doc = await self._safe_tick()
+                interval = self.settings.interval  # a reload may have changed it
             self._summary(doc)
             next_tick += interval
             now = time.monotonic()
@@ -385,16 +471,14 @@ class Runner:
             failed=failed or None,
         )
 
-    async def _shutdown(self, delivery: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self._reload_task is not None:  # a stop wins over a reload still waiting for its turn
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         deadline = Deadline(self.settings.shutdown_deadline)
         log.info("agent_stopping", deadline_s=self.settings.shutdown_deadline)
-        for task in delivery:
-            task.cancel()
-        for loop in self.loops.values():
-            if loop.deadline is not None:
-                loop.deadline.cap(0)
-        await asyncio.gather(*delivery, return_exceptions=True)
+        await self.stop_delivery()
         # Flush what the sinks can send in the time left; the rest stays spooled. A receiver
         # that asked to be left alone (Retry-After) is not knocked on again on the way out.
         flushing = [loop.drain(deadline) for loop in self.loops.values() if not loop.asked_to_wait]
@@ -420,6 +504,7 @@ class Runner:
             "version": self.version,
             "telemetry": "on" if self.telemetry else "off",
             "pid": os.getpid(),
+            "daemon": self.daemon,
             "sinks": {name: state.snapshot() for name, state in self.sink_state.items()},
             "collectors": {slot.name: dict(vars(slot.stats)) for slot in self.collectors},
             "counters": dict(vars(self.counters)),
@@ -428,7 +513,8 @@ class Runner:
 
 
 def install_signal_handlers(runner: Runner) -> None:
-    """SIGTERM and SIGINT ask the runner to stop cleanly."""
+    """SIGTERM and SIGINT ask the runner to stop cleanly; SIGHUP to reload its configuration."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runner.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, runner.request_reload)

@@ -7,10 +7,12 @@ by their exact names), the TOML file, defaults.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-import socket
+import stat
 import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,10 +25,16 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.identity import default_pop_id, pop_id_problem
 from agent.sample import POP_ID_PATTERN
 
 DEFAULT_CONFIG_FILE = Path("/etc/pop-agent/agent.toml")
 ENV_PREFIX = "POP_AGENT_"
+CONFIG_ENV = "POP_AGENT_CONFIG"
+# Variables with the prefix that are not settings: the config file's path, and the wheel build's edition.
+NON_SETTING_ENV = frozenset({CONFIG_ENV, "POP_AGENT_BUILD_EDITION"})
+# Read by their exact names, for compatibility with the POP's existing operations (DESIGN.md).
+OPERATIONS_ENV = ("NTFY_ALERT_URL", "NTFY_ALERT_TOKEN", "KUMA_PUSH_URL")
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 
 
@@ -214,10 +222,18 @@ class LedgerSettings(_Section):
     )
 
 
-def default_pop_id() -> str:
-    """The host name as a slug: lower case, runs of other characters as one dash."""
-    slug = re.sub(r"[^a-z0-9]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
-    return slug[:63] or "pop"
+def configured_paths(settings: Settings) -> list[tuple[str, str, Path]]:
+    """Every path a built-in collector is configured to read: ``(collector, setting, path)``."""
+    collectors = settings.collectors
+    candidates = [
+        ("vaults", "collectors.vaults.path", collectors.vaults.path),
+        ("vaults", "collectors.vaults.sqlite", collectors.vaults.sqlite),
+        ("requests", "collectors.requests.access_log", collectors.requests.access_log),
+        ("requests", "collectors.requests.tarpit_log", collectors.requests.tarpit_log),
+        *(("janitor", f"collectors.janitor.dirs[{i}]", path) for i, path in enumerate(collectors.janitor.dirs)),
+    ]
+    disabled = set(collectors.disabled)
+    return [(name, key, path) for name, key, path in candidates if path is not None and name not in disabled]
 
 
 def default_state_dir() -> Path:
@@ -237,7 +253,15 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    pop_id: str = Field(default_factory=default_pop_id, pattern=rf"^{POP_ID_PATTERN}$", description="This POP's id.")
+    pop_id: str = Field(
+        default_factory=default_pop_id,
+        pattern=rf"^{POP_ID_PATTERN}$",
+        description=(
+            "This POP's id. Default: the host name as a slug; a host name the scrubber refuses (ip-10-1-2-3) "
+            "gives pop- and 12 hex digits derived from /etc/machine-id instead. An explicit id the scrubber "
+            "refuses is a configuration error."
+        ),
+    )
     interval: float = Field(10.0, ge=0.1, le=86_400, description="Seconds between ticks.")
     state_dir: Path = Field(default_factory=default_state_dir, description="Where the spool and state live.")
     telemetry: Literal["on", "off"] | None = Field(
@@ -268,6 +292,15 @@ class Settings(BaseSettings):
 
     _ntfy = field_validator("ntfy_alert_url", "kuma_push_url")(_check_url)
 
+    @field_validator("pop_id")
+    @classmethod
+    def _safe_pop_id(cls, value: str) -> str:
+        """A pop id the scrubber refuses would make every heartbeat a rejected one: refuse it at start."""
+        problem = pop_id_problem(value)
+        if problem is not None and re.fullmatch(POP_ID_PATTERN, value):
+            raise ValueError(problem)
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -280,27 +313,98 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-def config_file_path(explicit: Path | None) -> Path | None:
-    """``--config``, else ``$POP_AGENT_CONFIG``, else the system file if it exists."""
+def config_file_path(explicit: Path | None, *, use_system_file: bool = True) -> Path | None:
+    """``--config``, else ``$POP_AGENT_CONFIG``, else the system file if it exists.
+
+    ``--no-config`` (``use_system_file=False``) means no file at all, and so does
+    an empty ``POP_AGENT_CONFIG``: the embedded defaults, whatever is in ``/etc``.
+    """
     if explicit is not None:
         return explicit
-    from_env = os.environ.get("POP_AGENT_CONFIG")
-    if from_env:
-        return Path(from_env)
+    if not use_system_file:
+        return None
+    if CONFIG_ENV in os.environ:
+        from_env = os.environ[CONFIG_ENV]
+        return Path(from_env) if from_env else None
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(config_file: Path | None = None, *, use_system_file: bool = True, **overrides: Any) -> Settings:
     """Build the settings from every source, or raise a one-line :class:`ConfigError`."""
-    path = config_file_path(config_file)
+    path = config_file_path(config_file, use_system_file=use_system_file)
     if path is not None:
         _check_toml(path)
+    _check_environment(os.environ)
     bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         settings: Settings = bound(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc), problems=_problems(exc)) from None
+    check_state_dir_shape(settings.state_dir)
     return settings
+
+
+def environment_used(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The names (never the values) of the environment variables that set something here."""
+    environ = os.environ if environ is None else environ
+    names = {name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV}
+    names |= {name for name in OPERATIONS_ENV if name in environ}
+    names |= {name for name in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY") if environ.get(name)}
+    return sorted(names - {"POP_AGENT_BUILD_EDITION"})
+
+
+def setting_env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> Iterator[str]:
+    """Every ``POP_AGENT_*`` name a setting or a whole section (as JSON) can be given by."""
+    for name, field in model.model_fields.items():
+        env = prefix + name.upper()
+        yield env
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from setting_env_names(annotation, env + "__")
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """An unknown ``POP_AGENT_*`` variable is a typo until proven otherwise: refuse it, as an unknown key."""
+    known = set(setting_env_names()) | NON_SETTING_ENV
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known - NON_SETTING_ENV, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"environment variable {name}: unknown setting{hint}")
+    if problems:
+        raise ConfigError("; ".join(problems), problems=problems)
+
+
+def check_state_dir_shape(path: Path) -> None:
+    """A state directory that is a file, or lies under one, can never work: say so in one line.
+
+    Only looks (lstat): whether it can be created and written is for the
+    commands that write (:func:`agent.preflight.prepare_state_dir`).
+    """
+    probe = path
+    while True:
+        try:
+            mode = probe.stat().st_mode
+        except FileNotFoundError:
+            if probe.parent == probe:
+                return
+            probe = probe.parent
+            continue
+        except NotADirectoryError:
+            # stat() walked through a file on the way: keep climbing to name it.
+            probe = probe.parent
+            continue
+        except OSError as exc:
+            raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: cannot be read ({exc.strerror})") from None
+        if stat.S_ISDIR(mode):
+            if probe == path and not os.access(path, os.R_OK | os.X_OK):
+                raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: not readable by this user")
+            return
+        where = "is a file" if probe == path else f"lies under {probe}, which is not a directory"
+        raise ConfigError(f"state_dir (env POP_AGENT_STATE_DIR) {path}: {where}")
 
 
 def _check_toml(path: Path) -> None:
@@ -319,15 +423,21 @@ def _check_toml(path: Path) -> None:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line naming each bad setting and its environment variable, never its value."""
+def _problems(exc: ValidationError) -> list[str]:
+    """One entry per bad setting, naming it and its environment variable, never its value."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
         dotted = ".".join(str(part) for part in error["loc"])
         env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
         message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        message = message.removeprefix("Value error, ")  # our own validators' messages read as they are
         parts.append(f"{dotted} (env {env}): {message}")
-    return "invalid setting: " + "; ".join(parts)
+    return parts
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each bad setting and its environment variable, never its value."""
+    return "invalid setting: " + "; ".join(_problems(exc))
 
 
 _URL_CREDENTIALS = re.compile(r"^(https?://)[^/@\s]+@", re.IGNORECASE)

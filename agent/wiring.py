@@ -13,7 +13,7 @@ from agent.errors import ConfigError
 from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
 from agent.sample import MetricKind, MetricSpec
 from agent.scrubber import Allowlist
-from agent.settings import Settings
+from agent.settings import Settings, configured_paths
 
 if TYPE_CHECKING:
     from sinks.base import Sink  # the contract ships with the upload code
@@ -72,13 +72,15 @@ def _credential_present() -> bool:
 def build_collectors(settings: Settings) -> list[CollectorSlot]:
     """Every enabled and configured collector, each in a slot with the runner's timeout."""
     disabled = set(settings.collectors.disabled)
+    paths = configured_paths(settings)
     slots = []
     for ref in collector_refs():
         if ref.name in disabled:
             continue
         collector = ref.load().from_settings(settings)
         if collector is not None:
-            slots.append(CollectorSlot(collector, settings.collectors.timeout))
+            own = [path for name, _, path in paths if name == ref.name]
+            slots.append(CollectorSlot(collector, settings.collectors.timeout, paths=own))
     return slots
 
 

@@ -301,10 +301,12 @@ class Health:
     def push_status(self) -> PushStatus:
         """What Kuma should see now: ``down`` with the outage's fixed code during an outage, else ``up``."""
         active = self.active()
+        # The ping is the last delivery's only while that delivery succeeded: a stale one would read as a live link.
+        ping = self._ping_ms if self.failures_consecutive == 0 else None
         if active:
             sink = self._alarms[active[0]].sink
-            return PushStatus("down", f"outage_{active[0]}" + (f"_{sink}" if sink else ""), self._ping_ms)
-        return PushStatus("up", str(self.state), self._ping_ms)
+            return PushStatus("down", f"outage_{active[0]}" + (f"_{sink}" if sink else ""), ping)
+        return PushStatus("up", str(self.state), ping)
 
     def status(self) -> dict[str, Any]:
         """The state for ``agent status``: codes and numbers only."""

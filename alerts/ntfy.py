@@ -17,7 +17,7 @@ import aiohttp
 from yarl import URL
 
 from agent.sample import POP_ID_PATTERN
-from alerts.events import SINK_NAME, AlarmKind, OutageEvent, OutageStarted, fixed_code
+from alerts.events import SINK_NAME, AlarmKind, OutageEnded, OutageEvent, OutageStarted, fixed_code
 from alerts.hooks import HookStatus, failure_code
 
 if TYPE_CHECKING:
@@ -41,9 +41,59 @@ _STARTED_BODY = {
     AlarmKind.COLLECTORS: "Every collector on POP {pop} has failed for {duration}.",
     AlarmKind.SPOOL: "The spool on POP {pop} is about to overflow; the oldest heartbeats are dropped when it does.",
 }
-_STARTED_TAIL = "Failure: {failure}\nBacklog: {backlog} heartbeats in the spool."
+_STARTED_TAIL = "Cause: {cause} ({failure}).\n{backlog} held in the spool on the POP{reassurance}."
+_REASSURANCE = {AlarmKind.DELIVERY: "; nothing is lost while the spool has room"}
 _ENDED_TITLE = "{pop}: {what} recovered"
-_ENDED_BODY = "POP {pop}: {what} is back after {duration}.\nBacklog: {backlog} heartbeats in the spool, {drain}."
+_ENDED_BODY = {
+    AlarmKind.DELIVERY: "POP {pop} delivers heartbeats to {sink} again, after an outage of {duration}.",
+    AlarmKind.COLLECTORS: "POP {pop}: collectors report again, after an outage of {duration}.",
+    AlarmKind.SPOOL: "POP {pop}: the spool is below 80% again, after {duration}.",
+}
+
+# What each fixed failure code means, for a person reading the alert; the code itself is kept in brackets.
+_CAUSES = {
+    "auth": "{sink} refuses the POP's token (HTTP 401 or 403)",
+    "connect": "{sink} cannot be reached",
+    "dns": "{sink}'s host name does not resolve",
+    "tls": "the TLS connection to {sink} fails",
+    "timeout": "{sink} does not answer in time",
+    "disconnected": "{sink} drops the connection",
+    "deadline": "delivery to {sink} runs out of time",
+    "no_progress": "{sink} takes nothing and gives no reason",
+    "all_collectors_failed": "every collector fails",
+    "spool_near_full": "the spool is over 90% full",
+    "spool_dropping": "the spool is full and the oldest heartbeats are dropped",
+}
+_HTTP = re.compile(r"http_([1-5][0-9][0-9])", re.ASCII)
+
+
+def describe_failure(code: str, sink: str = "the receiver") -> str:
+    """A failure code of ``sink`` (``http_503``, ``connect``) in words, from fixed phrases only."""
+    http = _HTTP.fullmatch(code)
+    if http:
+        return f"{sink} answers HTTP {http.group(1)}"
+    phrase = _CAUSES.get(code)
+    return phrase.format(sink=sink) if phrase else "a failure without a known cause"
+
+
+def _heartbeats(count: int) -> str:
+    return "1 heartbeat" if count == 1 else f"{count} heartbeats"
+
+
+def _drain(event: OutageEnded) -> str:
+    """What became of the heartbeats held back during the outage."""
+    backlog = max(0, int(event.backlog))
+    if event.kind is not AlarmKind.DELIVERY and backlog == 0:
+        return "Nothing is waiting in the spool."
+    if backlog == 0:
+        return "Every heartbeat held back during the outage has been delivered; nothing is waiting."
+    if event.drain_per_s is None or event.drain_per_s <= 0:
+        return f"{_heartbeats(backlog)} held back during the outage are waiting and being delivered now."
+    rate = float(event.drain_per_s)
+    return (
+        f"{_heartbeats(backlog)} held back during the outage are still waiting, delivered at {rate:.1f} per second: "
+        f"about {format_duration(backlog / rate)} to go."
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -64,18 +114,19 @@ def render(event: OutageEvent) -> tuple[str, str, str, str]:
     tags = f"{{emoji}},pop-agent,{kind}"
     if isinstance(event, OutageStarted):
         body = _STARTED_BODY[kind].format(pop=pop, sink=sink, duration=format_duration(event.at - event.since))
-        tail = _STARTED_TAIL.format(failure=fixed_code(event.failure), backlog=max(0, int(event.backlog)))
+        failure = fixed_code(event.failure)
+        tail = _STARTED_TAIL.format(
+            cause=describe_failure(failure, sink),
+            failure=failure,
+            backlog=_heartbeats(max(0, int(event.backlog))),
+            reassurance=_REASSURANCE.get(kind, ""),
+        )
         title = _STARTED_TITLE[kind].format(pop=pop, sink=sink)
         return title, "high", tags.format(emoji="rotating_light"), f"{body}\n{tail}"
-    if event.drain_per_s is None:
-        drain = "drain rate not yet known"
-    else:
-        drain = f"draining at {float(event.drain_per_s):.1f} per second"
+    body = _ENDED_BODY[kind].format(pop=pop, sink=sink, duration=format_duration(event.duration_s))
     what = _WHAT[kind] + (f" to {sink}" if kind is AlarmKind.DELIVERY else "")
-    body = _ENDED_BODY.format(
-        pop=pop, what=what, duration=format_duration(event.duration_s), backlog=max(0, int(event.backlog)), drain=drain
-    )
-    return _ENDED_TITLE.format(pop=pop, what=what), "default", tags.format(emoji="white_check_mark"), body
+    title = _ENDED_TITLE.format(pop=pop, what=what)
+    return title, "default", tags.format(emoji="white_check_mark"), f"{body}\n{_drain(event)}"
 
 
 class NtfyHook:

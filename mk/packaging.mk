@@ -20,6 +20,8 @@ UNITDIR ?= /etc/systemd/system
 TMPFILESDIR ?= /etc/tmpfiles.d
 CONFDIR ?= /etc/pop-agent
 PIP_INSTALL_FLAGS ?=
+# The group agent.toml is installed with: the unit's supplementary group. Staging without root: CONF_GROUP=$$(id -gn).
+CONF_GROUP ?= adm
 
 PACKAGING_EDITIONS := community commercial upload
 INSTALL_ROOT = $(DESTDIR)$(PREFIX)
@@ -62,7 +64,8 @@ install: check-edition $(STAMP)
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/pop-agent.service"
 	install -d -m 0755 "$(INSTALL_CONF)"
 	@# The operator's files are never overwritten.
-	test -e "$(INSTALL_CONF)/agent.toml" || install -m 0644 systemd/agent.toml "$(INSTALL_CONF)/agent.toml"
+	@# agent.toml may hold a token: 0640, group adm, which the unit reads it through (SupplementaryGroups=adm).
+	test -e "$(INSTALL_CONF)/agent.toml" || install -m 0640 -g $(CONF_GROUP) systemd/agent.toml "$(INSTALL_CONF)/agent.toml"
 	test -e "$(INSTALL_CONF)/pop-agent.env" || install -m 0600 systemd/pop-agent.env "$(INSTALL_CONF)/pop-agent.env"
 	install -d -m 0755 "$(DESTDIR)$(TMPFILESDIR)"
 	test -e "$(DESTDIR)$(TMPFILESDIR)/pop-agent.conf" || install -m 0644 systemd/pop-agent.tmpfiles "$(DESTDIR)$(TMPFILESDIR)/pop-agent.conf"

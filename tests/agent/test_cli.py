@@ -206,17 +206,17 @@ def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
     assert result.stdout.strip() == "pop-agent 0.1.0 (community)"
 
 
-def test_status_on_a_fresh_machine(run_agent: RunAgent) -> None:
-    """`agent status` before the daemon ever ran: exit 0, an empty spool, no daemon yet."""
+def test_status_on_a_fresh_machine(run_agent: RunAgent, tmp_path: Path) -> None:
+    """`agent status` before the daemon ever ran: exit 3, no daemon, and the state directory it looked in."""
     text = run_agent("status")
-    assert text.returncode == 0, text.stderr
+    assert text.returncode == 3, text.stderr
     assert "telemetry: off" in text.stdout
-    assert "daemon: no status" in text.stdout
+    assert f"daemon: never started with state dir {tmp_path / 'state'}" in text.stdout
     as_json = run_agent("status", "--json")
-    assert as_json.returncode == 0, as_json.stderr
+    assert as_json.returncode == 3, as_json.stderr
     report = json.loads(as_json.stdout)
     assert report["edition"] == "community"
-    assert report["spool"]["pending"] == 0
+    assert {"state": "never started", "state_dir": str(tmp_path / "state")} == report["daemon"]
 
 
 def test_export_and_enqueue_round_trip(run_agent: RunAgent, tmp_path: Path) -> None:
@@ -251,3 +251,21 @@ def test_upload_with_telemetry_off_says_so(run_agent: RunAgent) -> None:
     result = run_agent("upload")
     assert result.returncode == 1
     assert "telemetry is off" in result.stderr
+
+
+def test_status_names_another_command_holding_the_spool(run_agent: RunAgent, tmp_path: Path) -> None:
+    """While another process holds the spool's lock and no daemon status names it, status says so: exit 3."""
+    import fcntl
+    import os
+
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    with (spool / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_agent("status")
+    assert 3 == result.returncode
+    expected = (
+        f"daemon: not running; another agent command (pid {os.getpid()}) holds the spool; "
+        f"state dir {tmp_path / 'state'}"
+    )
+    assert expected in result.stdout.splitlines()

@@ -290,15 +290,17 @@ def test_all_collectors_failing_for_outage_after_is_an_outage() -> None:
 
 
 def test_push_status_is_down_during_any_outage() -> None:
-    """Kuma sees up with the last delivery's ms while healthy or failing, down with a fixed code in an outage."""
+    """Kuma sees up with the last delivery's ms while healthy, no stale ms once failing, down in an outage."""
     clock = FakeClock()
     health = make_health(clock, None)
     health.observe_delivery(ok=True, backlog=0, latency_ms=42.0)
     assert PushStatus("up", "healthy", 42.0) == health.push_status()
     run_delivery(health, clock, [False] * 2)
-    assert PushStatus("up", "failing", 42.0) == health.push_status()
+    assert PushStatus("up", "failing", None) == health.push_status()
     run_delivery(health, clock, [False] * 30)
-    assert PushStatus("down", "outage_delivery", 42.0) == health.push_status()
+    assert PushStatus("down", "outage_delivery", None) == health.push_status()
+    health.observe_delivery(ok=True, backlog=0, latency_ms=7.0)
+    assert PushStatus("up", "healthy", 7.0) == health.push_status()
 
 
 @st.composite
@@ -421,7 +423,8 @@ async def test_outage_reaches_ntfy_once_each_way_and_kuma_goes_up_down_up(
     for headers, body in receivers.ntfy:
         for text in (body, headers["Title"], headers["Tags"]):
             assert NTFY_TOKEN not in text and KUMA_TOKEN not in text and "127.0.0.1" not in text
-    assert "Backlog: 7 heartbeats" in receivers.ntfy[0][1] and "after 8m 20s" in receivers.ntfy[1][1]
+    assert "7 heartbeats held in the spool" in receivers.ntfy[0][1]
+    assert "after an outage of 8m 20s" in receivers.ntfy[1][1]
     if restart_at is None:
         assert (health.alerts_sent_total, health.hook_failures_total) == (2, 0)
 

@@ -190,3 +190,58 @@ async def test_a_loki_outage_pages_as_loki_not_as_central(aiohttp_server: Any, t
     text = outage["headers"]["Title"] + "\n" + outage["body"]
     assert "loki" in text
     assert "central" not in text
+
+
+async def test_kuma_sends_no_stale_ping_and_no_down_once_delivery_recovered(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Through an outage Kuma's ping is empty, and after central takes heartbeats again no push says down."""
+    central = Central()
+    central_server = await aiohttp_server(central.app())
+    hooks = Hooks()
+    loop = asyncio.get_running_loop()
+    recovered_at: list[float] = []
+    pushed_at: list[tuple[float, str, str]] = []
+
+    def record_push(push: dict[str, str]) -> None:
+        pushed_at.append((loop.time(), push["status"], push["ping"]))
+
+    original = hooks.kuma_push
+
+    async def kuma_push(request: web.Request) -> web.Response:
+        answer = await original(request)
+        record_push(hooks.kuma[-1])
+        return answer
+
+    hooks.kuma_push = kuma_push  # type: ignore[method-assign]
+    hook_server = await aiohttp_server(hooks.app())
+    daemon = Daemon(
+        tmp_path,
+        POP_AGENT_TELEMETRY="on",
+        POP_AGENT_INTERVAL="0.5",
+        POP_AGENT_ALERTS__OUTAGE_AFTER="1",
+        POP_AGENT_SINKS__CENTRAL__URL=str(central_server.make_url("/ingest/v1/heartbeats")),
+        POP_AGENT_SINKS__CENTRAL__TOKEN=CENTRAL_TOKEN,
+        POP_AGENT_DELIVERY__BACKOFF_INITIAL="0.05",
+        POP_AGENT_DELIVERY__BACKOFF_MAX="0.2",
+        KUMA_PUSH_URL=str(hook_server.make_url(f"/api/push/{KUMA_TOKEN}")),
+    )
+    central.respond = lambda batch: web.Response(status=503)
+    await daemon.start()
+    try:
+        await wait_for(lambda: sum(status == "down" for _, status, _ in pushed_at) >= 3, timeout=30)
+
+        def recover(batch: list[dict[str, Any]]) -> web.StreamResponse:
+            if not recovered_at:
+                recovered_at.append(loop.time())
+            return web.json_response({"accepted": len(batch)})
+
+        central.respond = recover
+        await wait_for(lambda: bool(recovered_at), timeout=30)
+        await wait_for(
+            lambda: sum(status == "up" and at > recovered_at[0] for at, status, _ in pushed_at) >= 3, timeout=30
+        )
+    finally:
+        assert 0 == await daemon.stop()
+    assert all("" == ping for _, status, ping in pushed_at if status == "down")
+    assert [] == [(at, status) for at, status, _ in pushed_at if status == "down" and at > recovered_at[0]]

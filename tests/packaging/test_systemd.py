@@ -68,6 +68,7 @@ def test_unit_directives_match_the_agent() -> None:
     assert directives["LoadCredential"] == ["central-token:/etc/pop-agent/central-token"]
     assert directives["StateDirectory"] == ["pop-agent"]
     assert directives["ExecStart"] == ["/opt/pop-agent/bin/agent run"]
+    assert directives["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "PREFIX ?= /opt/pop-agent" in (REPO / "mk" / "packaging.mk").read_text()
 
 
@@ -171,7 +172,7 @@ def sandbox() -> Iterator[tuple[Path, list[str]]]:
     # The source (community with the upload code) and the project venv's runtime dependencies,
     # copied: the unit's user cannot read a checkout under a private directory (mktemp -d, /root).
     source, deps = work / "src", work / "deps"
-    for package in ("agent", "collectors", "sinks"):
+    for package in ("agent", "alerts", "collectors", "sinks"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(sysconfig.get_paths()["purelib"], deps, ignore=shutil.ignore_patterns(*DEV_ONLY), symlinks=True)
     Path(purelib, "pop_agent_source.pth").write_text(f"{source}\n{deps}\n")

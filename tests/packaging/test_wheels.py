@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import hashlib
 import json
 import os
@@ -282,6 +283,11 @@ def test_community_refuses_telemetry_without_upload(wheels: dict[str, Path], ins
     assert done.returncode == EX_CONFIG
     assert "upload" in done.stderr
     assert _pending(tmp_path) == 0
+    # `agent check` runs the same validation: it refuses this configuration too, with the daemon's words.
+    checked = subprocess.run([bin_dir / "agent", "check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert EX_CONFIG == checked.returncode
+    reason = done.stderr.strip().removeprefix("agent: configuration error: ")
+    assert f"error: {reason}" in checked.stdout.splitlines()
 
 
 @pytest.mark.slow
@@ -433,7 +439,9 @@ def test_make_install_stages_under_destdir_and_keeps_operator_files(tree: Path, 
     assert (tree / "systemd" / "pop-agent.tmpfiles").read_text() == tmpfiles.read_text()
     assert (destdir / "opt" / "pop-agent" / "share" / "doc" / "pop-agent" / "operations.md").is_file()
     modes = {name: (conf / name).stat().st_mode & 0o777 for name in ("agent.toml", "pop-agent.env", "central-token")}
-    assert modes == {"agent.toml": 0o644, "pop-agent.env": 0o600, "central-token": 0o600}
+    # Every file that may hold a token is 0640 or tighter; agent.toml is readable by the unit's group adm.
+    assert modes == {"agent.toml": 0o640, "pop-agent.env": 0o600, "central-token": 0o600}
+    assert grp.getgrgid((conf / "agent.toml").stat().st_gid).gr_name == "adm"
 
     (conf / "agent.toml").write_text('pop_id = "ams1"\n')
     subprocess.run([*make, "install"], cwd=tree, check=True, capture_output=True)

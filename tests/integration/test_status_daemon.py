@@ -1,0 +1,76 @@
+"""`agent status` against the real daemon: running, in an outage, stopped, never started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tests.integration.centralserver import Central
+from tests.integration.daemon import Daemon, wait_for
+from tests.integration.test_daemon import daemon_for, start_central
+
+
+def agent_status(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`agent status` with the daemon's own environment, as an operator beside the service runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=daemon.tmp_path,
+        env=daemon.env,
+    )
+
+
+async def test_status_follows_the_daemon_through_its_life(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Never started is 3, running and healthy is 0, in an outage 150, stopped 3 again; each names the state dir."""
+    central = Central()
+    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central), POP_AGENT_ALERTS__OUTAGE_AFTER="0.5")
+    state_dir = str(daemon.state_dir.resolve())
+    never = agent_status(daemon)
+    assert 3 == never.returncode
+    assert f"daemon: never started with state dir {state_dir}" in never.stdout.splitlines()
+
+    await daemon.start()
+    await wait_for(lambda: len(central.acked) >= 2)
+    running = agent_status(daemon, "--json")
+    assert 0 == running.returncode, running.stdout
+    report = json.loads(running.stdout)
+    assert ("running", daemon.proc.pid if daemon.proc else None, state_dir) == (
+        report["daemon"]["state"],
+        report["daemon"]["pid"],
+        report["daemon"]["state_dir"],
+    )
+
+    central.respond = lambda batch: web.Response(status=503)
+    await wait_for(lambda: agent_status(daemon).returncode == 150, timeout=60, step=0.5)
+    outage = json.loads(agent_status(daemon, "--json").stdout)
+    assert ["delivery"] == outage["health"]["outages"]
+
+    assert 0 == await daemon.stop()
+    stopped = agent_status(daemon)
+    assert 3 == stopped.returncode
+    assert stopped.stdout.splitlines()[1].startswith("daemon: stopped (last status ")
+    assert stopped.stdout.splitlines()[1].endswith(f"s ago); state dir {state_dir}")
+
+
+async def test_status_ignores_what_a_one_shot_push_wrote(aiohttp_server: Any, tmp_path: Path) -> None:
+    """The status file `agent --once --push` leaves is not the daemon's: status says stopped, without its numbers."""
+    central = Central()
+    daemon = daemon_for(tmp_path, await start_central(aiohttp_server, central))
+    # Asynchronously: the push talks to central, whose server runs on this test's loop.
+    pushed = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "--once", "--push", cwd=tmp_path, env=daemon.env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(pushed.communicate(), 60)
+    assert 0 == pushed.returncode, stderr
+    assert (daemon.state_dir / "status.json").exists()
+    report = json.loads(agent_status(daemon, "--json").stdout)
+    assert {"state": "stopped", "state_dir": str(daemon.state_dir.resolve())} == report["daemon"]
+    assert "sinks" not in report
