@@ -31,7 +31,7 @@ PER_TICK = 1000  # documents taken in per tick, so a flood cannot stall ticks
 MAX_DOCUMENT_BYTES = 1 << 20  # an enqueued heartbeat is a few KiB; anything this large is not one
 
 
-def take_incoming(spool: Spool, allowed: dict[str, MetricSpec]) -> int:
+def take_incoming(spool: Spool, allowed: Allowlist) -> int:
     """Spool what ``agent enqueue`` left in ``spool/incoming/``, scrubbed again; the number refused.
 
     Blocking: runs on the spool's thread. On a full or read-only disk the rest

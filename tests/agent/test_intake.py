@@ -11,12 +11,13 @@ import pytest
 
 from agent import heartbeat, intake
 from agent.sample import MetricKind, MetricSpec, Sample
+from agent.scrubber import Allowlist
 from agent.settings import SpoolSettings
 from agent.spool import Spool
 from agent.state import INCOMING
 from tests.heartbeats import make_heartbeat
 
-ALLOWED = {"cpu_percent": MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")}
+ALLOWED = Allowlist([MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")], collectors=["cpu"])
 
 
 def off_thread(call: Callable[[], object], seconds: float = 20.0) -> object:

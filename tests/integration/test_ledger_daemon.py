@@ -127,7 +127,6 @@ async def test_every_request_is_in_the_ledger_as_the_receiver_got_it(
         "POP_AGENT_ALERTS__OUTAGE_AFTER": "0.6",
         "POP_AGENT_SINKS__CENTRAL__URL": f"http://{base}/ingest/v1/heartbeats",
         "POP_AGENT_SINKS__CENTRAL__TOKEN": CENTRAL_TOKEN,
-        "POP_AGENT_SINKS__CENTRAL__MAX_ATTEMPTS": "1",
         "POP_AGENT_SINKS__CENTRAL__GZIP_MIN_BYTES": "2048",
         "POP_AGENT_SINKS__PUSHGATEWAY__URL": f"http://pop:{GATEWAY_PASSWORD}@{base}",
         "POP_AGENT_SINKS__REMOTE_WRITE__URL": f"http://{base}/api/v1/write",

@@ -23,7 +23,8 @@ def rw_daemon(tmp_path: Path, url: str, **env: str) -> Daemon:
         "POP_AGENT_TELEMETRY": "on",
         "POP_AGENT_INTERVAL": "0.2",
         "POP_AGENT_SINKS__REMOTE_WRITE__URL": url,
-        "POP_AGENT_SINKS__REMOTE_WRITE__MAX_RETRY_DELAY": "0.2",
+        "POP_AGENT_DELIVERY__BACKOFF_INITIAL": "0.2",  # a short backoff: the tests watch several failed passes
+        "POP_AGENT_DELIVERY__BACKOFF_MAX": "0.5",
         "POP_AGENT_SINKS__REMOTE_WRITE__READ_TIMEOUT": "2",
         "POP_AGENT_SHUTDOWN_DEADLINE": "3",
         "POP_AGENT_COLLECTORS__DISABLED": NOT_HERE,

@@ -55,7 +55,6 @@ async def start(aiohttp_server: Any, tmp_path: Path, receiver: BadReceiver, cent
         tmp_path,
         str(rw.make_url("/api/v1/write")),
         POP_AGENT_SINKS__REMOTE_WRITE__READ_TIMEOUT="0.5",
-        POP_AGENT_SINKS__REMOTE_WRITE__MAX_ATTEMPTS="2",
         POP_AGENT_SINKS__CENTRAL__URL=str(ingest.make_url("/ingest/v1/heartbeats")),
         POP_AGENT_SINKS__CENTRAL__TOKEN=TOKEN,
     )
