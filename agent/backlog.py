@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from agent import jsondoc
 from agent.errors import ScrubRejected
-from agent.sample import MetricSpec, Pending
-from agent.scrubber import scrub
+from agent.sample import Pending
+from agent.scrubber import Allowlist, scrub
 
 RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a retried batch is not scrubbed again
 
@@ -19,7 +19,7 @@ RESCRUBBED_MEMORY = 4096  # ids of re-scrubbed backlog heartbeats kept, so a ret
 class BacklogScrubber:
     """Scrubs again every spooled heartbeat this process did not spool itself."""
 
-    def __init__(self, allowed: dict[str, MetricSpec]) -> None:
+    def __init__(self, allowed: Allowlist) -> None:
         self.allowed = allowed
         self.floor = "~"  # above every id until the runner has looked at the spool: trust nothing
         self._rescrubbed: set[str] = set()

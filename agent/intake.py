@@ -20,8 +20,7 @@ import structlog
 
 from agent import heartbeat, jsondoc
 from agent.errors import ScrubRejected, SpoolError
-from agent.sample import MetricSpec
-from agent.scrubber import scrub
+from agent.scrubber import Allowlist, scrub
 from agent.spool import Spool
 from agent.state import INCOMING, remove_quietly
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from agent.collecting import CollectorSlot
 from agent.edition import Edition
 from agent.errors import ConfigError
+from agent.scrubber import Allowlist
 from agent.settings import Settings, configured_paths
 from agent.wiring import allowed_metrics, build_collectors, build_sinks, telemetry_enabled
 
@@ -44,7 +45,7 @@ class Wiring:
     collectors: list[CollectorSlot] = field(default_factory=list)
     sinks: list[Any] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    allowed: dict[str, Any] = field(default_factory=dict)  # the scrubber's allowlist for these collectors
+    allowed: Allowlist = field(default_factory=Allowlist)  # the scrubber's allowlist for these collectors
 
     @property
     def errors(self) -> list[Finding]:

@@ -32,8 +32,8 @@ from agent.errors import ScrubRejected, SpoolError
 from agent.file_thread import FileThread
 from agent.ledger_hook import LedgerWriter
 from agent.pacing import Backoff, BackoffPolicy
-from agent.sample import Delivery, MetricSpec, Sample
-from agent.scrubber import scrub
+from agent.sample import Delivery, Sample
+from agent.scrubber import Allowlist, scrub
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
 from agent.state import Sequence as SeqCounter
@@ -74,8 +74,8 @@ class Runner:
         version: str,
         telemetry: bool,
         collectors: Sequence[CollectorSlot],
-        allowed: dict[str, MetricSpec],
-        backlog_allowed: dict[str, MetricSpec] | None = None,
+        allowed: Allowlist,
+        backlog_allowed: Allowlist | None = None,
         sinks: Sequence[Sink] = (),
         notifier: Notifier | None = None,
         backoff: BackoffPolicy | None = None,
