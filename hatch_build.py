@@ -171,11 +171,12 @@ class UploadMetadataHook(MetadataHookInterface):
     PLUGIN_NAME = "custom"
 
     def update(self, metadata: dict[str, Any]) -> None:
-        """Pin ``dependencies`` to the base project at this component's version (read from the same file)."""
+        """``dependencies``: the base project at this component's version, then the hook's own ``dependencies``."""
         tree = tree_root(self.root, self.config)
         with (tree / "pyproject.toml").open("rb") as handle:
             base_name = tomllib.load(handle)["project"]["name"]
-        metadata["dependencies"] = [f"{base_name}=={metadata['version']}"]
+        extra = [str(requirement) for requirement in self.config.get("dependencies", [])]
+        metadata["dependencies"] = [f"{base_name}=={metadata['version']}", *extra]
 
 
 def main(argv: list[str]) -> int:

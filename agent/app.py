@@ -15,7 +15,7 @@ from agent import heartbeat, threads
 from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
-from agent.plugins import collector_refs, sink_refs
+from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
 from agent.sample import MetricSpec
 from agent.scrubber import describe, scrub
 from agent.settings import Settings
@@ -365,7 +365,7 @@ def list_plugins(settings: Settings) -> int:
     for ref in sink_refs():
         if not ref.available():
             state = "not installed"
-        elif ref.name in ("central", "pushgateway", "loki"):
+        elif ref.name in BUILTIN_SINKS:
             state = "configured" if getattr(settings.sinks, ref.name).url else "not configured"
         else:
             state = "plugin"

@@ -39,13 +39,15 @@ class SinkState:
     consecutive_failures: int = 0
     acked_total: int = 0
     rejected_total: int = 0
+    skipped_total: int = 0
     last_delivery_ms: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def record(self, sink: str, delivery: Delivery, elapsed_ms: float) -> None:
         """Count one delivery attempt; log a failure or a recovery once, when it begins."""
-        self.acked_total += len(delivery.acked)
+        self.acked_total += len(delivery.acked) - len(delivery.skipped)
         self.rejected_total += len(delivery.rejected)
+        self.skipped_total += len(delivery.skipped)
         if delivery.rejected:
             log.warning("heartbeats_rejected", sink=sink, count=len(delivery.rejected))
         if delivery.failure is None:

@@ -10,7 +10,7 @@ import importlib.util
 from typing import Literal
 
 Edition = Literal["community", "commercial"]
-UPLOAD_SINKS = ("sinks.central", "sinks.pushgateway", "sinks.loki")
+UPLOAD_SINKS = ("sinks.central", "sinks.pushgateway", "sinks.loki", "sinks.remote_write")
 
 
 def edition() -> Edition:

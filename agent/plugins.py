@@ -36,6 +36,7 @@ BUILTIN_SINKS: dict[str, str] = {
     "central": "sinks.central:CentralSink",
     "pushgateway": "sinks.pushgateway:PushgatewaySink",
     "loki": "sinks.loki:LokiSink",
+    "remote_write": "sinks.remote_write:RemoteWriteSink",
 }
 
 

@@ -474,6 +474,7 @@ class Runner:
                     "consecutive_failures": state.consecutive_failures,
                     "acked_total": state.acked_total,
                     "rejected_total": state.rejected_total,
+                    "skipped_total": state.skipped_total,
                     "last_delivery_ms": state.last_delivery_ms,
                 }
                 for name, state in self.sink_state.items()

@@ -70,9 +70,13 @@ class Delivery:
     Ids in ``acked`` were accepted by the receiver; ids in ``rejected`` were refused
     for good (id -> fixed reason code); every other id of the batch is kept for a
     later try, and ``failure`` holds the fixed code of why (``None`` if all went).
+    Ids in ``skipped`` (id -> reason code) were settled for this sink without
+    being sent, say too old for its receiver; they are in ``acked`` as well, so
+    the spool treats them as done.
     """
 
     acked: frozenset[str] = frozenset()
     rejected: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
     failure: str | None = None
     retry_after: float | None = None

@@ -81,10 +81,50 @@ class LokiSinkSettings(_Section):
     _url = field_validator("url")(_check_url)
 
 
+class RemoteWriteSinkSettings(_Section):
+    """Prometheus remote write 1.0: VictoriaMetrics, Mimir, Thanos Receive, Cortex, Prometheus."""
+
+    url: str | None = Field(None, description="Remote-write endpoint (e.g. .../api/v1/write); the sink is on when set.")
+    token: SecretStr | None = Field(None, description="Bearer token for the receiver.")
+    token_file: Path | None = Field(
+        None, description="File holding the bearer token (read at start); else the credential remote-write-token."
+    )
+    username: str | None = Field(
+        None, pattern=r"^[!-9;-~]{1,128}$", description="Basic-auth user name (instead of a bearer token)."
+    )
+    password: SecretStr | None = Field(None, description="Basic-auth password.")
+    password_file: Path | None = Field(
+        None, description="File holding the basic-auth password; else the credential remote-write-password."
+    )
+    tenant_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Sent as X-Scope-OrgID when set (Mimir, Cortex)."
+    )
+    job: str = Field(
+        "pop_agent", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$", description="The job label on every series."
+    )
+    batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one request.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for the receiver's answer.")
+    max_attempts: int = Field(4, ge=1, le=20, description="Tries per request before it waits for the next pass.")
+    max_retry_delay: float = Field(30.0, gt=0, description="Longest single wait between tries, Retry-After included.")
+    max_sample_age: float = Field(
+        3300.0,
+        gt=0,
+        description=(
+            "Heartbeats older than this many seconds are skipped for this sink (and counted): 55 min suits "
+            "receivers built on the Prometheus TSDB, which refuse samples older than about an hour; "
+            "VictoriaMetrics takes any age within its retention, so raise it there to replay long backlogs."
+        ),
+    )
+
+    _url = field_validator("url")(_check_url)
+
+
 class SinksSettings(_Section):
     central: CentralSinkSettings = CentralSinkSettings()
     pushgateway: PushgatewaySinkSettings = PushgatewaySinkSettings()
     loki: LokiSinkSettings = LokiSinkSettings()
+    remote_write: RemoteWriteSinkSettings = RemoteWriteSinkSettings()
 
 
 class VaultsSettings(_Section):

@@ -109,5 +109,12 @@ def allowed_metrics(slots: Iterable[CollectorSlot], extra: Sequence[MetricSpec] 
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value in the settings, for the log masker."""
-    values = [settings.sinks.central.token, settings.ntfy_alert_token, settings.ntfy_alert_url, settings.kuma_push_url]
+    values = [
+        settings.sinks.central.token,
+        settings.sinks.remote_write.token,
+        settings.sinks.remote_write.password,
+        settings.ntfy_alert_token,
+        settings.ntfy_alert_url,
+        settings.kuma_push_url,
+    ]
     return [value.get_secret_value() for value in values if value is not None]

@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
@@ -30,6 +28,7 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
+from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
 from sinks.retry import RetryPolicy, with_retries
 
@@ -89,41 +88,16 @@ def read_token(cfg: CentralSinkSettings, credentials_dir: str | None = None) -> 
     Raises :class:`ConfigError` with a one-line message that names where the
     token was looked for, never the token itself.
     """
-    if cfg.token is not None:
-        token, source = cfg.token.get_secret_value(), "sinks.central.token"
-    elif cfg.token_file is not None:
-        token, source = _read_secret_file(cfg.token_file, "sinks.central.token_file"), "sinks.central.token_file"
-    else:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY") if credentials_dir is None else credentials_dir
-        if not directory:
-            raise ConfigError(
-                "sinks.central.url is set but no token: set sinks.central.token or token_file, "
-                f"or the systemd credential {CREDENTIAL_NAME}"
-            )
-        path = Path(directory) / CREDENTIAL_NAME
-        source = f"credential {CREDENTIAL_NAME}"
-        token = _read_secret_file(path, source)
-    token = token.strip()
-    if not token:
-        raise ConfigError(f"{source}: the central token is empty")
-    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
-        raise ConfigError(f"{source}: the central token holds whitespace or non-printable characters")
+    token = read_secret(
+        cfg.token,
+        cfg.token_file,
+        setting="sinks.central.token",
+        what="token",
+        credential=CREDENTIAL_NAME,
+        credentials_dir=credentials_dir,
+    )
+    assert token is not None  # required: a missing token raised
     return token
-
-
-def _read_secret_file(path: Path, source: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source} {path}: not found") from None
-    except PermissionError:
-        raise ConfigError(f"{source} {path}: permission denied") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{source} {path}: is a directory") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source} {path}: not UTF-8 text") from None
-    except OSError:
-        raise ConfigError(f"{source} {path}: unreadable") from None
 
 
 class CentralSink:

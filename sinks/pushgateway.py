@@ -31,9 +31,10 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.sample import Delivery, Pending
-from sinks.exposition import CONTENT_TYPE, grouping_path, render, timestamp_ns
+from sinks.exposition import CONTENT_TYPE, grouping_path, render
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.retry import RetryPolicy, with_retries
+from sinks.series import timestamp_ns
 
 if TYPE_CHECKING:
     from agent.settings import PushgatewaySinkSettings, Settings

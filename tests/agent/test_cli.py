@@ -127,7 +127,8 @@ def test_collectors_lists_plugins(run_agent: RunAgent) -> None:
     """`agent collectors` lists every built-in collector and sink."""
     result = run_agent("collectors")
     assert result.returncode == 0
-    for name in ("cpu", "memory", "disk", "network", "system", "vaults", "requests", "central", "pushgateway", "loki"):
+    sinks = ("central", "pushgateway", "loki", "remote_write")
+    for name in ("cpu", "memory", "disk", "network", "system", "vaults", "requests", *sinks):
         assert f"  {name} " in result.stdout
     requests_line = next(line for line in result.stdout.splitlines() if line.startswith("  requests "))
     expected = "C module" if hll.native_available() else "pure Python (C module not built)"

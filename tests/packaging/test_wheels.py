@@ -27,7 +27,16 @@ REPO = Path(__file__).resolve().parents[2]
 EDITIONS = ("community", "commercial", "upload")
 # What the community wheel may hold of sinks/: the contract, retry policy and local alert hooks.
 BASE_SINKS = {"__init__.py", "base.py", "retry.py", "ntfy.py", "kuma.py", "py.typed"}
-NAMED_UPLOAD_SINKS = {"sinks/central.py", "sinks/pushgateway.py", "sinks/loki.py"}
+NAMED_UPLOAD_SINKS = {
+    "sinks/central.py",
+    "sinks/credentials.py",
+    "sinks/pushgateway.py",
+    "sinks/exposition.py",
+    "sinks/series.py",
+    "sinks/loki.py",
+    "sinks/remote_write.py",
+    "sinks/prompb.py",
+}
 TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "agent" / "version.py").read_text()).group(1)  # type: ignore[union-attr]
 EX_CONFIG = 78
@@ -204,7 +213,7 @@ def test_upload_wheel_holds_only_upload_sinks(wheels: dict[str, Path], tree: Pat
     metadata = _metadata(wheels["upload"])
     assert ("Name", "pop-agent-upload") in metadata
     assert ("Version", VERSION) in metadata
-    assert [f"pop-agent=={VERSION}"] == [value for key, value in metadata if key == "Requires-Dist"]
+    assert [f"pop-agent=={VERSION}", "cramjam>=2.8"] == [value for key, value in metadata if key == "Requires-Dist"]
 
 
 def test_editions_split_the_tree_exactly(wheels: dict[str, Path], tree: Path) -> None:

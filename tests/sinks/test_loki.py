@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from agent.deadline import Deadline
 from agent.sample import Delivery, Pending
 from agent.settings import LokiSinkSettings, Settings
-from sinks.exposition import timestamp_ns
 from sinks.loki import LokiSink, cutoffs, ignored_entries
 from sinks.retry import RetryPolicy
+from sinks.series import timestamp_ns
 from tests.sinks.realprocs import free_port, heartbeat
 
 HOUR_NS = 3600 * 10**9
