@@ -181,6 +181,23 @@ def rules(base: str) -> list[dict[str, Any]]:
     return [rule for group in answer["data"]["groups"] for rule in group["rules"]]
 
 
+def alerts(base: str) -> list[dict[str, Any]]:
+    """The alerts pending or firing in the Prometheus at ``base``, from ``/api/v1/alerts``."""
+    status, answer = _get(base + "/api/v1/alerts")
+    assert 200 == status
+    found: list[dict[str, Any]] = answer["data"]["alerts"]
+    return found
+
+
+def label_values(base: str, label: str, selector: str) -> list[str]:
+    """The values of ``label`` on the series ``selector`` matches, as Grafana's ``label_values()`` asks for them."""
+    url = f"{base}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": selector})
+    status, answer = _get(url)
+    assert (200, "success") == (status, answer["status"])
+    values: list[str] = answer["data"]
+    return values
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     """The shipped dashboards by file name."""
     return {path.name: json.loads(path.read_text()) for path in DASHBOARD_FILES}

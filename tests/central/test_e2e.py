@@ -1,0 +1,204 @@
+"""End to end: three real agent daemons remote-write into a real engine, and central's dashboards and rules work.
+
+For each engine (VictoriaMetrics single node, Prometheus 2.42 with its
+remote-write receiver), three daemons with distinct POP ids send their
+heartbeats through the remote-write sink. Every query of every dashboard panel,
+run through the engine's query API, returns a series for each POP. In Prometheus,
+running the shipped rules (their minutes turned into seconds), the silent-POP
+alert goes pending, then firing, once one agent stops, and only for that POP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.central.engines import (
+    PROMETHEUS,
+    RULE_FILES,
+    VICTORIA_METRICS,
+    alerts,
+    concrete,
+    label_values,
+    missing,
+    panel_queries,
+    prometheus,
+    vector,
+    victoria_metrics,
+)
+from tests.integration.daemon import Daemon
+
+pytestmark = pytest.mark.slow
+
+POPS = ("pop-a", "pop-b", "pop-c")
+INTERVAL = "0.5"
+# Grafana's $__rate_interval for a 0.5 s heartbeat: many samples per window.
+RATE_INTERVAL = "10s"
+# The shipped PopSilent threshold (300 s) becomes this in the shortened copy.
+SILENT_AFTER = "10"
+# Documentation addresses (RFC 5737), for the access logs the requests collector reads.
+CLIENTS = [f"203.0.113.{host}" for host in range(1, 40)]
+
+
+def shortened_rules(directory: Path) -> list[Path]:
+    """Copies of the shipped rule files whose minutes are seconds, so that an alert fires within the test.
+
+    ``for: 5m`` becomes ``for: 5s``, a ``[15m]`` range ``[15s]``, and PopSilent's
+    300-second threshold 10 seconds; hours and days stay as they are.
+    """
+    copies = []
+    for path in RULE_FILES:
+        text = path.read_text()
+        if path.name == "alerts.yaml":
+            threshold = "pop:pop_agent_heartbeat_age_seconds[15m]) >= 300"
+            assert threshold in text
+            text = text.replace(threshold, f"pop:pop_agent_heartbeat_age_seconds[15m]) >= {SILENT_AFTER}")
+        text = re.sub(r"for: (\d+)m\b", r"for: \1s", text)
+        text = re.sub(r"\[(\d+)m\]", r"[\1s]", text)
+        copy = directory / path.name
+        copy.write_text(text)
+        copies.append(copy)
+    return copies
+
+
+@pytest.fixture(params=[VICTORIA_METRICS, PROMETHEUS])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``(name, base URL)`` of a fresh engine; Prometheus evaluates the shortened rules every second."""
+    absent = missing(request.param)
+    if absent:
+        pytest.skip(f"{request.param} not installed (.ci/run installs Debian's packages)")
+    if request.param == PROMETHEUS:
+        rules_dir = tmp_path / "rules"
+        rules_dir.mkdir()
+        with prometheus(rule_files=shortened_rules(rules_dir), interval="1s") as base:
+            yield request.param, base
+    else:
+        with victoria_metrics() as base:
+            yield request.param, base
+
+
+def access_lines(count: int, first: int) -> bytes:
+    """``count`` combined-format access log lines stamped now, with a mix of status classes."""
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+    statuses = (200, 200, 200, 302, 404, 503)
+    lines = []
+    for index in range(first, first + count):
+        client, status = CLIENTS[index % len(CLIENTS)], statuses[index % len(statuses)]
+        lines.append(f'{client} - - [{stamp}] "GET /v HTTP/1.1" {status} 512 "-" "probe"\n')
+    return "".join(lines).encode()
+
+
+async def write_traffic(logs: Sequence[Path], stop: asyncio.Event) -> None:
+    """Append a few requests to every POP's access log each half second until ``stop``."""
+    written = 0
+    while not stop.is_set():
+        for log in logs:
+            with log.open("ab") as handle:
+                handle.write(access_lines(12, written))
+        written += 12
+        await asyncio.sleep(0.5)
+
+
+@pytest.fixture
+async def fleet(engine: tuple[str, str], tmp_path: Path) -> AsyncIterator[dict[str, Daemon]]:
+    """Three running daemons remote-writing to the engine, with access logs growing and vault stores to count."""
+    _name, base = engine
+    daemons: dict[str, Daemon] = {}
+    logs = []
+    for pop in POPS:
+        home = tmp_path / pop
+        vaults = home / "vaults"
+        vaults.mkdir(parents=True)
+        for index in range(3 + len(daemons)):
+            (vaults / f"vault-{index}.db").touch()
+        log = home / "access.log"
+        log.write_bytes(access_lines(20, 0))
+        logs.append(log)
+        daemons[pop] = Daemon(
+            home,
+            POP_AGENT_POP_ID=pop,
+            POP_AGENT_TELEMETRY="on",
+            POP_AGENT_INTERVAL=INTERVAL,
+            POP_AGENT_SHUTDOWN_DEADLINE="2",
+            POP_AGENT_SINKS__REMOTE_WRITE__URL=base + "/api/v1/write",
+            POP_AGENT_COLLECTORS__REQUESTS__ACCESS_LOG=str(log),
+            POP_AGENT_COLLECTORS__VAULTS__PATH=str(vaults),
+            POP_AGENT_COLLECTORS__VAULTS__GLOB="*.db",
+        )
+    stop = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        for daemon in daemons.values():
+            await daemon.start()
+            stack.push_async_callback(daemon.stop)
+        writer = asyncio.create_task(write_traffic(logs, stop))
+        try:
+            yield daemons
+        finally:
+            stop.set()
+            await writer
+
+
+async def eventually(fetch: Callable[[], Any], until: Callable[[Any], bool], timeout: float) -> Any:
+    """Call ``fetch()`` every 0.2 s until ``until(value)`` or ``timeout`` seconds; the last value."""
+    give_up = time.monotonic() + timeout
+    value = fetch()
+    while not until(value) and time.monotonic() < give_up:
+        await asyncio.sleep(0.2)
+        value = fetch()
+    return value
+
+
+def pops_missing_per_query(base: str) -> list[tuple[str, str, list[str]]]:
+    """``(panel, query, POPs without a series)`` for every dashboard query that misses a POP."""
+    misses = []
+    for dashboard, title, expr in panel_queries():
+        found = {sample["metric"].get("pop") for sample in vector(base, concrete(expr, POPS, RATE_INTERVAL))}
+        absent = [pop for pop in POPS if pop not in found]
+        if absent:
+            misses.append((f"{dashboard}: {title}", expr, absent))
+    return misses
+
+
+async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
+    engine: tuple[str, str], fleet: dict[str, Daemon]
+) -> None:
+    """Each panel query has a series per POP; in Prometheus a stopped POP's PopSilent goes pending, then firing."""
+    name, base = engine
+    # A rate needs two samples in its window: wait for a few heartbeats of every POP (a minute at most).
+    misses = await eventually(lambda: pops_missing_per_query(base), lambda found: found == [], timeout=60)
+    assert [] == misses
+    selector = 'pop_agent_last_heartbeat_timestamp_seconds{job="pop_agent"}'
+    assert set(POPS) <= set(label_values(base, "pop", selector))
+    for pop in POPS:
+        assert [] == [log for log in fleet[pop].logs() if log.get("level") in {"error", "critical"}]
+    if name != PROMETHEUS:
+        return
+
+    assert 0 == await fleet["pop-c"].stop()
+    states: list[str] = []
+
+    def silent_state() -> str | None:
+        found = [alert for alert in alerts(base) if alert["labels"]["alertname"] == "PopSilent"]
+        assert [] == [alert["labels"] for alert in found if alert["labels"]["pop"] != "pop-c"]
+        state = found[0]["state"] if found else None
+        if state is not None and (not states or states[-1] != state):
+            states.append(state)
+        return state
+
+    # Silent at 10 s of heartbeat age, firing 5 s later; one-second evaluations: under a minute.
+    await eventually(silent_state, lambda state: state == "firing", timeout=60)
+    assert ["pending", "firing"] == states
+    ages = {
+        sample["metric"]["pop"]: float(sample["value"][1])
+        for sample in vector(base, "pop:pop_agent_heartbeat_age_seconds")
+    }
+    assert ages["pop-c"] >= float(SILENT_AFTER)
+    assert max(ages["pop-a"], ages["pop-b"]) < float(SILENT_AFTER)
+
