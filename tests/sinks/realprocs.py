@@ -1,4 +1,4 @@
-"""Helpers for sink tests: start and stop the real Pushgateway and Prometheus, and build heartbeats.
+"""Helpers for sink tests: start and stop the real Pushgateway, Prometheus and VictoriaMetrics; build heartbeats.
 
 Each program runs on a free loopback port with its own temporary directory, and
 is stopped (then killed if it lingers) and its directory removed on the way out,
@@ -28,6 +28,7 @@ from agent.sample import Pending
 
 PUSHGATEWAY = "prometheus-pushgateway"
 PROMETHEUS = "prometheus"
+VICTORIA_METRICS = "victoria-metrics"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # Loopback requests must not wander through a proxy named in the environment.
@@ -115,17 +116,38 @@ def pushgateway() -> Iterator[str]:
 @contextmanager
 def prometheus(targets: Sequence[str], *, scrape_interval: str = "1s") -> Iterator[str]:
     """A fresh Prometheus scraping ``targets`` (``host:port``) with ``honor_labels``; yields its base URL."""
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [
+            {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": list(targets)}]}
+        ],
+    }
+    with _prometheus(config) as base:
+        yield base
+
+
+@contextmanager
+def prometheus_receiver(*, out_of_order_window: str | None = None) -> Iterator[str]:
+    """A fresh Prometheus that scrapes nothing and takes remote write at ``/api/v1/write``; yields its base URL.
+
+    ``out_of_order_window`` (say ``"10m"``) sets the TSDB's out-of-order window,
+    under which Prometheus 2.42 answers 500 to samples older than the window.
+    """
+    config: dict[str, Any] = {"global": {"evaluation_interval": "1s"}}
+    if out_of_order_window is not None:
+        config["storage"] = {"tsdb": {"out_of_order_time_window": out_of_order_window}}
+    with _prometheus(config, "--web.enable-remote-write-receiver") as base:
+        yield base
+
+
+@contextmanager
+def _prometheus(config: dict[str, Any], *flags: str) -> Iterator[str]:
+    """A fresh Prometheus with ``config`` and its own storage; yields its base URL."""
     path = binary(PROMETHEUS)
     if path is None:
         raise FileNotFoundError(PROMETHEUS)
     with tempfile.TemporaryDirectory(prefix="prometheus-") as tmp:
         workdir = Path(tmp)
-        config = {
-            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-            "scrape_configs": [
-                {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": list(targets)}]}
-            ],
-        }
         # JSON is YAML, so no YAML library is needed.
         (workdir / "prometheus.yml").write_text(json.dumps(config))
         (workdir / "data").mkdir()
@@ -137,10 +159,50 @@ def prometheus(targets: Sequence[str], *, scrape_interval: str = "1s") -> Iterat
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
+                *flags,
             ],
             workdir,
         ) as base:
             yield base
+
+
+@contextmanager
+def victoria_metrics() -> Iterator[str]:
+    """A fresh single-node VictoriaMetrics with its own storage; yields its base URL.
+
+    Retention is long enough for any backdated sample, and queries see samples
+    at once (no latency offset, no result cache); call :func:`flush` after writing.
+    """
+    path = binary(VICTORIA_METRICS)
+    if path is None:
+        raise FileNotFoundError(VICTORIA_METRICS)
+    with tempfile.TemporaryDirectory(prefix="victoria-metrics-") as tmp:
+        workdir = Path(tmp)
+        with _serve(
+            VICTORIA_METRICS,
+            lambda port: [
+                path,
+                f"-httpListenAddr=127.0.0.1:{port}",
+                f"-storageDataPath={workdir / 'data'}",
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-loggerLevel=WARN",
+            ],
+            workdir,
+        ) as base:
+            yield base
+
+
+def flush(base: str) -> None:
+    """Make what VictoriaMetrics took in so far searchable now, instead of within a second or so."""
+    get_text(base + "/internal/force_flush")
+
+
+def export(base: str, match: str) -> list[dict[str, Any]]:
+    """VictoriaMetrics' raw samples of the series matching ``match``: ``[{metric, values, timestamps}, ...]``."""
+    text = get_text(base + "/api/v1/export?" + urllib.parse.urlencode({"match[]": match, "start": "0"}))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def get_text(url: str) -> str:
