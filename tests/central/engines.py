@@ -1,16 +1,14 @@
-"""The real time-series engines central runs, started for a test: Prometheus 2.42 and VictoriaMetrics.
+"""The real engines central runs, for tests: Prometheus 2.42 with rules, VictoriaMetrics, and their query APIs.
 
-Each runs on a free loopback port in its own temporary directory and is stopped
-(then killed if it lingers) on the way out, whatever the test did. Also here:
-the shipped rule and dashboard files, and the queries they hold.
+The programs are started by the sink tests' helpers (:mod:`tests.sinks.realprocs`):
+each on a free loopback port in its own temporary directory, stopped on the way
+out whatever the test did. Also here: the shipped rule and dashboard files, and
+the queries they hold.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
-from tests.sinks.realprocs import binary, free_port
+from tests.sinks.realprocs import _prometheus as start_prometheus
+from tests.sinks.realprocs import binary
+from tests.sinks.realprocs import victoria_metrics as victoria_metrics  # re-exported beside prometheus()
 
 CENTRAL = REPO / "central"
 RULE_FILES = sorted((CENTRAL / "rules").glob("*.yaml"))
@@ -30,8 +30,6 @@ PROMETHEUS = "prometheus"
 PROMTOOL = "promtool"
 VICTORIA_METRICS = "victoria-metrics"
 VMALERT = "vmalert"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 # Loopback requests must not wander through a proxy named in the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -50,47 +48,6 @@ def _get(url: str, timeout: float = 10) -> tuple[int, Any]:
         return error.code, json.loads(error.read() or b"null")
 
 
-def _ready(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@contextmanager
-def _serve(name: str, argv_for: Any, workdir: Path) -> Iterator[str]:
-    """Run ``argv_for(port)`` until ``/-/ready`` answers 200; yield its base URL; stop it.
-
-    A port taken between choosing and binding makes the program exit at once; it
-    is then started again on another port, twice at most.
-    """
-    for _attempt in range(3):
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        with (workdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(argv_for(port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-        try:
-            give_up = time.monotonic() + START_TIMEOUT
-            while proc.poll() is None and time.monotonic() < give_up and not _ready(base + "/-/ready"):
-                time.sleep(0.05)
-            if proc.poll() is not None:
-                continue
-            if not _ready(base + "/-/ready"):
-                raise RuntimeError(f"{name} did not become ready in {START_TIMEOUT:.0f} s")
-            yield base
-            return
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=STOP_TIMEOUT)
-    raise RuntimeError(f"{name} exited at start three times; see its log")
-
-
 @contextmanager
 def prometheus(
     *,
@@ -100,65 +57,18 @@ def prometheus(
 ) -> Iterator[str]:
     """Prometheus taking remote write, evaluating ``rule_files`` every ``interval``; yields its base URL.
 
-    ``scrape_targets`` (``host:port``) are scraped with ``honor_labels``, as a
-    Pushgateway is.
+    ``scrape_targets`` (``host:port``) are scraped every ``interval`` with
+    ``honor_labels``, as a Pushgateway is.
     """
-    path = binary(PROMETHEUS)
-    if path is None:
-        raise FileNotFoundError(PROMETHEUS)
-    with tempfile.TemporaryDirectory(prefix="prometheus-") as tmp:
-        workdir = Path(tmp)
-        config: dict[str, Any] = {
-            "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(file) for file in rule_files],
-            "scrape_configs": [
-                {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": list(scrape_targets)}]}
-            ],
-        }
-        # JSON is YAML, so no YAML library is needed.
-        (workdir / "prometheus.yml").write_text(json.dumps(config))
-        (workdir / "data").mkdir()
-        with _serve(
-            PROMETHEUS,
-            lambda port: [
-                path,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--web.enable-remote-write-receiver",
-                "--log.level=warn",
-            ],
-            workdir,
-        ) as base:
-            yield base
-
-
-@contextmanager
-def victoria_metrics() -> Iterator[str]:
-    """A fresh single-node VictoriaMetrics; yields its base URL (remote write at ``/api/v1/write``).
-
-    Samples become visible to queries at once (``-search.latencyOffset=0s``), not
-    after the default 30 s, so that tests need not wait.
-    """
-    path = binary(VICTORIA_METRICS)
-    if path is None:
-        raise FileNotFoundError(VICTORIA_METRICS)
-    with tempfile.TemporaryDirectory(prefix="victoria-metrics-") as tmp:
-        workdir = Path(tmp)
-        with _serve(
-            VICTORIA_METRICS,
-            lambda port: [
-                path,
-                f"-storageDataPath={workdir / 'data'}",
-                f"-httpListenAddr=127.0.0.1:{port}",
-                "-retentionPeriod=100y",
-                "-search.latencyOffset=0s",
-                "-search.disableCache",
-                "-loggerLevel=ERROR",
-            ],
-            workdir,
-        ) as base:
-            yield base
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(file) for file in rule_files],
+        "scrape_configs": [
+            {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": list(scrape_targets)}]}
+        ],
+    }
+    with start_prometheus(config, "--web.enable-remote-write-receiver") as base:
+        yield base
 
 
 def query(base: str, expr: str) -> tuple[int, Any]:
