@@ -1,11 +1,12 @@
-"""End to end: three real agent daemons remote-write into a real engine, and central's dashboards and rules work.
+"""End to end: three real agent daemons feed a real central, and central's dashboards and rules work on it.
 
-For each engine (VictoriaMetrics single node, Prometheus 2.42 with its
-remote-write receiver), three daemons with distinct POP ids send their
-heartbeats through the remote-write sink. Every query of every dashboard panel,
-run through the engine's query API, returns a series for each POP. In Prometheus,
-running the shipped rules (their minutes turned into seconds), the silent-POP
-alert goes pending, then firing, once one agent stops, and only for that POP.
+For each path into central (the remote-write sink into VictoriaMetrics single
+node, the remote-write sink into Prometheus 2.42's receiver, and the Pushgateway
+sink into a Pushgateway that Prometheus scrapes), three daemons with distinct POP
+ids deliver their heartbeats. Every query of every dashboard panel, run through
+the engine's query API, returns a series for each POP. Where Prometheus runs the
+shipped rules (their minutes turned into seconds), the silent-POP alert goes
+pending, then firing, once one agent stops, and only for that POP.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from tests.central.engines import (
     victoria_metrics,
 )
 from tests.integration.daemon import Daemon
+from tests.sinks.realprocs import PUSHGATEWAY, pushgateway
 
 pytestmark = pytest.mark.slow
 
@@ -68,20 +71,42 @@ def shortened_rules(directory: Path) -> list[Path]:
     return copies
 
 
-@pytest.fixture(params=[VICTORIA_METRICS, PROMETHEUS])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """``(name, base URL)`` of a fresh engine; Prometheus evaluates the shortened rules every second."""
-    absent = missing(request.param)
+@dataclass(frozen=True)
+class Central:
+    """Where the daemons deliver, where the dashboards query, and the Prometheus running the rules (if any)."""
+
+    path: str
+    query_base: str
+    sink_env: dict[str, str]
+    rules_base: str | None
+
+
+@pytest.fixture(params=[VICTORIA_METRICS, PROMETHEUS, PUSHGATEWAY])
+def central(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Central]:
+    """A fresh central: VictoriaMetrics or Prometheus by remote write, or a Pushgateway that Prometheus scrapes.
+
+    Prometheus evaluates the shortened copy of the shipped rules every second.
+    """
+    path = request.param
+    needed = {VICTORIA_METRICS: [VICTORIA_METRICS], PROMETHEUS: [PROMETHEUS], PUSHGATEWAY: [PUSHGATEWAY, PROMETHEUS]}
+    absent = missing(*needed[path])
     if absent:
-        pytest.skip(f"{request.param} not installed (.ci/run installs Debian's packages)")
-    if request.param == PROMETHEUS:
-        rules_dir = tmp_path / "rules"
-        rules_dir.mkdir()
-        with prometheus(rule_files=shortened_rules(rules_dir), interval="1s") as base:
-            yield request.param, base
-    else:
+        pytest.skip(f"{' and '.join(absent)} not installed (.ci/run installs Debian's packages)")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    rule_files = shortened_rules(rules_dir)
+    if path == VICTORIA_METRICS:
         with victoria_metrics() as base:
-            yield request.param, base
+            yield Central(path, base, {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}, None)
+    elif path == PROMETHEUS:
+        with prometheus(rule_files=rule_files, interval="1s") as base:
+            yield Central(path, base, {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}, base)
+    else:
+        with (
+            pushgateway() as gateway,
+            prometheus(rule_files=rule_files, scrape_targets=[gateway.removeprefix("http://")], interval="1s") as base,
+        ):
+            yield Central(path, base, {"POP_AGENT_SINKS__PUSHGATEWAY__URL": gateway}, base)
 
 
 def access_lines(count: int, first: int) -> bytes:
@@ -107,9 +132,8 @@ async def write_traffic(logs: Sequence[Path], stop: asyncio.Event) -> None:
 
 
 @pytest.fixture
-async def fleet(engine: tuple[str, str], tmp_path: Path) -> AsyncIterator[dict[str, Daemon]]:
-    """Three running daemons remote-writing to the engine, with access logs growing and vault stores to count."""
-    _name, base = engine
+async def fleet(central: Central, tmp_path: Path) -> AsyncIterator[dict[str, Daemon]]:
+    """Three running daemons delivering to central, with access logs growing and vault stores to count."""
     daemons: dict[str, Daemon] = {}
     logs = []
     for pop in POPS:
@@ -127,7 +151,7 @@ async def fleet(engine: tuple[str, str], tmp_path: Path) -> AsyncIterator[dict[s
             POP_AGENT_TELEMETRY="on",
             POP_AGENT_INTERVAL=INTERVAL,
             POP_AGENT_SHUTDOWN_DEADLINE="2",
-            POP_AGENT_SINKS__REMOTE_WRITE__URL=base + "/api/v1/write",
+            **central.sink_env,
             POP_AGENT_COLLECTORS__REQUESTS__ACCESS_LOG=str(log),
             POP_AGENT_COLLECTORS__VAULTS__PATH=str(vaults),
             POP_AGENT_COLLECTORS__VAULTS__GLOB="*.db",
@@ -167,10 +191,10 @@ def pops_missing_per_query(base: str) -> list[tuple[str, str, list[str]]]:
 
 
 async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
-    engine: tuple[str, str], fleet: dict[str, Daemon]
+    central: Central, fleet: dict[str, Daemon]
 ) -> None:
     """Each panel query has a series per POP; in Prometheus a stopped POP's PopSilent goes pending, then firing."""
-    name, base = engine
+    base = central.query_base
     # A rate needs two samples in its window: wait for a few heartbeats of every POP (a minute at most).
     misses = await eventually(lambda: pops_missing_per_query(base), lambda found: found == [], timeout=60)
     assert [] == misses
@@ -178,14 +202,14 @@ async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
     assert set(POPS) <= set(label_values(base, "pop", selector))
     for pop in POPS:
         assert [] == [log for log in fleet[pop].logs() if log.get("level") in {"error", "critical"}]
-    if name != PROMETHEUS:
+    if central.rules_base is None:
         return
 
     assert 0 == await fleet["pop-c"].stop()
     states: list[str] = []
 
     def silent_state() -> str | None:
-        found = [alert for alert in alerts(base) if alert["labels"]["alertname"] == "PopSilent"]
+        found = [alert for alert in alerts(central.rules_base) if alert["labels"]["alertname"] == "PopSilent"]
         assert [] == [alert["labels"] for alert in found if alert["labels"]["pop"] != "pop-c"]
         state = found[0]["state"] if found else None
         if state is not None and (not states or states[-1] != state):
@@ -197,7 +221,7 @@ async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
     assert ["pending", "firing"] == states
     ages = {
         sample["metric"]["pop"]: float(sample["value"][1])
-        for sample in vector(base, "pop:pop_agent_heartbeat_age_seconds")
+        for sample in vector(central.rules_base, "pop:pop_agent_heartbeat_age_seconds")
     }
     assert ages["pop-c"] >= float(SILENT_AFTER)
     assert max(ages["pop-a"], ages["pop-b"]) < float(SILENT_AFTER)
