@@ -20,6 +20,7 @@ from tests.central.engines import (
     prometheus,
     rules,
 )
+from tests.conftest import REPO
 from tests.sinks.realprocs import binary, poll
 
 # An alert_rule_test that expects the alert to fire: its exp_alerts is a list or an alias, not [].
@@ -108,6 +109,14 @@ def test_every_alert_has_a_unit_test_in_which_it_fires(loaded_rules: list[dict[s
     tested = {name for path in RULE_TESTS for name in FIRING_TEST.findall(path.read_text())}
     alerts = {rule["name"] for rule in loaded_rules if rule["type"] == "alerting"}
     assert set() == alerts - tested
+
+
+def test_docs_explain_every_alert() -> None:
+    """docs/central.md has a section on each alert of the rule files (what it means, what to do)."""
+    shipped = {name for path in RULE_FILES for name in re.findall(r"- alert: (\w+)", path.read_text())}
+    headings = " ".join(re.findall(r"^### (.*)$", (REPO / "docs" / "central.md").read_text(), re.MULTILINE))
+    assert len(shipped) >= 6
+    assert [] == sorted(name for name in shipped if name not in headings)
 
 
 def test_every_unit_test_file_loads_exactly_the_shipped_rule_files() -> None:
