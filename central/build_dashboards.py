@@ -91,7 +91,7 @@ def fleet() -> dict[str, Any]:
             ),
             Graph(
                 "Delivery failures in a row",
-                "Deliveries to central ingest that failed in a row; 0 once one succeeds.",
+                "Delivery passes that failed in a row, to any sink; 0 once every sink delivers.",
                 "short",
                 (Query(per_pop("delivery_failures_consecutive")),),
                 threshold=3,
@@ -146,7 +146,7 @@ def one_pop() -> dict[str, Any]:
             ),
             Graph(
                 "Delivery failures in a row",
-                "Deliveries to central ingest that failed in a row; 0 once one succeeds.",
+                "Delivery passes that failed in a row, to any sink; 0 once every sink delivers.",
                 "short",
                 (Query(per_pop("delivery_failures_consecutive")),),
                 threshold=3,
