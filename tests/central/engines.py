@@ -9,6 +9,7 @@ the queries they hold.
 from __future__ import annotations
 
 import json
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +20,7 @@ from typing import Any
 
 from tests.conftest import REPO
 from tests.sinks.realprocs import _prometheus as start_prometheus
+from tests.sinks.realprocs import _serve as serve
 from tests.sinks.realprocs import binary
 from tests.sinks.realprocs import victoria_metrics as victoria_metrics  # re-exported beside prometheus()
 
@@ -71,6 +73,34 @@ def prometheus(
         yield base
 
 
+@contextmanager
+def vmalert(datasource: str, *, rule_files: Sequence[Path], notifier: str, interval: str = "1s") -> Iterator[str]:
+    """vmalert evaluating ``rule_files`` on the VictoriaMetrics at ``datasource``; yields its base URL.
+
+    Recorded series are written back into that VictoriaMetrics (the alerts read
+    them), and alerts go to the Alertmanager API at ``notifier``.
+    """
+    path = binary(VMALERT)
+    if path is None:
+        raise FileNotFoundError(VMALERT)
+    with tempfile.TemporaryDirectory(prefix="vmalert-") as tmp, serve(
+        VMALERT,
+        lambda port: [
+            path,
+            f"-httpListenAddr=127.0.0.1:{port}",
+            f"-datasource.url={datasource}",
+            f"-remoteWrite.url={datasource}",
+            "-remoteWrite.flushInterval=200ms",
+            f"-notifier.url={notifier}",
+            f"-evaluationInterval={interval}",
+            "-loggerLevel=WARN",
+            *(f"-rule={file}" for file in rule_files),
+        ],
+        Path(tmp),
+    ) as base:
+        yield base
+
+
 def query(base: str, expr: str) -> tuple[int, Any]:
     """An instant query through the engine's HTTP API: the status and the JSON answer."""
     return _get(base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
@@ -92,10 +122,10 @@ def rules(base: str) -> list[dict[str, Any]]:
 
 
 def alerts(base: str) -> list[dict[str, Any]]:
-    """The alerts pending or firing in the Prometheus at ``base``, from ``/api/v1/alerts``."""
+    """The alerts pending or firing in the Prometheus or vmalert at ``base``, from ``/api/v1/alerts``."""
     status, answer = _get(base + "/api/v1/alerts")
     assert 200 == status
-    found: list[dict[str, Any]] = answer["data"]["alerts"]
+    found: list[dict[str, Any]] = answer["data"]["alerts"] or []  # vmalert says null for none
     return found
 
 

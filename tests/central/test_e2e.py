@@ -4,9 +4,10 @@ For each path into central (the remote-write sink into VictoriaMetrics single
 node, the remote-write sink into Prometheus 2.42's receiver, and the Pushgateway
 sink into a Pushgateway that Prometheus scrapes), three daemons with distinct POP
 ids deliver their heartbeats. Every query of every dashboard panel, run through
-the engine's query API, returns a series for each POP. Where Prometheus runs the
-shipped rules (their minutes turned into seconds), the silent-POP alert goes
-pending, then firing, once one agent stops, and only for that POP.
+the engine's query API, returns a series for each POP. Prometheus, or vmalert
+for VictoriaMetrics, runs the shipped rules (their minutes turned into seconds):
+once one agent stops, the silent-POP alert goes pending, then firing, for that
+POP only; vmalert's notification reaches a stand-in for Alertmanager.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.central.engines import (
     PROMETHEUS,
     RULE_FILES,
     VICTORIA_METRICS,
+    VMALERT,
     alerts,
     concrete,
     label_values,
@@ -34,6 +37,7 @@ from tests.central.engines import (
     prometheus,
     vector,
     victoria_metrics,
+    vmalert,
 )
 from tests.integration.daemon import Daemon
 from tests.sinks.realprocs import PUSHGATEWAY, pushgateway
@@ -71,24 +75,43 @@ def shortened_rules(directory: Path) -> list[Path]:
     return copies
 
 
-@dataclass(frozen=True)
+@dataclass
 class Central:
-    """Where the daemons deliver, where the dashboards query, and the Prometheus running the rules (if any)."""
+    """Where the daemons deliver, where the dashboards query, and what runs the rules."""
 
     path: str
     query_base: str
     sink_env: dict[str, str]
-    rules_base: str | None
+    rules_base: str  # Prometheus or vmalert: its /api/v1/alerts
+    notified: list[dict[str, Any]] = field(default_factory=list)  # what vmalert sent to "Alertmanager"
+
+
+async def alertmanager(aiohttp_server: Any, notified: list[dict[str, Any]]) -> str:
+    """A stand-in for Alertmanager's API that keeps every alert posted to it; its base URL."""
+
+    async def receive(request: web.Request) -> web.Response:
+        notified.extend(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", receive)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture(params=[VICTORIA_METRICS, PROMETHEUS, PUSHGATEWAY])
-def central(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Central]:
-    """A fresh central: VictoriaMetrics or Prometheus by remote write, or a Pushgateway that Prometheus scrapes.
+async def central(request: pytest.FixtureRequest, tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Central]:
+    """A fresh central running the shortened rules every second, fed by one of three paths.
 
-    Prometheus evaluates the shortened copy of the shipped rules every second.
+    VictoriaMetrics by remote write, with vmalert; Prometheus by remote write;
+    or a Pushgateway that Prometheus scrapes.
     """
     path = request.param
-    needed = {VICTORIA_METRICS: [VICTORIA_METRICS], PROMETHEUS: [PROMETHEUS], PUSHGATEWAY: [PUSHGATEWAY, PROMETHEUS]}
+    needed = {
+        VICTORIA_METRICS: [VICTORIA_METRICS, VMALERT],
+        PROMETHEUS: [PROMETHEUS],
+        PUSHGATEWAY: [PUSHGATEWAY, PROMETHEUS],
+    }
     absent = missing(*needed[path])
     if absent:
         pytest.skip(f"{' and '.join(absent)} not installed (.ci/run installs Debian's packages)")
@@ -96,8 +119,14 @@ def central(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Central]
     rules_dir.mkdir()
     rule_files = shortened_rules(rules_dir)
     if path == VICTORIA_METRICS:
-        with victoria_metrics() as base:
-            yield Central(path, base, {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}, None)
+        notified: list[dict[str, Any]] = []
+        notifier = await alertmanager(aiohttp_server, notified)
+        with (
+            victoria_metrics() as base,
+            vmalert(base, rule_files=rule_files, notifier=notifier) as rules_base,
+        ):
+            sink = {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}
+            yield Central(path, base, sink, rules_base, notified)
     elif path == PROMETHEUS:
         with prometheus(rule_files=rule_files, interval="1s") as base:
             yield Central(path, base, {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}, base)
@@ -193,7 +222,7 @@ def pops_missing_per_query(base: str) -> list[tuple[str, str, list[str]]]:
 async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
     central: Central, fleet: dict[str, Daemon]
 ) -> None:
-    """Each panel query has a series per POP; in Prometheus a stopped POP's PopSilent goes pending, then firing."""
+    """Each panel query has a series per POP; a stopped POP's PopSilent goes pending, then firing, and only its."""
     base = central.query_base
     # A rate needs two samples in its window: wait for a few heartbeats of every POP (a minute at most).
     misses = await eventually(lambda: pops_missing_per_query(base), lambda found: found == [], timeout=60)
@@ -202,9 +231,6 @@ async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
     assert set(POPS) <= set(label_values(base, "pop", selector))
     for pop in POPS:
         assert [] == [log for log in fleet[pop].logs() if log.get("level") in {"error", "critical"}]
-    if central.rules_base is None:
-        return
-
     assert 0 == await fleet["pop-c"].stop()
     states: list[str] = []
 
@@ -221,8 +247,14 @@ async def test_every_dashboard_query_returns_each_pop_and_a_silent_pop_fires(
     assert ["pending", "firing"] == states
     ages = {
         sample["metric"]["pop"]: float(sample["value"][1])
-        for sample in vector(central.rules_base, "pop:pop_agent_heartbeat_age_seconds")
+        for sample in vector(base, "pop:pop_agent_heartbeat_age_seconds")
     }
     assert ages["pop-c"] >= float(SILENT_AFTER)
     assert max(ages["pop-a"], ages["pop-b"]) < float(SILENT_AFTER)
-
+    if central.path == VICTORIA_METRICS:
+        sent = await eventually(
+            lambda: [alert["labels"] for alert in central.notified if alert["labels"]["alertname"] == "PopSilent"],
+            lambda found: bool(found),
+            timeout=10,
+        )
+        assert {"pop-c"} == {labels["pop"] for labels in sent}
