@@ -21,7 +21,9 @@ from collections.abc import Iterable, Sequence
 # Field keys: (field number << 3) | wire type.
 _LEN_1 = 0x0A  # field 1, length-delimited: WriteRequest.timeseries, TimeSeries.labels, Label.name
 _LEN_2 = 0x12  # field 2, length-delimited: TimeSeries.samples, Label.value
-_SAMPLE_HEAD = struct.Struct("<BBBd")  # samples key, sample length, value key (field 1, 64-bit), value
+SAMPLES_KEY = _LEN_2  # TimeSeries.samples
+VALUE_KEY = 0x09  # Sample.value: field 1, 64-bit
+SAMPLE_HEAD = struct.Struct("<BBBd")  # samples key, sample length, value key, value
 
 
 def varint(value: int) -> bytes:
@@ -56,7 +58,7 @@ def timestamp_tail(timestamp_ms: int) -> bytes:
 def sample_field(value: float, tail: bytes) -> bytes:
     """One ``samples`` field of a TimeSeries: ``value`` at the time ``tail`` holds (see :func:`timestamp_tail`)."""
     # A sample is at most 9 + 11 bytes, so its length always fits one varint byte.
-    return _SAMPLE_HEAD.pack(_LEN_2, 9 + len(tail), 0x09, value) + tail
+    return SAMPLE_HEAD.pack(SAMPLES_KEY, 9 + len(tail), VALUE_KEY, value) + tail
 
 
 def timeseries_field(labels: bytes, samples: Sequence[bytes]) -> bytes:

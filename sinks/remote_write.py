@@ -37,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -52,9 +53,9 @@ from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-from sinks.prompb import labels_field, sample_field, timeseries_field, timestamp_tail
+from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
 from sinks.retry import RetryPolicy, with_retries
-from sinks.series import Labels, identified, timestamp_ms
+from sinks.series import Families, Labels, families, full_labels, timestamp_ms
 
 try:
     import cramjam
@@ -89,17 +90,29 @@ _SAMPLE_REFUSALS = (
 )
 # Encoding a large request holds the event loop for milliseconds: it goes to a thread.
 _THREAD_ENCODE_COUNT = 64
-# Encoded label sets kept between requests (a POP has a few dozen series; a fleet bench many more).
+# A series by (pop, name, own labels), and its encoded label set, kept between requests
+# (a POP has a few dozen series; a fleet bench many more).
+_SeriesKey = tuple[str, str, Labels]
 _LABEL_CACHE_SIZE = 65_536
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A heartbeat ready to encode: its id, time (ms) and series with full label sets."""
+    """A heartbeat ready to encode: its id, time (ms), POP and series (:func:`sinks.series.families`)."""
 
     id: str
     ts_ms: int
-    series: list[tuple[Labels, float | int]]
+    pop: str
+    families: Families
+
+    @classmethod
+    def of(cls, item: Pending) -> Prepared:
+        """``item`` parsed and mapped; ``ValueError`` (or ``TypeError``) if it has no usable ``ts`` or ``pop``."""
+        doc = item.doc
+        pop = doc.get("pop")
+        if not isinstance(pop, str) or not pop:
+            raise ValueError("heartbeat without pop")
+        return cls(item.id, timestamp_ms(doc), pop, families(doc))
 
 
 def refusal_code(status: int, body: str) -> str | None:
@@ -140,7 +153,7 @@ class RemoteWriteSink:
             self._headers["Authorization"] = authorization
         if cfg.tenant_id is not None:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
-        self._labels: dict[Labels, bytes] = {}
+        self._labels: dict[_SeriesKey, bytes] = {}
         self._refusing: str | None = None
         self._skipping = False
         self.skipped_total = 0
@@ -171,9 +184,8 @@ class RemoteWriteSink:
                 failure = "deadline"
                 break
             part = work.popleft()
-            threaded = len(part) >= _THREAD_ENCODE_COUNT
-            body = await asyncio.to_thread(self.encode, part) if threaded else self.encode(part)
             try:
+                body = await self._encode(part)
                 await with_retries(self._policy, deadline, functools.partial(self._post, body, deadline))
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
@@ -208,15 +220,14 @@ class RemoteWriteSink:
         ready: list[Prepared] = []
         for item in batch:
             try:
-                ts_ms = timestamp_ms(item.doc)
-                series = identified(item.doc, self._cfg.job)
+                prepared = Prepared.of(item)
             except (ValueError, TypeError, KeyError, AttributeError):
                 rejected[item.id] = "malformed"
                 continue
-            if ts_ms < oldest_ms:
+            if prepared.ts_ms < oldest_ms:
                 skipped[item.id] = "too_old"
                 continue
-            ready.append(Prepared(item.id, ts_ms, series))
+            ready.append(prepared)
         ready.sort(key=lambda prepared: prepared.ts_ms)
         self.skipped_total += len(skipped)
         if skipped and not self._skipping:
@@ -224,24 +235,40 @@ class RemoteWriteSink:
         self._skipping = bool(skipped) or (self._skipping and not ready)
         return ready
 
+    async def _encode(self, part: Sequence[Prepared]) -> bytes:
+        """:meth:`encode`, in a thread for a large part; a value no double can hold is ``malformed``."""
+        try:
+            if len(part) >= _THREAD_ENCODE_COUNT:
+                return await asyncio.to_thread(self.encode, part)
+            return self.encode(part)
+        except (OverflowError, struct.error):
+            raise PermanentSinkError("malformed", code="malformed") from None
+
     def encode(self, part: Sequence[Prepared]) -> bytes:
         """The request body for ``part`` (oldest first): a snappy-compressed (block format) ``WriteRequest``."""
-        grouped: dict[Labels, list[bytes]] = {}
+        grouped: dict[_SeriesKey, list[bytes]] = {}
+        pack = SAMPLE_HEAD.pack  # sample_field(), inlined: this loop runs once per sample
         for item in part:
             tail = timestamp_tail(item.ts_ms)
-            for labels, value in item.series:
-                samples = grouped.get(labels)
-                if samples is None:
-                    samples = grouped[labels] = []
-                samples.append(sample_field(float(value), tail))
+            length = 9 + len(tail)
+            pop = item.pop
+            for name, samples in item.families.items():
+                for labels, value in samples.items():
+                    key = (pop, name, labels)
+                    encoded = grouped.get(key)
+                    if encoded is None:
+                        encoded = grouped[key] = []
+                    encoded.append(pack(SAMPLES_KEY, length, VALUE_KEY, value) + tail)
         if len(self._labels) + len(grouped) > _LABEL_CACHE_SIZE:
             self._labels.clear()
         fields = []
-        for labels, samples in grouped.items():
-            encoded = self._labels.get(labels)
-            if encoded is None:
-                encoded = self._labels[labels] = labels_field(labels)
-            fields.append(timeseries_field(encoded, samples))
+        job = self._cfg.job
+        for key, encoded_samples in grouped.items():
+            head = self._labels.get(key)
+            if head is None:
+                pop, name, own = key
+                head = self._labels[key] = labels_field(full_labels(name, own, pop, job))
+            fields.append(timeseries_field(head, encoded_samples))
         assert cramjam is not None  # checked when the sink was made
         return bytes(cramjam.snappy.compress_raw(b"".join(fields)))
 

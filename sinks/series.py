@@ -16,6 +16,7 @@ dashboard reads the same names whichever path fed it:
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,8 @@ _TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,
 # own label with one of these names is dropped (the Pushgateway would refuse the
 # whole push with a 400, and remote write would carry two of the same name).
 RESERVED_LABELS = frozenset({"job", "pop", "instance"})
+
+_NUMBERS = (int, float)
 
 Labels = tuple[tuple[str, str], ...]
 Families = dict[str, dict[Labels, float | int]]
@@ -62,10 +65,10 @@ def timestamp_ms(doc: Mapping[str, Any]) -> int:
     return timestamp_ns(ts) // 1_000_000
 
 
-def _number(value: Any) -> float | int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
+@functools.lru_cache(maxsize=4096)
+def _valid_name(name: str) -> bool:
+    # A POP reports the same few dozen names every tick: each is matched once.
+    return _METRIC_NAME.match(name) is not None
 
 
 def _labels(raw: Any) -> Labels | None:
@@ -94,22 +97,24 @@ def families(doc: Mapping[str, Any]) -> Families:
     if not isinstance(ts, str):
         raise ValueError("heartbeat without ts")
     out: Families = {}
-
-    def add(name: Any, labels: Labels | None, value: Any) -> None:
-        number = _number(value)
-        if not isinstance(name, str) or not _METRIC_NAME.match(name) or labels is None or number is None:
-            return
-        out.setdefault(name, {})[labels] = number
-
     metrics = doc.get("metrics")
     if isinstance(metrics, Mapping):
         for name, value in metrics.items():
-            add(name, (), value)
+            # type() rather than isinstance(): a bool is an int, and never a sample.
+            if type(value) in _NUMBERS and isinstance(name, str) and _valid_name(name):
+                out.setdefault(name, {})[()] = value
     series = doc.get("series")
     if isinstance(series, list):
         for item in series:
-            if isinstance(item, Mapping):
-                add(item.get("name"), _labels(item.get("labels", {})), item.get("value"))
+            if not isinstance(item, Mapping):
+                continue
+            labels = _labels(item.get("labels", {}))
+            number = item.get("value")
+            named = item.get("name")
+            if not isinstance(number, int | float) or isinstance(number, bool) or labels is None:
+                continue
+            if isinstance(named, str) and _valid_name(named):
+                out.setdefault(named, {})[labels] = number
 
     # The agent's own series go last so that a heartbeat cannot overwrite them.
     seconds, nanos = divmod(timestamp_ns(ts), 1_000_000_000)
@@ -128,19 +133,9 @@ def families(doc: Mapping[str, Any]) -> Families:
     return out
 
 
-def identified(doc: Mapping[str, Any], job: str = DEFAULT_JOB) -> list[tuple[Labels, float | int]]:
-    """Every series of the heartbeat with its full label set, as remote write sends it.
+def full_labels(name: str, labels: Labels, pop: str, job: str = DEFAULT_JOB) -> Labels:
+    """One series' complete label set as remote write sends it: ``__name__``, ``job``, ``pop`` and its own labels.
 
-    Each label set holds ``__name__``, ``job``, ``pop`` and the heartbeat's own
-    labels, sorted by label name as the remote-write spec asks. Raises
-    ``ValueError`` if the heartbeat has no usable ``ts`` or ``pop``.
+    Sorted by label name, as the remote-write spec asks.
     """
-    pop = doc.get("pop")
-    if not isinstance(pop, str) or not pop:
-        raise ValueError("heartbeat without pop")
-    out: list[tuple[Labels, float | int]] = []
-    for name, samples in families(doc).items():
-        for labels, value in samples.items():
-            full = tuple(sorted((("__name__", name), ("job", job), ("pop", pop), *labels)))
-            out.append((full, value))
-    return out
+    return tuple(sorted((("__name__", name), ("job", job), ("pop", pop), *labels)))

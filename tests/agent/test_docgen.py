@@ -145,7 +145,8 @@ def test_output_does_not_depend_on_the_host(monkeypatch: pytest.MonkeyPatch) -> 
 def test_secrets_are_marked() -> None:
     """Exactly the SecretStr settings are flagged as secret."""
     secret = {doc.dotted for doc in docgen.iter_settings() if doc.secret}
-    assert {"sinks.central.token", "ntfy_alert_url", "ntfy_alert_token", "kuma_push_url"} == secret
+    expected = {"sinks.central.token", "ntfy_alert_url", "ntfy_alert_token", "kuma_push_url"}
+    assert expected | {"sinks.remote_write.token", "sinks.remote_write.password"} == secret
 
 
 def test_privacy_statement_lists_every_declared_metric() -> None:

@@ -213,7 +213,16 @@ def test_upload_wheel_holds_only_upload_sinks(wheels: dict[str, Path], tree: Pat
     metadata = _metadata(wheels["upload"])
     assert ("Name", "pop-agent-upload") in metadata
     assert ("Version", VERSION) in metadata
-    assert [f"pop-agent=={VERSION}", "cramjam>=2.8"] == [value for key, value in metadata if key == "Requires-Dist"]
+    assert sorted([f"pop-agent=={VERSION}", "cramjam>=2.8"]) == sorted(v for k, v in metadata if k == "Requires-Dist")
+
+
+def test_only_the_upload_component_requires_snappy(wheels: dict[str, Path]) -> None:
+    """cramjam (remote write's snappy) is a dependency of the upload component, never of the base wheels."""
+    for edition in ("community", "commercial"):
+        required = [value for key, value in _metadata(wheels[edition]) if key == "Requires-Dist"]
+        assert [] == [value for value in required if value.startswith("cramjam") and "extra ==" not in value]
+    assert "sinks/remote_write.py" not in _payload(wheels["community"])
+    assert "sinks/remote_write.py" in _payload(wheels["upload"])
 
 
 def test_editions_split_the_tree_exactly(wheels: dict[str, Path], tree: Path) -> None:

@@ -395,3 +395,26 @@ def test_bad_credentials_are_one_line_config_errors(tmp_path: Path, settings: di
         authorization(RemoteWriteSinkSettings(url="https://vm.example/w", **settings), str(tmp_path))
     message = str(caught.value)
     assert (True, False, False) == (expected in message, "\n" in message, "t0ken" in message)
+
+
+def test_agent_config_masks_the_remote_write_secrets(run_agent: Any) -> None:
+    """`agent config` shows the remote-write token and password as asterisks, never their values."""
+    result = run_agent(
+        "config",
+        POP_AGENT_SINKS__REMOTE_WRITE__URL="https://vm.example/api/v1/write",
+        POP_AGENT_SINKS__REMOTE_WRITE__TOKEN=TOKEN,
+        POP_AGENT_SINKS__REMOTE_WRITE__PASSWORD="pw-hunter2-secret",
+    )
+    assert (0, False, False) == (result.returncode, TOKEN in result.stdout, "hunter2" in result.stdout)
+    assert "**********" in result.stdout
+
+
+async def test_a_value_no_double_can_hold_rejects_only_its_heartbeat(receiver: Any, make_sink: Any) -> None:
+    """A heartbeat with an integer beyond a double's range is rejected "malformed"; the rest are delivered."""
+    server = await receiver()
+    backlog = beats(4)
+    huge = heartbeat("ams1", seq=9, metrics={"requests_total": 10**400})
+
+    delivery = await make_sink(server.url).send([*backlog, huge], Deadline(30))
+
+    assert ({huge.id: "malformed"}, {item.id for item in backlog}) == (delivery.rejected, delivery.acked)
