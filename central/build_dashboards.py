@@ -103,12 +103,12 @@ def fleet() -> dict[str, Any]:
                 (Query(rate_per_pop("increase", "scrub_rejected_total")),),
             ),
         ],
-        single_pop=False,
+        all_pops=True,
     )
 
 
 def one_pop() -> dict[str, Any]:
-    """The drill-down into one POP: every signal its heartbeats carry."""
+    """The drill-down into one POP (or a few, side by side): every signal its heartbeats carry."""
     return dashboard(
         POP_UID,
         "POP drill-down",
@@ -230,7 +230,7 @@ def one_pop() -> dict[str, Any]:
                 (Query(rate_per_pop("increase", "collector_errors_total")),),
             ),
         ],
-        single_pop=True,
+        all_pops=False,
     )
 
 

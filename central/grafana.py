@@ -208,7 +208,7 @@ def _table(panel: Table) -> dict[str, Any]:
     }
 
 
-def _variables(*, single_pop: bool) -> dict[str, Any]:
+def _variables(*, all_pops: bool) -> dict[str, Any]:
     pop_query = 'label_values(pop_agent_last_heartbeat_timestamp_seconds{job="pop_agent"}, pop)'
     pop: dict[str, Any] = {
         "name": "pop",
@@ -219,14 +219,14 @@ def _variables(*, single_pop: bool) -> dict[str, Any]:
         "query": {"query": pop_query, "refId": "PopVariable"},
         "current": {},
         "hide": 0,
-        "includeAll": not single_pop,
-        "multi": not single_pop,
+        "includeAll": all_pops,
+        "multi": True,
         "options": [],
         "refresh": 2,  # on time range change, so a new POP appears without a reload
         "regex": "",
         "sort": 1,
     }
-    if not single_pop:
+    if all_pops:
         pop["allValue"] = ".+"  # all POPs as one regex, not an alternation of thousands of names
     return {
         "list": [
@@ -249,9 +249,13 @@ def _variables(*, single_pop: bool) -> dict[str, Any]:
 
 
 def dashboard(
-    uid: str, title: str, description: str, panels: list[Graph | Table | Row], *, single_pop: bool
+    uid: str, title: str, description: str, panels: list[Graph | Table | Row], *, all_pops: bool
 ) -> dict[str, Any]:
-    """A whole dashboard: its variables, links and the panels laid out in order."""
+    """A whole dashboard: its variables, links and the panels laid out in order.
+
+    The ``pop`` variable always takes several POPs; ``all_pops`` adds "All",
+    which a drill-down leaves out so that nobody draws a thousand POPs on it.
+    """
     layout = _Layout()
     for panel in panels:
         if isinstance(panel, Row):
@@ -285,6 +289,6 @@ def dashboard(
                 "keepTime": True,
             }
         ],
-        "templating": _variables(single_pop=single_pop),
+        "templating": _variables(all_pops=all_pops),
         "panels": layout.panels,
     }

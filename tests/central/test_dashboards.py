@@ -82,14 +82,15 @@ def test_the_data_source_is_a_variable_and_no_uid_is_fixed(dashboard: dict[str, 
 
 @pytest.mark.parametrize("dashboard", every_dashboard())
 def test_the_pop_variable_lists_the_pops_that_send_heartbeats(dashboard: dict[str, Any]) -> None:
-    """The ``pop`` variable's values come from the last-heartbeat series; the overview takes many POPs and All."""
+    """The ``pop`` variable lists the POPs that send heartbeats and takes several; only the overview offers All."""
     pop = variable(dashboard, "pop")
     assert DATASOURCE == pop["datasource"]
     assert pop["definition"] == pop["query"]["query"]
     assert pop["definition"].startswith("label_values(pop_agent_last_heartbeat_timestamp_seconds")
     assert pop["definition"].endswith(", pop)")
-    expected = (True, True) if dashboard["uid"] == dashboards()[FLEET]["uid"] else (False, False)
-    assert expected == (pop["multi"], pop["includeAll"])
+    fleet = dashboard["uid"] == dashboards()[FLEET]["uid"]
+    assert (True, fleet) == (pop["multi"], pop["includeAll"])
+    assert (".+" if fleet else None) == pop.get("allValue")
 
 
 @pytest.mark.parametrize("panel", every_panel())
