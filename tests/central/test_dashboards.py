@@ -147,3 +147,21 @@ def test_panels_have_distinct_ids_and_do_not_overlap(dashboard: dict[str, Any]) 
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert sorted(set(ids)) == sorted(ids)
     assert 39 == dashboard["schemaVersion"]
+
+
+@pytest.mark.parametrize("panel", every_panel())
+def test_every_series_is_named_after_its_pop(panel: dict[str, Any]) -> None:
+    """Each graph's legend shows ``{{pop}}``, and each query keeps the ``pop`` label, so several POPs stay apart."""
+    for target in panel["targets"]:
+        assert re.match(r"^(time\(\) - )?max by \(pop\b", target["expr"]), target["expr"]
+        if panel["type"] == "timeseries":
+            assert "{{pop}}" in target["legendFormat"]
+
+
+def test_links_between_dashboards_point_at_shipped_dashboards() -> None:
+    """Every ``/d/<uid>`` link (the overview's table rows open the drill-down) names a dashboard that ships."""
+    uids = {dashboard["uid"] for dashboard in dashboards().values()}
+    urls = [url for dashboard in dashboards().values() for url in walk(dashboard, "url")]
+    assert urls
+    assert all(url.startswith("/d/") for url in urls)
+    assert set() == {url.removeprefix("/d/").split("?")[0] for url in urls} - uids
