@@ -19,13 +19,26 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from central.grafana import FLEET_UID, POP_UID, Column, Graph, Query, Row, Table, dashboard, per_pop, rate_per_pop, sel
+from central.grafana import (
+    FLEET_UID,
+    POP_UID,
+    Column,
+    Graph,
+    Query,
+    Row,
+    Table,
+    dashboard,
+    per_pop,
+    rate_per_pop,
+    selector,
+)
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 # The PopSilent alert's threshold: a POP whose newest heartbeat is older is silent.
 SILENT_AFTER_S = 300
 
-HEARTBEAT_AGE = f"time() - max by (pop) (last_over_time({sel('pop_agent_last_heartbeat_timestamp_seconds')}[1h]))"
+LAST_HEARTBEAT = selector("pop_agent_last_heartbeat_timestamp_seconds")
+HEARTBEAT_AGE = f"time() - max by (pop) (last_over_time({LAST_HEARTBEAT}[1h]))"
 AGE_HELP = (
     "Seconds since the POP's newest heartbeat (by the POP's clock). Above 5 minutes the POP is silent; "
     "a POP silent for more than an hour drops off this panel (the PopSilent alert remembers it for 7 days)."

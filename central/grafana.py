@@ -26,19 +26,19 @@ GRID_WIDTH = 24
 PANEL_HEIGHT = 8
 
 
-def sel(metric: str) -> str:
+def selector(metric: str) -> str:
     """``metric`` restricted to the agent's job and the POPs chosen in the ``pop`` variable."""
     return f'{metric}{{job="pop_agent", pop=~"$pop"}}'
 
 
 def per_pop(metric: str, *labels: str) -> str:
-    """The newest value of a gauge, one series per POP (and per each of ``labels``)."""
-    return f"max by ({', '.join(('pop', *labels))}) ({sel(metric)})"
+    """The newest value of a series, one per POP (and per each of ``labels``)."""
+    return f"max by ({', '.join(('pop', *labels))}) ({selector(metric)})"
 
 
 def rate_per_pop(function: str, metric: str, *labels: str) -> str:
     """``rate`` or ``increase`` of a counter over Grafana's ``$__rate_interval``, one series per POP."""
-    return f"max by ({', '.join(('pop', *labels))}) ({function}({sel(metric)}[$__rate_interval]))"
+    return f"max by ({', '.join(('pop', *labels))}) ({function}({selector(metric)}[$__rate_interval]))"
 
 
 @dataclass(frozen=True)
