@@ -42,6 +42,9 @@ SCRIPTS: dict[str, tuple[str, list[str]]] = {
         "logscan_bench.py",
         ["--lines", "1000000", "--distinct", "50000", "--repeat", "3"],  # best of three: a scan takes about 1 s
     ),
+    "rw_replay": ("rw_replay_bench.py", ["--count", "60480"]),
+    # The Pushgateway baseline slows down as it fills: each path gets a time budget per size.
+    "rw_fleet": ("rw_fleet_bench.py", ["--pops", "1000", "5000", "--ticks", "3" if FULL else "2", "--budget", "60"]),
 }
 
 
@@ -236,7 +239,67 @@ def headline(scripts: dict[str, Any]) -> list[dict[str, Any]]:
             row("log scan peak Python memory", ls.get("peak_python_mib"), "MiB"),
             row("log scan state per window (max)", window, "bytes", target="<= 65536", met=window <= 65536),
         ]
+    rows += remote_write_rows(s.get("rw_replay", {}), s.get("rw_fleet", {}))
     return rows
+
+
+def remote_write_rows(replay: dict[str, Any], fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12's figures: the 7-day replay, and fleet ingest per size against the Pushgateway path."""
+    rows = []
+    if replay:
+        rows.append(
+            row(
+                "remote write replay, 7 days of one POP",
+                dig(replay, "remote_write", "hb_per_s"),
+                "hb/s",
+                "central sink, same docs",
+                replay.get("ratio_vs_central_sink"),
+                ">= 20000, 0 lost",
+                replay.get("meets_target"),
+            )
+        )
+    for pops, size in (fleet.get("sizes") or {}).items():
+        rw, gw = size.get("remote_write", {}), size.get("pushgateway", {})
+        ratios = size.get("ratios_remote_write_vs_pushgateway", {})
+        rows += [
+            row(
+                f"{pops} POPs: central CPU per POP-tick",
+                rw.get("central_cpu_ms_per_pop_per_tick"),
+                "ms",
+                "Pushgateway+Prometheus",
+                ratios.get("cpu_per_pop"),
+                "< 1",
+                (ratios.get("cpu_per_pop") or 9) < 1,
+            ),
+            row(
+                f"{pops} POPs: central RSS per POP",
+                rw.get("rss_kib_per_pop_total"),
+                "KiB",
+                "Pushgateway+Prometheus",
+                ratios.get("rss_per_pop_total"),
+            ),
+            row(
+                f"{pops} POPs: one fleet-wide tick",
+                rw.get("tick_wall_s_median"),
+                "s",
+                "Pushgateway+Prometheus",
+                ratios.get("tick_wall"),
+            ),
+            row(
+                f"{pops} POPs: fleet overview queries",
+                rw.get("overview_ms_sum"),
+                "ms",
+                "same on Prometheus",
+                ratio_or_none(rw.get("overview_ms_sum"), gw.get("overview_ms_sum")),
+                "< 1000",
+                (rw.get("overview_ms_sum") or 1e9) < 1000,
+            ),
+        ]
+    return rows
+
+
+def ratio_or_none(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if isinstance(a, int | float) and isinstance(b, int | float) and b else None
 
 
 def table(rows: list[dict[str, Any]]) -> str:
