@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -114,6 +115,16 @@ def vector(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def series_over(base: str, expr: str, seconds: float, step: float = 1.0) -> list[dict[str, Any]]:
+    """The result of a range query over the last ``seconds``, as a Grafana time-series panel asks for it."""
+    end = time.time()
+    params = {"query": expr, "start": f"{end - seconds:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+    status, answer = _get(base + "/api/v1/query_range?" + urllib.parse.urlencode(params))
+    assert (200, "success") == (status, answer["status"]), (expr, answer)
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
 def rules(base: str) -> list[dict[str, Any]]:
     """Every rule the Prometheus at ``base`` has loaded, from ``/api/v1/rules``."""
     status, answer = _get(base + "/api/v1/rules")
@@ -148,13 +159,14 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [panel for panel in dashboard["panels"] if panel["type"] != "row"]
 
 
-def panel_queries() -> list[tuple[str, str, str]]:
-    """``(dashboard file, panel title, expr)`` for every target of every panel."""
+def panel_queries(*, range_only: bool = False) -> list[tuple[str, str, str]]:
+    """``(dashboard file, panel title, expr)`` for every target of every panel (or only the range queries)."""
     return [
         (name, panel["title"], target["expr"])
         for name, dashboard in dashboards().items()
         for panel in panels(dashboard)
         for target in panel["targets"]
+        if target["range"] or not range_only
     ]
 
 

@@ -35,6 +35,7 @@ from tests.central.engines import (
     missing,
     panel_queries,
     prometheus,
+    series_over,
     vector,
     victoria_metrics,
     vmalert,
@@ -209,13 +210,23 @@ async def eventually(fetch: Callable[[], Any], until: Callable[[Any], bool], tim
 
 
 def pops_missing_per_query(base: str) -> list[tuple[str, str, list[str]]]:
-    """``(panel, query, POPs without a series)`` for every dashboard query that misses a POP."""
+    """``(panel, query, POPs without a series)`` for every dashboard query that misses a POP.
+
+    Each query runs as an instant query (a table cell, a stat), and a time-series
+    panel's also as a range query over the last 20 seconds, as Grafana draws it.
+    """
     misses = []
+    ranged = set(panel_queries(range_only=True))
     for dashboard, title, expr in panel_queries():
-        found = {sample["metric"].get("pop") for sample in vector(base, concrete(expr, POPS, RATE_INTERVAL))}
-        absent = [pop for pop in POPS if pop not in found]
-        if absent:
-            misses.append((f"{dashboard}: {title}", expr, absent))
+        concrete_expr = concrete(expr, POPS, RATE_INTERVAL)
+        answers = [vector(base, concrete_expr)]
+        if (dashboard, title, expr) in ranged:
+            answers.append(series_over(base, concrete_expr, seconds=20))
+        for answer in answers:
+            found = {sample["metric"].get("pop") for sample in answer}
+            absent = [pop for pop in POPS if pop not in found]
+            if absent:
+                misses.append((f"{dashboard}: {title}", expr, absent))
     return misses
 
 
