@@ -7,6 +7,9 @@ at a time, into a fresh VictoriaMetrics (Debian's ``victoria-metrics``, its own
 storage). Then every heartbeat is counted back with a query: the samples of
 ``pop_agent_last_heartbeat_timestamp_seconds`` over the 7 days.
 
+Also reported: the sink's own work alone (parse, map, encode, compress; no HTTP),
+and VictoriaMetrics' CPU seconds during the replay.
+
 Baseline, in the same run: the same documents through the real ``CentralSink`` to a
 local central (bench/drain_bench.py's, in its own process, answering 200).
 
@@ -29,7 +32,7 @@ from agent.sample import Pending
 from agent.settings import CentralSinkSettings, RemoteWriteSinkSettings
 from bench.drain_bench import PATH as CENTRAL_PATH
 from bench.drain_bench import _serve as serve_central
-from bench.fleet import heartbeat_doc, pending
+from bench.fleet import cpu_seconds, heartbeat_doc, pending, pid_listening_on
 from sinks.central import CentralSink
 from sinks.remote_write import RemoteWriteSink
 from sinks.retry import RetryPolicy
@@ -65,6 +68,14 @@ async def deliver(sink: Any, items: list[Pending]) -> tuple[float, int]:
     return time.perf_counter() - started, acked
 
 
+def encode_only(sink: RemoteWriteSink, items: list[Pending]) -> float:
+    """Seconds the sink's own work takes for ``items`` (parse, map, encode, compress), without HTTP."""
+    started = time.perf_counter()
+    for start in range(0, len(items), BATCH):
+        sink.encoder.encode(sink._prepare(items[start : start + BATCH], {}, {}))
+    return time.perf_counter() - started
+
+
 def counted(base: str, days: float) -> int:
     """How many samples of the replayed POP's heartbeat-time series VictoriaMetrics holds."""
     query = f'count_over_time(pop_agent_last_heartbeat_timestamp_seconds{{pop="{POP}"}}[{int(days * 86400) + 3600}s])'
@@ -88,10 +99,14 @@ async def run(count: int, central_url: str) -> dict[str, Any]:
     with victoria_metrics() as base:
         cfg = RemoteWriteSinkSettings(url=base + "/api/v1/write", max_sample_age=8 * 86400)
         sink = RemoteWriteSink(cfg, policy=RetryPolicy.immediate(1))
+        report["sink_without_http_hb_per_s"] = round(count / encode_only(sink, fresh(raw)))
+        pid = pid_listening_on(int(base.rsplit(":", 1)[1]))
+        cpu_before = cpu_seconds(pid)
         try:
             seconds, acked = await deliver(sink, fresh(raw))
         finally:
             await sink.aclose()
+        report["victoria_metrics_cpu_s"] = round(cpu_seconds(pid) - cpu_before, 2)
         stored = 0
         for _ in range(40):  # rows become searchable within a second or so of a flush
             flush(base)

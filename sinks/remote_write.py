@@ -41,7 +41,6 @@ import struct
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
@@ -53,14 +52,8 @@ from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
+from sinks.remote_write_body import BodyEncoder, Prepared, snappy_available
 from sinks.retry import RetryPolicy, with_retries
-from sinks.series import Families, Labels, families, full_labels, timestamp_ms
-
-try:
-    import cramjam
-except ImportError:  # the upload component depends on it; a bare source checkout may lack it
-    cramjam = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from agent.settings import RemoteWriteSinkSettings, Settings
@@ -88,31 +81,8 @@ _SAMPLE_REFUSALS = (
     ("out-of-order", "out_of_order"),
     ("duplicate sample", "duplicate"),
 )
-# Encoding a large request holds the event loop for milliseconds: it goes to a thread.
+# Parsing and encoding this many heartbeats holds the event loop for milliseconds: a thread does it.
 _THREAD_ENCODE_COUNT = 64
-# A series by (pop, name, own labels), and its encoded label set, kept between requests
-# (a POP has a few dozen series; a fleet bench many more).
-_SeriesKey = tuple[str, str, Labels]
-_LABEL_CACHE_SIZE = 65_536
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A heartbeat ready to encode: its id, time (ms), POP and series (:func:`sinks.series.families`)."""
-
-    id: str
-    ts_ms: int
-    pop: str
-    families: Families
-
-    @classmethod
-    def of(cls, item: Pending) -> Prepared:
-        """``item`` parsed and mapped; ``ValueError`` (or ``TypeError``) if it has no usable ``ts`` or ``pop``."""
-        doc = item.doc
-        pop = doc.get("pop")
-        if not isinstance(pop, str) or not pop:
-            raise ValueError("heartbeat without pop")
-        return cls(item.id, timestamp_ms(doc), pop, families(doc))
 
 
 def refusal_code(status: int, body: str) -> str | None:
@@ -141,7 +111,7 @@ class RemoteWriteSink:
     ) -> None:
         if cfg.url is None:
             raise ConfigError("sinks.remote_write.url is not set")
-        if cramjam is None:
+        if not snappy_available():
             raise ConfigError("sinks.remote_write: the cramjam package (snappy) is not installed: pip install cramjam")
         self._cfg = cfg
         self._url = cfg.url
@@ -153,7 +123,7 @@ class RemoteWriteSink:
             self._headers["Authorization"] = authorization
         if cfg.tenant_id is not None:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
-        self._labels: dict[_SeriesKey, bytes] = {}
+        self.encoder = BodyEncoder(cfg.job)
         self._refusing: str | None = None
         self._skipping = False
         self.skipped_total = 0
@@ -175,7 +145,10 @@ class RemoteWriteSink:
         acked: set[str] = set()
         rejected: dict[str, str] = {}
         skipped: dict[str, str] = {}
-        ready = self._prepare(batch, rejected, skipped)
+        if len(batch) >= _THREAD_ENCODE_COUNT:  # parsing a large batch would hold the event loop
+            ready = await asyncio.to_thread(self._prepare, batch, rejected, skipped)
+        else:
+            ready = self._prepare(batch, rejected, skipped)
         failure: str | None = None
         retry_after: float | None = None
         work = deque(ready[start : start + self.max_batch] for start in range(0, len(ready), self.max_batch))
@@ -236,41 +209,13 @@ class RemoteWriteSink:
         return ready
 
     async def _encode(self, part: Sequence[Prepared]) -> bytes:
-        """:meth:`encode`, in a thread for a large part; a value no double can hold is ``malformed``."""
+        """The body for ``part``, encoded in a thread when large; a value no double can hold is ``malformed``."""
         try:
             if len(part) >= _THREAD_ENCODE_COUNT:
-                return await asyncio.to_thread(self.encode, part)
-            return self.encode(part)
+                return await asyncio.to_thread(self.encoder.encode, part)
+            return self.encoder.encode(part)
         except (OverflowError, struct.error):
             raise PermanentSinkError("malformed", code="malformed") from None
-
-    def encode(self, part: Sequence[Prepared]) -> bytes:
-        """The request body for ``part`` (oldest first): a snappy-compressed (block format) ``WriteRequest``."""
-        grouped: dict[_SeriesKey, list[bytes]] = {}
-        pack = SAMPLE_HEAD.pack  # sample_field(), inlined: this loop runs once per sample
-        for item in part:
-            tail = timestamp_tail(item.ts_ms)
-            length = 9 + len(tail)
-            pop = item.pop
-            for name, samples in item.families.items():
-                for labels, value in samples.items():
-                    key = (pop, name, labels)
-                    encoded = grouped.get(key)
-                    if encoded is None:
-                        encoded = grouped[key] = []
-                    encoded.append(pack(SAMPLES_KEY, length, VALUE_KEY, value) + tail)
-        if len(self._labels) + len(grouped) > _LABEL_CACHE_SIZE:
-            self._labels.clear()
-        fields = []
-        job = self._cfg.job
-        for key, encoded_samples in grouped.items():
-            head = self._labels.get(key)
-            if head is None:
-                pop, name, own = key
-                head = self._labels[key] = labels_field(full_labels(name, own, pop, job))
-            fields.append(timeseries_field(head, encoded_samples))
-        assert cramjam is not None  # checked when the sink was made
-        return bytes(cramjam.snappy.compress_raw(b"".join(fields)))
 
     def _note_refusal(self, code: str, count: int) -> None:
         """Count refused heartbeats; log when the reason changes, not for every request."""

@@ -34,9 +34,12 @@ _TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,
 # whole push with a 400, and remote write would carry two of the same name).
 RESERVED_LABELS = frozenset({"job", "pop", "instance"})
 
-_NUMBERS = (int, float)
+_NUMBER_TYPES = frozenset({int, float})
+AGENT_SERIES = frozenset({LAST_HEARTBEAT, INFO, COLLECTOR_UP})
 
 Labels = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Labels]  # metric name, the heartbeat's own labels
+Samples = dict[SeriesKey, float | int]
 Families = dict[str, dict[Labels, float | int]]
 
 
@@ -49,7 +52,7 @@ def timestamp_ns(ts: str) -> int:
     match = _TIMESTAMP.match(ts)
     if match is None:
         raise ValueError("not an RFC 3339 UTC timestamp")
-    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
         raise ValueError("timestamp out of range")
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
@@ -67,69 +70,100 @@ def timestamp_ms(doc: Mapping[str, Any]) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_name(name: str) -> bool:
-    # A POP reports the same few dozen names every tick: each is matched once.
-    return _METRIC_NAME.match(name) is not None
+    # A POP reports the same few dozen names every tick: each is matched once. The
+    # agent's own names are not the heartbeat's to set.
+    return _METRIC_NAME.match(name) is not None and name not in AGENT_SERIES
 
 
-def _labels(raw: Any) -> Labels | None:
-    if not isinstance(raw, Mapping):
+@functools.lru_cache(maxsize=256)
+def _plain_keys(names: tuple[Any, ...]) -> tuple[SeriesKey, ...] | None:
+    """The series keys of a ``metrics`` map with these names, or ``None`` if any name is unusable."""
+    if not all(isinstance(name, str) and _valid_name(name) for name in names):
         return None
-    pairs = []
-    for key, value in raw.items():
+    return tuple((name, ()) for name in names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _labels_of(pairs: tuple[tuple[Any, Any], ...]) -> Labels | None:
+    kept = []
+    for key, value in pairs:
         if value is None:
             continue
         if not isinstance(key, str) or not isinstance(value, str):
             return None
         if not _LABEL_NAME.match(key) or key.startswith("__") or key in RESERVED_LABELS:
             return None
-        pairs.append((key, value))
-    return tuple(sorted(pairs))
+        kept.append((key, value))
+    return tuple(sorted(kept))
 
 
-def families(doc: Mapping[str, Any]) -> Families:
-    """The heartbeat's samples grouped by metric name, then by label set (without ``job`` and ``pop``).
+def _labels(raw: Any) -> Labels | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return _labels_of(tuple(raw.items()))
+    except TypeError:  # an unhashable value: not a label anyway
+        return None
 
-    Samples a Prometheus server could not take (a bad name or label, a value that
-    is not a number) are left out, so that one odd series cannot cost the rest.
-    Raises ``ValueError`` if the heartbeat has no usable ``ts``.
+
+def samples(doc: Mapping[str, Any], ts_ns: int | None = None) -> Samples:
+    """Every series of the heartbeat, ``(name, labels) -> value``, in the heartbeat's order, then the agent's own.
+
+    Labels exclude ``job`` and ``pop``, which the delivering path adds. Samples a
+    Prometheus server could not take (a bad name or label, a value that is not a
+    number) are left out, so that one odd series cannot cost the rest. Raises
+    ``ValueError`` if the heartbeat has no usable ``ts``; ``ts_ns`` is that time,
+    when the caller has it already. A parsed heartbeat is made of plain dicts and
+    lists, which is what is checked for (a ``Mapping`` check costs far more).
     """
-    ts = doc.get("ts")
-    if not isinstance(ts, str):
-        raise ValueError("heartbeat without ts")
-    out: Families = {}
+    if ts_ns is None:
+        ts = doc.get("ts")
+        if not isinstance(ts, str):
+            raise ValueError("heartbeat without ts")
+        ts_ns = timestamp_ns(ts)
+    out: Samples = {}
     metrics = doc.get("metrics")
-    if isinstance(metrics, Mapping):
-        for name, value in metrics.items():
-            # type() rather than isinstance(): a bool is an int, and never a sample.
-            if type(value) in _NUMBERS and isinstance(name, str) and _valid_name(name):
-                out.setdefault(name, {})[()] = value
+    if isinstance(metrics, dict):
+        values = list(metrics.values())
+        keys = _plain_keys(tuple(metrics))
+        # The usual heartbeat, checked by C loops: known names, numbers only (a bool is
+        # an int to isinstance(), hence type()).
+        if keys is not None and set(map(type, values)) <= _NUMBER_TYPES:
+            out.update(zip(keys, values, strict=True))
+        else:
+            for name, value in metrics.items():
+                if type(value) in _NUMBER_TYPES and isinstance(name, str) and _valid_name(name):
+                    out[(name, ())] = value
     series = doc.get("series")
     if isinstance(series, list):
         for item in series:
-            if not isinstance(item, Mapping):
+            if not isinstance(item, dict):
+                continue
+            number: Any = item.get("value")
+            named = item.get("name")
+            if type(number) not in _NUMBER_TYPES or not isinstance(named, str) or not _valid_name(named):
                 continue
             labels = _labels(item.get("labels", {}))
-            number = item.get("value")
-            named = item.get("name")
-            if not isinstance(number, int | float) or isinstance(number, bool) or labels is None:
-                continue
-            if isinstance(named, str) and _valid_name(named):
-                out.setdefault(named, {})[labels] = number
+            if labels is not None:
+                out[(named, labels)] = number
 
-    # The agent's own series go last so that a heartbeat cannot overwrite them.
-    seconds, nanos = divmod(timestamp_ns(ts), 1_000_000_000)
-    out[LAST_HEARTBEAT] = {(): seconds + nanos / 1e9}  # not ns / 1e9, which gives ...800.1230001
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    out[(LAST_HEARTBEAT, ())] = seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
     info = tuple(sorted((key, value) for key in ("edition", "agent_version") if isinstance(value := doc.get(key), str)))
-    out[INFO] = {info: 1}
+    out[(INFO, info)] = 1
     collectors = doc.get("collectors")
-    if isinstance(collectors, Mapping):
-        out[COLLECTOR_UP] = {
-            (("collector", name),): int(status == "ok")
-            for name, status in collectors.items()
-            if isinstance(name, str) and isinstance(status, str)
-        }
-        if not out[COLLECTOR_UP]:
-            del out[COLLECTOR_UP]
+    if isinstance(collectors, dict):
+        for name, status in collectors.items():
+            if isinstance(name, str) and isinstance(status, str):
+                out[(COLLECTOR_UP, (("collector", name),))] = int(status == "ok")
+    return out
+
+
+def families(doc: Mapping[str, Any]) -> Families:
+    """:func:`samples` grouped by metric name, then by label set, as the text format lists them."""
+    out: Families = {}
+    for (name, labels), value in samples(doc).items():
+        out.setdefault(name, {})[labels] = value
     return out
 
 

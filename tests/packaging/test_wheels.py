@@ -35,6 +35,7 @@ NAMED_UPLOAD_SINKS = {
     "sinks/series.py",
     "sinks/loki.py",
     "sinks/remote_write.py",
+    "sinks/remote_write_body.py",
     "sinks/prompb.py",
 }
 TREE_PARTS = ("pyproject.toml", "hatch_build.py", "agent", "collectors", "sinks", "packaging", "mk", "systemd", "docs")

@@ -7,20 +7,17 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cramjam
 import pytest
 import structlog
 from aiohttp import web
-from pydantic import SecretStr
 
 from agent.deadline import Deadline
-from agent.errors import ConfigError
 from agent.sample import Pending
 from agent.settings import RemoteWriteSinkSettings
-from sinks.remote_write import RemoteWriteSink, authorization, refusal_code
+from sinks.remote_write import RemoteWriteSink, refusal_code
 from sinks.retry import RetryPolicy
 from sinks.series import families, timestamp_ms
 from tests.sinks.realprocs import heartbeat
@@ -366,49 +363,6 @@ def test_refusal_codes_follow_the_receivers_words() -> None:
     assert cases == {key: refusal_code(*key) for key in cases}
 
 
-def test_authorization_bearer_basic_or_none(tmp_path: Path) -> None:
-    """A token gives Bearer, a username with a password file Basic, neither no header; a credential is found."""
-    url = "https://vm.example/api/v1/write"
-    (tmp_path / "pw").write_text("hunter2-pw\n")
-    (tmp_path / "remote-write-token").write_text("from-credential\n")
-    empty = tmp_path / "empty"
-    empty.mkdir()
-
-    assert "Bearer abc" == authorization(RemoteWriteSinkSettings(url=url, token=SecretStr("abc")), str(empty))
-    basic = authorization(RemoteWriteSinkSettings(url=url, username="pop", password_file=tmp_path / "pw"), str(empty))
-    assert "Basic cG9wOmh1bnRlcjItcHc=" == basic  # base64 of "pop:hunter2-pw"
-    assert None is authorization(RemoteWriteSinkSettings(url=url), str(empty))
-    assert "Bearer from-credential" == authorization(RemoteWriteSinkSettings(url=url), str(tmp_path))
-
-
-@pytest.mark.parametrize(
-    ("settings", "expected"),
-    [
-        ({"token": SecretStr("t0ken-xyz"), "username": "pop"}, "not both"),
-        ({"username": "pop"}, "no password"),
-        ({"token": SecretStr("t0ken xyz")}, "whitespace"),
-    ],
-)
-def test_bad_credentials_are_one_line_config_errors(tmp_path: Path, settings: dict[str, Any], expected: str) -> None:
-    """Contradictory or unusable credentials are a one-line ConfigError that never shows the secret."""
-    with pytest.raises(ConfigError) as caught:
-        authorization(RemoteWriteSinkSettings(url="https://vm.example/w", **settings), str(tmp_path))
-    message = str(caught.value)
-    assert (True, False, False) == (expected in message, "\n" in message, "t0ken" in message)
-
-
-def test_agent_config_masks_the_remote_write_secrets(run_agent: Any) -> None:
-    """`agent config` shows the remote-write token and password as asterisks, never their values."""
-    result = run_agent(
-        "config",
-        POP_AGENT_SINKS__REMOTE_WRITE__URL="https://vm.example/api/v1/write",
-        POP_AGENT_SINKS__REMOTE_WRITE__TOKEN=TOKEN,
-        POP_AGENT_SINKS__REMOTE_WRITE__PASSWORD="pw-hunter2-secret",
-    )
-    assert (0, False, False) == (result.returncode, TOKEN in result.stdout, "hunter2" in result.stdout)
-    assert "**********" in result.stdout
-
-
 async def test_a_value_no_double_can_hold_rejects_only_its_heartbeat(receiver: Any, make_sink: Any) -> None:
     """A heartbeat with an integer beyond a double's range is rejected "malformed"; the rest are delivered."""
     server = await receiver()
@@ -418,3 +372,25 @@ async def test_a_value_no_double_can_hold_rejects_only_its_heartbeat(receiver: A
     delivery = await make_sink(server.url).send([*backlog, huge], Deadline(30))
 
     assert ({huge.id: "malformed"}, {item.id for item in backlog}) == (delivery.rejected, delivery.acked)
+
+
+async def test_a_batch_whose_series_change_still_goes_in_order_per_series(receiver: Any, make_sink: Any) -> None:
+    """Interleaved POPs and a heartbeat with an extra series: every series gets each sample once, oldest first."""
+    server = await receiver()
+    backlog = beats(20) + beats(12, pop="fra1")
+    odd = heartbeat("ams1", seq=50, ts=time.time() - 100, metrics={"cpu_percent": 99.0, "vault_count": 7})
+    batch = random.Random(3).sample([*backlog, odd], len(backlog) + 1)
+
+    delivery = await make_sink(server.url).send(batch, Deadline(30))
+
+    assert {item.id for item in batch} == delivery.acked
+    (request,) = server.requests
+    merged: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]] = {}
+    for labels, samples in request.series:
+        merged.setdefault(tuple(sorted(labels.items())), []).extend(samples)
+    for pop in ("ams1", "fra1"):
+        items = sorted((item for item in batch if item.doc["pop"] == pop), key=ms)
+        key = (("__name__", "cpu_percent"), ("job", "pop_agent"), ("pop", pop))
+        expected = [(ms(item), float(item.doc["metrics"]["cpu_percent"])) for item in items]
+        assert expected == merged[key]
+    assert [(ms(odd), 7.0)] == merged[(("__name__", "vault_count"), ("job", "pop_agent"), ("pop", "ams1"))]

@@ -1,0 +1,131 @@
+"""Request bodies for remote write: heartbeats -> ``WriteRequest`` -> snappy (block format).
+
+The heartbeats of one POP share their series from tick to tick, so a run of them
+is encoded column by column: each series' values are packed by ``array`` and laid
+into place with strided slice assignments, C loops rather than one Python step per
+sample. Runs too short for that, and any heartbeat whose series differ from its
+neighbour's, take the plain path, one ``struct.pack`` per sample. Either way each
+series' samples go oldest first.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.sample import Pending
+from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
+from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ns
+
+try:
+    import cramjam
+except ImportError:  # the upload component depends on it; a bare source checkout may lack it
+    cramjam = None  # type: ignore[assignment]
+
+# Heartbeats of one run from which the column-wise layout pays for its fixed cost.
+COLUMNAR_MIN = 8
+# Encoded label sets kept between requests: a POP has a few dozen series, a fleet bench many more.
+LABEL_CACHE_SIZE = 65_536
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def snappy_available() -> bool:
+    """Whether ``cramjam`` (snappy) is installed."""
+    return cramjam is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A heartbeat ready to encode: its id, time (ms), POP, and series keys with their values, in step."""
+
+    id: str
+    ts_ms: int
+    pop: str
+    keys: tuple[SeriesKey, ...]
+    values: list[float | int]
+
+    @classmethod
+    def of(cls, item: Pending) -> Prepared:
+        """``item`` parsed and mapped; ``ValueError`` (or ``TypeError``) if it has no usable ``ts`` or ``pop``."""
+        doc = item.doc
+        pop = doc.get("pop")
+        if not isinstance(pop, str) or not pop:
+            raise ValueError("heartbeat without pop")
+        ts = doc.get("ts")
+        if not isinstance(ts, str):
+            raise ValueError("heartbeat without ts")
+        ts_ns = timestamp_ns(ts)
+        mapped = samples(doc, ts_ns)
+        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), list(mapped.values()))
+
+
+class BodyEncoder:
+    """Encodes parts of a batch, keeping each series' encoded labels for the next request."""
+
+    def __init__(self, job: str) -> None:
+        self._job = job
+        self._heads: dict[tuple[str, str, Labels], bytes] = {}
+
+    def encode(self, part: Sequence[Prepared]) -> bytes:
+        """The request body for ``part`` (oldest first); ``OverflowError`` for a value no double holds."""
+        if cramjam is None:
+            raise RuntimeError("cramjam is not installed")
+        by_pop = sorted(part, key=lambda item: item.pop)  # stable: each POP's heartbeats stay oldest first
+        fields: list[bytes] = []
+        start = 0
+        while start < len(by_pop):
+            first = by_pop[start]
+            end = start + 1
+            while end < len(by_pop) and by_pop[end].pop == first.pop and by_pop[end].keys == first.keys:
+                end += 1
+            self._encode_run(by_pop[start:end], fields)
+            start = end
+        return bytes(cramjam.snappy.compress_raw(b"".join(fields)))
+
+    def _encode_run(self, run: Sequence[Prepared], fields: list[bytes]) -> None:
+        """Append one ``timeseries`` field per series of ``run`` (heartbeats of one POP with the same series)."""
+        heads = self._labels(run[0].pop, run[0].keys)
+        tails = [timestamp_tail(item.ts_ms) for item in run]
+        columns = zip(*(item.values for item in run), strict=True)
+        if len(run) < COLUMNAR_MIN or len({len(tail) for tail in tails}) != 1:
+            pack = SAMPLE_HEAD.pack
+            for head, column in zip(heads, columns, strict=True):
+                body = b"".join(
+                    pack(SAMPLES_KEY, 9 + len(tail), VALUE_KEY, value) + tail
+                    for value, tail in zip(column, tails, strict=True)
+                )
+                fields.append(timeseries_field(head, (body,)))
+            return
+        count, width = len(run), len(tails[0])
+        stride = 11 + width  # key, length, value key, 8-byte double, timestamp field
+        template = bytearray(stride * count)
+        template[0::stride] = bytes((SAMPLES_KEY,)) * count
+        template[1::stride] = bytes((stride - 2,)) * count
+        template[2::stride] = bytes((VALUE_KEY,)) * count
+        joined = b"".join(tails)
+        for offset in range(width):
+            template[11 + offset :: stride] = joined[offset::width]
+        for head, column in zip(heads, columns, strict=True):
+            doubles = array("d", column)
+            if _BIG_ENDIAN:
+                doubles.byteswap()
+            raw = doubles.tobytes()
+            laid = bytearray(template)
+            for offset in range(8):
+                laid[3 + offset :: stride] = raw[offset::8]
+            fields.append(timeseries_field(head, (bytes(laid),)))
+
+    def _labels(self, pop: str, keys: tuple[SeriesKey, ...]) -> list[bytes]:
+        """The encoded label set of each series, from the cache where it is."""
+        if len(self._heads) + len(keys) > LABEL_CACHE_SIZE:
+            self._heads.clear()
+        heads = []
+        for name, own in keys:
+            key = (pop, name, own)
+            head = self._heads.get(key)
+            if head is None:
+                head = self._heads[key] = labels_field(full_labels(name, own, pop, self._job))
+            heads.append(head)
+        return heads
