@@ -286,13 +286,20 @@ def remote_write_rows(replay: dict[str, Any], fleet: dict[str, Any]) -> list[dic
                 ratios.get("tick_wall"),
             ),
             row(
-                f"{pops} POPs: fleet overview queries",
-                rw.get("overview_ms_sum"),
+                f"{pops} POPs: central CPU per fleet-wide tick",
+                rw.get("central_cpu_s_per_fleet_tick"),
+                "CPU-s",
+                "Pushgateway+Prometheus",
+                ratio_or_none(rw.get("central_cpu_s_per_fleet_tick"), gw.get("central_cpu_s_per_fleet_tick")),
+            ),
+            row(
+                f"{pops} POPs: fleet overview, all panels",
+                rw.get("overview_ms"),
                 "ms",
                 "same on Prometheus",
-                ratio_or_none(rw.get("overview_ms_sum"), gw.get("overview_ms_sum")),
+                ratio_or_none(rw.get("overview_ms"), gw.get("overview_ms")),
                 "< 1000",
-                (rw.get("overview_ms_sum") or 1e9) < 1000,
+                (rw.get("overview_ms") or 1e9) < 1000,
             ),
         ]
     return rows

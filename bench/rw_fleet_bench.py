@@ -21,7 +21,10 @@ requests not started by then are not sent, and a tick cut short has no wall time
 Per path and size: central's CPU-seconds per POP per tick and RSS per POP (the
 growth over the idle process, and the total), the wall time of one fleet-wide tick
 (median), and the fleet-overview queries' latency through the engine's
-``/api/v1/query`` (median of 5 runs each; the overview's panels, as PromQL).
+``/api/v1/query`` (median of 5 runs each; the overview's panels, as PromQL), and of the whole overview
+(every panel's query at once, as a dashboard loads; median of 5). Since one Python
+process simulates the whole fleet, a tick's wall time is bound by the simulator;
+``central_cpu_s_per_fleet_tick`` is what central itself spends on one.
 
     .venv/bin/python bench/rw_fleet_bench.py [--pops 1000 5000] [--ticks 3]
 """
@@ -36,6 +39,7 @@ import statistics
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent.deadline import Deadline
@@ -96,18 +100,33 @@ async def push_tick(sink: Any, beats: list[Pending], give_up: float) -> tuple[fl
     return time.perf_counter() - started, sent
 
 
+def instant(base: str, query: str) -> int:
+    """Run one instant query; how many series it answered."""
+    answer = json.loads(get_text(base + "/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+    return len(answer["data"]["result"])
+
+
 def query_latency(base: str) -> dict[str, Any]:
-    """Median ms of each overview query over 5 runs, and how many POPs each answered for."""
+    """Median ms of each overview query over 5 runs, how many POPs each answered for, and the whole overview.
+
+    The whole overview is every query at once, as a dashboard asks for its panels
+    (median of 5), so its time is what loading the overview takes.
+    """
     out: dict[str, Any] = {}
     for name, query in QUERIES.items():
         runs, series = [], 0
         for _ in range(5):
             started = time.perf_counter()
-            answer = json.loads(get_text(base + "/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+            series = instant(base, query)
             runs.append((time.perf_counter() - started) * 1000)
-            series = len(answer["data"]["result"])
         out[name] = {"ms": round(statistics.median(runs), 1), "pops": series}
-    return out
+    whole = []
+    with ThreadPoolExecutor(max_workers=len(QUERIES)) as pool:
+        for _ in range(5):
+            started = time.perf_counter()
+            list(pool.map(lambda query: instant(base, query), QUERIES.values()))
+            whole.append((time.perf_counter() - started) * 1000)
+    return {"per_query": out, "overview_ms": round(statistics.median(whole), 1)}
 
 
 def port_of(base: str) -> int:
@@ -207,10 +226,11 @@ def summary(
         "rss_kib_per_pop_growth": round((rss1 - rss0) * 1024 / pops, 1),
         "tick_wall_s_median": round(statistics.median(walls), 2) if walls else None,
         "tick_wall_s": [round(wall, 2) for wall in walls],
-        "queries": latency,
-        "overview_ms_max": max(entry["ms"] for entry in latency.values()),
-        "overview_ms_sum": round(sum(entry["ms"] for entry in latency.values()), 1),
-        "overview_pops_min": min(entry["pops"] for entry in latency.values()),
+        "central_cpu_s_per_fleet_tick": round(cpu / max(sent, 1) * pops, 2),
+        "queries": latency["per_query"],
+        "overview_ms": latency["overview_ms"],
+        "overview_ms_max_query": max(entry["ms"] for entry in latency["per_query"].values()),
+        "overview_pops_min": min(entry["pops"] for entry in latency["per_query"].values()),
     }
 
 
@@ -231,14 +251,14 @@ async def run(sizes: list[int], tick_count: int, budget: float) -> dict[str, Any
                 "cpu_per_pop": ratio(rw["central_cpu_ms_per_pop_per_tick"], gw["central_cpu_ms_per_pop_per_tick"]),
                 "rss_per_pop_total": ratio(rw["rss_kib_per_pop_total"], gw["rss_kib_per_pop_total"]),
                 "tick_wall": ratio(rw["tick_wall_s_median"], gw["tick_wall_s_median"]),
-                "overview_ms_max": ratio(rw["overview_ms_max"], gw["overview_ms_max"]),
+                "overview_ms": ratio(rw["overview_ms"], gw["overview_ms"]),
             },
         }
     largest = report["sizes"][str(max(sizes))]
     report["meets_targets"] = {
         "remote_write_cheaper_per_pop": largest["remote_write"]["central_cpu_ms_per_pop_per_tick"]
         < largest["pushgateway"]["central_cpu_ms_per_pop_per_tick"],
-        "overview_under_1s": largest["remote_write"]["overview_ms_sum"] < 1000,
+        "overview_under_1s": largest["remote_write"]["overview_ms"] < 1000,
     }
     return report
 

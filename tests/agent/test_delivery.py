@@ -45,6 +45,13 @@ def test_counts_add_up_over_partial_deliveries() -> None:
     assert [{"event": "heartbeats_rejected", "sink": "loki", "count": 1, "log_level": "warning"}] == logs
 
 
+def test_skipped_heartbeats_are_counted_apart_from_the_acked() -> None:
+    """Heartbeats a sink settled without sending (also in acked, for the spool) count as skipped, not as acked."""
+    state = SinkState()
+    state.record("remote_write", Delivery(acked=frozenset({"a", "b", "c"}), skipped={"a": "too_old"}), 1.0)
+    assert (2, 0, 1, None) == (state.acked_total, state.rejected_total, state.skipped_total, state.last_failure)
+
+
 def test_backlog_below_the_floor_is_scrubbed_again_and_refused_with_a_code() -> None:
     """A foreign heartbeat with an undeclared metric or an address is refused; a clean one passes."""
     clean, undeclared, leaky = doc(1, cpu_percent=5.0), doc(2, cpu_percent=5.0, secret_total=1), doc(3)
