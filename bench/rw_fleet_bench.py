@@ -198,7 +198,7 @@ async def via_pushgateway(pops: int, ticks: list[list[Pending]], budget: float) 
         "rss_mib": round(prometheus_rss, 1),
     }
     result["rss_mib_total"] = round(rss1 + prometheus_rss, 1)
-    result["rss_kib_per_pop_total"] = round((rss1 + prometheus_rss) * 1024 / pops, 1)
+    result["rss_kib_per_pop_total"] = round((rss1 + prometheus_rss) * 1024 / min(pops, sent), 1)
     return result
 
 
@@ -214,7 +214,8 @@ def scrapes(server: str) -> int:
 def summary(
     pops: int, sent: int, walls: list[float], cpu: float, rss0: float, rss1: float, latency: dict[str, Any]
 ) -> dict[str, Any]:
-    """One path's figures; CPU is per heartbeat taken in (one POP, one tick)."""
+    """One path's figures; CPU is per heartbeat taken in (one POP, one tick), RSS per POP it holds."""
+    held = max(1, min(pops, sent))
     return {
         "heartbeats_sent": sent,
         "complete_ticks": len(walls),
@@ -222,8 +223,8 @@ def summary(
         "central_cpu_ms_per_pop_per_tick": round(cpu * 1000 / max(sent, 1), 3),
         "rss_mib_idle": round(rss0, 1),
         "rss_mib_total": round(rss1, 1),
-        "rss_kib_per_pop_total": round(rss1 * 1024 / pops, 1),
-        "rss_kib_per_pop_growth": round((rss1 - rss0) * 1024 / pops, 1),
+        "rss_kib_per_pop_total": round(rss1 * 1024 / held, 1),
+        "rss_kib_per_pop_growth": round((rss1 - rss0) * 1024 / held, 1),
         "tick_wall_s_median": round(statistics.median(walls), 2) if walls else None,
         "tick_wall_s": [round(wall, 2) for wall in walls],
         "central_cpu_s_per_fleet_tick": round(cpu / max(sent, 1) * pops, 2),
