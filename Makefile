@@ -52,6 +52,11 @@ bench: setup
 soak: setup
 	$(PYTHON) bench/soak.py
 
+## Regenerate central's Grafana dashboards (central/dashboards/*.json) from central/build_dashboards.py.
+.PHONY: central
+central: setup
+	$(PYTHON) central/build_dashboards.py
+
 ## Regenerate the published heartbeat schema from the model.
 schema: setup
 	$(PYTHON) -c 'import json; from agent.heartbeat import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/heartbeat.schema.json
