@@ -47,6 +47,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger_record import RequestIds
 from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
@@ -92,6 +93,12 @@ def refusal_code(status: int, body: str) -> str | None:
     if status == 409:
         return "conflict"
     return None
+
+
+def _request_ids(part: Sequence[Prepared]) -> RequestIds:
+    """The heartbeat ids and seq range one request carries, for the sent ledger."""
+    seqs = [item.seq for item in part if item.seq is not None]
+    return RequestIds(tuple(item.id for item in part), (min(seqs), max(seqs)) if seqs else None)
 
 
 class RemoteWriteSink:
@@ -155,7 +162,7 @@ class RemoteWriteSink:
             part = work.popleft()
             try:
                 body = await self._encode(part)
-                await self._post(body, deadline)
+                await self._post(body, _request_ids(part), deadline)
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break
@@ -220,7 +227,7 @@ class RemoteWriteSink:
             log.warning("remote_write_refused", reason=code, count=count)
             self._refusing = code
 
-    async def _post(self, body: bytes, deadline: Deadline) -> None:
+    async def _post(self, body: bytes, sent: RequestIds, deadline: Deadline) -> None:
         """One request; raises the :class:`SinkError` its outcome means."""
         remaining = deadline.remaining()
         if remaining <= 0:
@@ -229,7 +236,12 @@ class RemoteWriteSink:
         error: SinkError | None
         try:
             async with self._http.get().post(
-                self._url, data=body, headers=self._headers, timeout=timeout, allow_redirects=False
+                self._url,
+                data=body,
+                headers=self._headers,
+                timeout=timeout,
+                allow_redirects=False,
+                trace_request_ctx=sent,
             ) as response:
                 error = error_for_status(response.status, response.headers)
                 if error is not None and (response.status in (400, 409, 422) or response.status >= 500):

@@ -45,6 +45,7 @@ class Prepared:
     pop: str
     keys: tuple[SeriesKey, ...]
     values: list[float | int]
+    seq: int | None = None  # for the sent ledger's record of the request
 
     @classmethod
     def of(cls, item: Pending) -> Prepared:
@@ -58,7 +59,9 @@ class Prepared:
             raise ValueError("heartbeat without ts")
         ts_ns = timestamp_ns(ts)
         mapped = samples(doc, ts_ns)
-        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), list(mapped.values()))
+        seq = doc.get("seq")
+        seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), list(mapped.values()), seq)
 
 
 class BodyEncoder:
