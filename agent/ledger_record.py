@@ -36,13 +36,21 @@ class RequestIds:
     @classmethod
     def of(cls, items: Iterable[Any]) -> RequestIds:
         """The ids and seq range of spooled heartbeats (anything with ``id`` and ``raw``)."""
+        pairs = []
+        for item in items:
+            match = _SEQ.search(item.raw)
+            pairs.append((item.id, int(match.group(1)) if match else None))
+        return cls.carrying(pairs)
+
+    @classmethod
+    def carrying(cls, pairs: Iterable[tuple[str, int | None]]) -> RequestIds:
+        """The ids and seq range of ``(id, seq)`` pairs; a ``None`` (or negative) seq is left out of the range."""
         ids: list[str] = []
         seqs: list[int] = []
-        for item in items:
-            ids.append(item.id)
-            match = _SEQ.search(item.raw)
-            if match:
-                seqs.append(int(match.group(1)))
+        for heartbeat_id, seq in pairs:
+            ids.append(heartbeat_id)
+            if seq is not None and seq >= 0:
+                seqs.append(seq)
         return cls(tuple(ids), (min(seqs), max(seqs)) if seqs else None)
 
 

@@ -30,7 +30,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from agent.ledger_record import RequestIds
+from agent.ledger_record import RequestIds, destination
 from agent.sample import Delivery, Pending
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
@@ -125,7 +125,7 @@ class CentralSink:
         self._gzip_headers = {**self._plain_headers, "Content-Encoding": "gzip"}
 
     def __repr__(self) -> str:
-        return f"CentralSink(url={self._url!r})"
+        return f"CentralSink(url={destination(self._url)!r})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CentralSink | None:

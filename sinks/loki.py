@@ -47,7 +47,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from agent.ledger_record import RequestIds
+from agent.ledger_record import RequestIds, destination
 from agent.sample import Delivery, Pending
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
 from sinks.series import timestamp_ns
@@ -111,11 +111,6 @@ class Entry:
             seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else -1,
             line=line,
         )
-
-
-def _seq_range(entries: Sequence[Entry]) -> tuple[int, int] | None:
-    seqs = [entry.seq for entry in entries if entry.seq >= 0]
-    return (min(seqs), max(seqs)) if seqs else None
 
 
 def push_body(entries: Sequence[Entry]) -> bytes:
@@ -212,7 +207,7 @@ class LokiSink:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
 
     def __repr__(self) -> str:
-        return f"LokiSink(url={self._url!r})"
+        return f"LokiSink(url={destination(self._url)!r})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LokiSink | None:
@@ -339,7 +334,7 @@ class LokiSink:
                 headers=self._headers,
                 timeout=timeout,
                 allow_redirects=False,
-                trace_request_ctx=RequestIds(tuple(entry.id for entry in part), _seq_range(part)),
+                trace_request_ctx=RequestIds.carrying((entry.id, entry.seq) for entry in part),
             ) as response:
                 error = error_for_status(response.status, response.headers)
                 if isinstance(error, PermanentSinkError) and error.code in ("malformed", "too_large"):

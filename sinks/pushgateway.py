@@ -31,7 +31,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from agent.ledger_record import RequestIds
+from agent.ledger_record import RequestIds, destination
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
@@ -74,7 +74,7 @@ class PushgatewaySink:
         self._http = SessionHolder(session, connect_timeout=cfg.timeout, read_timeout=cfg.timeout)
 
     def __repr__(self) -> str:
-        return f"PushgatewaySink(url={self._base!r})"
+        return f"PushgatewaySink(url={destination(self._base)!r})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PushgatewaySink | None:

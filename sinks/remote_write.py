@@ -47,7 +47,7 @@ import structlog
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
-from agent.ledger_record import RequestIds
+from agent.ledger_record import RequestIds, destination
 from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
@@ -95,12 +95,6 @@ def refusal_code(status: int, body: str) -> str | None:
     return None
 
 
-def _request_ids(part: Sequence[Prepared]) -> RequestIds:
-    """The heartbeat ids and seq range one request carries, for the sent ledger."""
-    seqs = [item.seq for item in part if item.seq is not None]
-    return RequestIds(tuple(item.id for item in part), (min(seqs), max(seqs)) if seqs else None)
-
-
 class RemoteWriteSink:
     """Delivers heartbeats as samples at their own time to a Prometheus remote-write receiver."""
 
@@ -133,7 +127,7 @@ class RemoteWriteSink:
         self.refused_total = 0
 
     def __repr__(self) -> str:
-        return f"RemoteWriteSink(url={self._url!r})"
+        return f"RemoteWriteSink(url={destination(self._url)!r})"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteWriteSink | None:
@@ -162,7 +156,7 @@ class RemoteWriteSink:
             part = work.popleft()
             try:
                 body = await self._encode(part)
-                await self._post(body, _request_ids(part), deadline)
+                await self._post(body, RequestIds.carrying((item.id, item.seq) for item in part), deadline)
             except TransientSinkError as error:
                 failure, retry_after = error.code, error.retry_after
                 break
