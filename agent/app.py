@@ -10,7 +10,7 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -27,13 +27,16 @@ from agent.state import drop_incoming
 from agent.version import __version__
 from agent.wiring import AGENT_METRICS, telemetry_enabled
 
+if TYPE_CHECKING:
+    from agent.runner import Runner
+
 log = structlog.get_logger("agent")
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
 
 
-def _runner(settings: Settings, *, with_sinks: bool) -> Any:
+def _runner(settings: Settings, *, with_sinks: bool) -> Runner:
     from agent.runner import Runner
 
     wiring = wire(settings, edition(), with_sinks=with_sinks, extra_metrics=_extra_metrics())
@@ -105,15 +108,15 @@ def declared_metrics() -> Allowlist:
 
 def run_daemon(settings: Settings, load: Callable[[], Settings] | None = None) -> int:
     """``agent run``: tick until SIGTERM/SIGINT, then stop cleanly; on SIGHUP, ``load`` the settings again."""
-    from agent.runner import install_signal_handlers
+    from agent.service import install_signal_handlers
 
     runner = _runner(settings, with_sinks=True)
     prepare_state_dir(settings.state_dir)
     if load is not None:
-        runner.rebuild = lambda: _rewire(load())
+        runner.reloads.rebuild = lambda: _rewire(load())
 
     async def main() -> None:
-        install_signal_handlers(runner)
+        install_signal_handlers(stop=runner.request_stop, reload=runner.reloads.request)
         await runner.run()
 
     try:
@@ -180,11 +183,11 @@ def _deliver_now(settings: Settings, *, tick_first: bool) -> int:
             if tick_first and await runner.tick() is None:
                 return False
             deadline = Deadline(UPLOAD_DEADLINE)
-            drained = await asyncio.gather(*(runner.drain(sink, deadline) for sink in runner.sinks))
+            drained = await asyncio.gather(*(runner.delivery.drain(sink.name, deadline) for sink in runner.sinks))
             left = runner.spool.stats().pending  # before aclose, which closes the spool
         finally:
             await runner.aclose()
-        for name, state in runner.sink_state.items():
+        for name, state in runner.delivery.states.items():
             print(
                 f"{name}: acked {state.acked_total}, rejected {state.rejected_total}, "
                 f"{'failed: ' + state.last_failure if state.last_failure else 'ok'}; {left} pending"

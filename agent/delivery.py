@@ -20,9 +20,9 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -30,7 +30,7 @@ from agent.backlog import BacklogScrubber
 from agent.deadline import Deadline
 from agent.file_thread import FileThread
 from agent.ledger_hook import LedgerWriter, sending
-from agent.pacing import Backoff
+from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery
 from agent.spool import Spool, SpoolStats
 
@@ -47,6 +47,14 @@ _CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}", re.ASCII)
 # Called after every send with the sink's name, what became of the batch, how
 # long it took (ms) and the spool's state after settling it.
 Observer = Callable[[str, Delivery, float, SpoolStats], None]
+
+
+class DeliveryReport(Protocol):
+    """Where the state of delivery as a whole goes after every send (the runner hands it to health)."""
+
+    def __call__(
+        self, *, ok: bool, backlog: int, failure: str | None, latency_ms: float | None, sink: str | None
+    ) -> None: ...
 
 
 @dataclass
@@ -211,3 +219,121 @@ class SinkLoop:
         self._retry_at = time.monotonic() + wait
         self._asked_until = self._retry_at if delivery.retry_after else 0.0
         self.state.retry_in_s = round(wait, 3)
+
+
+class SinkLoops:
+    """Every sink's :class:`SinkLoop`, as the runner drives them: built, woken by ticks, stopped, flushed.
+
+    Delivery is reported healthy only while every sink is; a report names the
+    first sink that fails, so its alarm says which receiver is down.
+    """
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        files: FileThread,
+        backlog: BacklogScrubber,
+        policy: BackoffPolicy,
+        report: DeliveryReport,
+        count_refused: Callable[[int], None],
+        ledger: LedgerWriter | None = None,
+    ) -> None:
+        self._spool = spool
+        self._files = files
+        self._backlog = backlog
+        self._policy = policy
+        self._report = report
+        self._count_refused = count_refused
+        self._ledger = ledger
+        self.loops: dict[str, SinkLoop] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._passes_done: dict[str, asyncio.Event] = {}  # set when a sink has tried this tick's delivery
+
+    def set_sinks(self, sinks: Sequence[Sink], interval: float) -> None:
+        """One delivery loop per sink; a sink already known keeps its state and backoff (a reload)."""
+        old = self.loops
+        self.loops = {
+            sink.name: SinkLoop(
+                sink,
+                spool=self._spool,
+                files=self._files,
+                backlog=self._backlog,
+                backoff=old[sink.name].backoff if sink.name in old else Backoff(self._policy),
+                budget=max(60.0, 3 * interval),
+                observe=self._observe,
+                count_refused=self._count_refused,
+                ledger=self._ledger,
+            )
+            for sink in sinks
+        }
+        for name, loop in self.loops.items():
+            if name in old:
+                loop.state = old[name].state
+
+    @property
+    def states(self) -> dict[str, SinkState]:
+        """Each sink's delivery state, by name."""
+        return {name: loop.state for name, loop in self.loops.items()}
+
+    def start(self) -> None:
+        """Start each sink's delivery loop, woken at once so a backlog starts draining."""
+        self._passes_done = {name: asyncio.Event() for name in self.loops}
+        self._tasks = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
+        self.wake()
+
+    async def stop(self) -> None:
+        """End the delivery loops; a batch in flight stays spooled and is sent again."""
+        for task in self._tasks:
+            task.cancel()
+        for loop in self.loops.values():
+            if loop.deadline is not None:
+                loop.deadline.cap(0)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def wake(self) -> None:
+        """Wake every loop (after a tick); one backing off keeps to its own time."""
+        for loop in self.loops.values():
+            loop.wake.set()
+
+    def forget_passes(self) -> None:
+        """A tick begins: no sink has tried its delivery yet."""
+        for done in self._passes_done.values():
+            done.clear()
+
+    async def passes_tried(self, bound: float) -> None:
+        """Wait (at most ``bound`` s) until each sink a tick's wake-up starts has tried its pass."""
+        due = [self._passes_done[name] for name, loop in self.loops.items() if loop.attempts_on_wake]
+        if not due:
+            return  # a sink backing off tries again on its own time, not this tick's
+        waits = [asyncio.ensure_future(done.wait()) for done in due]
+        _, pending = await asyncio.wait(waits, timeout=bound)
+        for waiter in pending:
+            waiter.cancel()
+
+    async def drain(self, name: str, deadline: Deadline) -> bool:
+        """One delivery pass for sink ``name`` now (``agent upload``); ``True`` when nothing is left for it."""
+        return await self.loops[name].drain(deadline)
+
+    async def flush(self, deadline: Deadline) -> None:
+        """At shutdown, send what the time left allows; the rest stays spooled.
+
+        A receiver that asked to be left alone (``Retry-After``) is not knocked
+        on again on the way out.
+        """
+        flushing = [loop.drain(deadline) for loop in self.loops.values() if not loop.asked_to_wait]
+        await asyncio.gather(*flushing, return_exceptions=True)  # one sink's bug must not cut another's flush
+
+    def _observe(self, sink: str, delivery: Delivery, elapsed_ms: float, stats: SpoolStats) -> None:
+        failing = [(name, state.last_failure) for name, state in self.states.items() if state.last_failure]
+        failed_sink, failure = failing[0] if failing else (None, None)
+        if sink in self._passes_done:
+            self._passes_done[sink].set()
+        self._report(
+            ok=not failing,
+            backlog=stats.pending,
+            failure=failure,
+            latency_ms=None if failing else elapsed_ms,
+            sink=failed_sink,
+        )

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,12 +28,38 @@ from agent.errors import ConfigError
 from agent.preflight import Wiring
 from agent.settings import Settings
 
+if TYPE_CHECKING:
+    from agent.runner import Runner
+
 log = structlog.get_logger("agent")
 
 # Settings the spool, the alarms and the heartbeat's identity are built on: changing them needs a restart.
 RESTART_ONLY = ("pop_id", "state_dir", "spool", "alerts", "delivery")
 
 Rebuild = Callable[[], tuple[Settings, Wiring]]
+
+
+class Reloads:
+    """SIGHUP's requests to ``runner``: one reload at a time, between ticks; a stop cancels one still waiting."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.rebuild: Rebuild | None = None  # set by the daemon: settings and parts built anew
+        self._task: asyncio.Task[bool] | None = None
+
+    def request(self) -> None:
+        """Read the configuration again and apply it between ticks (SIGHUP calls this)."""
+        if self.rebuild is None or self.runner.stopping:
+            return
+        if self._task is not None and not self._task.done():
+            return  # the reload under way reads the files after this signal anyway
+        self._task = asyncio.ensure_future(reload(self.runner, self.rebuild))
+
+    async def cancel(self) -> None:
+        """A stop wins over a reload still waiting for its turn."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
@@ -65,7 +91,7 @@ def check_reloadable(old: Settings, new: Settings, old_sinks: list[str], new_sin
     return changed
 
 
-async def reload(runner: Any, rebuild: Rebuild) -> bool:
+async def reload(runner: Runner, rebuild: Rebuild) -> bool:
     """Apply a new configuration to ``runner`` between ticks; ``False`` (and the old one kept) if it is invalid."""
     runner.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     try:
@@ -91,7 +117,7 @@ async def reload(runner: Any, rebuild: Rebuild) -> bool:
         runner.notifier.ready()
 
 
-async def _prepare(runner: Any, rebuild: Rebuild) -> tuple[Settings, Wiring, list[str]]:
+async def _prepare(runner: Runner, rebuild: Rebuild) -> tuple[Settings, Wiring, list[str]]:
     """The new settings, their parts and the changed keys; a :class:`ConfigError` (parts closed) if unusable."""
     settings, wiring = await asyncio.to_thread(rebuild)
     try:
@@ -115,13 +141,13 @@ async def _discard(wiring: Wiring) -> None:
             await sink.aclose()
 
 
-async def _apply(runner: Any, settings: Settings, wiring: Wiring) -> None:
+async def _apply(runner: Runner, settings: Settings, wiring: Wiring) -> None:
     """Swap collectors, sinks and hooks; keep the spool, cursors, backoffs, collector state and health."""
     states = saved_states(runner.collectors)
     await runner.files.call(write_states, runner.state_dir / COLLECTOR_STATE_DIR, states)
     for slot in runner.collectors:
         await slot.aclose()
-    await runner.stop_delivery()
+    await runner.delivery.stop()
     for sink in runner.sinks:
         with contextlib.suppress(Exception):
             await sink.aclose()
@@ -132,4 +158,4 @@ async def _apply(runner: Any, settings: Settings, wiring: Wiring) -> None:
     await runner.files.call(runner.restore_collectors)
     runner.set_sinks(wiring.sinks)
     runner.start_hooks()
-    runner.start_delivery()
+    runner.delivery.start()

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import random
-import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,18 +24,21 @@ from agent import heartbeat, intake
 from agent.backlog import BacklogScrubber
 from agent.collecting import COLLECTOR_STATE_DIR, CollectorSlot, collect_all, saved_states, write_states
 from agent.deadline import Deadline
-from agent.delivery import SinkLoop, SinkState
+from agent.delivery import SinkLoops
 from agent.errors import ScrubRejected, SpoolError
 from agent.file_thread import FileThread
 from agent.ledger_hook import LedgerWriter
-from agent.pacing import Backoff, BackoffPolicy
-from agent.sample import Delivery, Sample
+from agent.own_metrics import Counters, own_samples
+from agent.pacing import BackoffPolicy
+from agent.reload import Reloads
+from agent.sample import Sample
 from agent.scrubber import Allowlist, scrub
+from agent.service import freeze_heap, sleep_until
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
 from agent.state import Sequence as SeqCounter
-from agent.status_file import StatusFile
-from agent.systemd import Notifier, watchdog_period
+from agent.status_file import StatusFile, loop_snapshot
+from agent.systemd import Notifier
 from alerts.health import Health
 from alerts.hooks import AlertHooks, start_hooks
 
@@ -51,16 +51,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent")
 
 STATE_SAVE_EVERY = 60.0  # seconds between saves of collectors' own state (offsets, sketches)
-
-
-@dataclass
-class Counters:
-    """The agent's own monotonic counters, reported in every heartbeat."""
-
-    scrub_rejected_total: int = 0
-    collector_errors_total: int = 0
-    tick_overruns_total: int = 0
-    spool_write_errors_total: int = 0
 
 
 class Runner:
@@ -104,11 +94,16 @@ class Runner:
         self.health = Health.from_settings(settings, defer=self.files.submit)
         self.hooks = AlertHooks(self.health)
         self.ledger = LedgerWriter.from_settings(settings)
-        delivery = settings.delivery
-        self._policy = backoff or BackoffPolicy(
-            delivery.backoff_initial, delivery.backoff_max, delivery.retry_after_max
+        pacing = settings.delivery
+        self.delivery = SinkLoops(
+            spool=self.spool,
+            files=self.files,
+            backlog=self.backlog,
+            policy=backoff or BackoffPolicy(pacing.backoff_initial, pacing.backoff_max, pacing.retry_after_max),
+            report=self._report_delivery,
+            count_refused=self._count_refused,
+            ledger=self.ledger,
         )
-        self.loops: dict[str, SinkLoop] = {}
         self.set_sinks(self.sinks)
         self._stop = asyncio.Event()
         self._started = time.monotonic()
@@ -117,38 +112,13 @@ class Runner:
         self._last_state_save = 0.0
         self._hook_session: aiohttp.ClientSession | None = None
         self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
-        self.rebuild: Any = None  # set by the daemon: settings and parts built anew, for SIGHUP
-        self._delivery: list[asyncio.Task[None]] = []
-        self._reload_task: asyncio.Task[bool] | None = None
-        self._passes_done: dict[str, asyncio.Event] = {}  # set when a sink has tried this tick's delivery
+        self.reloads = Reloads(self)
         self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
 
     def set_sinks(self, sinks: Sequence[Sink]) -> None:
-        """One delivery loop per sink; a sink already known keeps its state and backoff (a reload)."""
-        old = self.loops
+        """The sinks to deliver to, one delivery loop each (at start, and after a reload)."""
         self.sinks = list(sinks)
-        self.loops = {
-            sink.name: SinkLoop(
-                sink,
-                spool=self.spool,
-                files=self.files,
-                backlog=self.backlog,
-                backoff=old[sink.name].backoff if sink.name in old else Backoff(self._policy),
-                budget=max(60.0, 3 * self.settings.interval),
-                observe=self._observe_delivery,
-                count_refused=self._count_refused,
-                ledger=self.ledger,
-            )
-            for sink in self.sinks
-        }
-        for name, loop in self.loops.items():
-            if name in old:
-                loop.state = old[name].state
-
-    @property
-    def sink_state(self) -> dict[str, SinkState]:
-        """Each sink's delivery state, by name."""
-        return {name: loop.state for name, loop in self.loops.items()}
+        self.delivery.set_sinks(self.sinks, self.settings.interval)
 
     # -- start-up and shutdown -------------------------------------------------------------
 
@@ -189,15 +159,10 @@ class Runner:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
         self._stop.set()
 
-    def request_reload(self) -> None:
-        """Read the configuration again and apply it between ticks (SIGHUP calls this)."""
-        from agent.reload import reload
-
-        if self.rebuild is None or self._stop.is_set():
-            return
-        if self._reload_task is not None and not self._reload_task.done():
-            return  # the reload under way reads the files after this signal anyway
-        self._reload_task = asyncio.ensure_future(reload(self, self.rebuild))
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._stop.is_set()
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Release hooks, collectors, sinks and the spool's thread."""
@@ -250,8 +215,7 @@ class Runner:
         try:
             return await self._tick()
         finally:
-            for loop in self.loops.values():
-                loop.wake.set()
+            self.delivery.wake()
 
     async def _tick(self) -> dict[str, Any] | None:
         doc, _ = await self.collect()
@@ -262,7 +226,7 @@ class Runner:
             log.error("heartbeat_rejected", findings=[f"{path}: {code}" for path, code in rejected.findings])
             return None
         # Snapshots taken here, on the loop; the thread only writes them.
-        status = self.status_snapshot()
+        status = loop_snapshot(self)
         states = None
         if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
             self._last_state_save = time.monotonic()
@@ -282,8 +246,7 @@ class Runner:
 
     async def _safe_tick(self) -> dict[str, Any] | None:
         """A tick whose own failure is logged once and skipped: the daemon keeps its rhythm."""
-        for done in self._passes_done.values():
-            done.clear()
+        self.delivery.forget_passes()
         try:
             doc = await self.tick()
         except Exception as exc:  # a bug in one tick, or a seq that cannot be reserved, must not stop the agent
@@ -304,14 +267,8 @@ class Runner:
         Pushed at once, the tick would report the state from before its own
         delivery: ``down`` on the very tick delivery recovered.
         """
-        due = [self._passes_done[name] for name, loop in self.loops.items() if loop.attempts_on_wake]
-        if self.settings.kuma_push_url is None or not due:
-            return  # a sink backing off tries again on its own time, not this tick's
-        bound = min(self.settings.interval / 2, self.settings.alerts.hook_timeout)
-        waits = [asyncio.ensure_future(done.wait()) for done in due]
-        _, pending = await asyncio.wait(waits, timeout=bound)
-        for waiter in pending:
-            waiter.cancel()
+        if self.settings.kuma_push_url is not None:
+            await self.delivery.passes_tried(min(self.settings.interval / 2, self.settings.alerts.hook_timeout))
 
     async def _own_samples(self) -> list[Sample]:
         refused, stats = await self.files.call(self._incoming_and_stats)
@@ -324,17 +281,7 @@ class Runner:
                     pending_files=stats.pending, pending_bytes=stats.bytes, dropped_total=stats.dropped_total
                 )
             )
-        own = [
-            Sample("spool_pending", stats.pending),
-            Sample("spool_bytes", stats.bytes),
-            Sample("spool_oldest_age_seconds", round(stats.oldest_age_s or 0.0, 3)),
-            Sample("spool_dropped_total", stats.dropped_total),
-            Sample("spool_quarantined_total", stats.quarantined_total),
-            Sample("spool_rejected_total", stats.rejected_total),
-            Sample("agent_uptime_seconds", round(time.monotonic() - self._started, 3)),
-        ]
-        own.extend(Sample(name, value) for name, value in vars(self.counters).items())
-        return own
+        return own_samples(stats, self.counters, time.monotonic() - self._started)
 
     # Each trip to the spool's thread costs more CPU than the small calls it carries, so a
     # tick makes two: one before its heartbeat is built, one to store it.
@@ -354,26 +301,13 @@ class Runner:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    async def drain(self, sink: Sink, deadline: Deadline) -> bool:
-        """One delivery pass for ``sink`` now (``agent upload``); ``True`` when nothing is left for it."""
-        return await self.loops[sink.name].drain(deadline)
-
     def _count_refused(self, count: int) -> None:
         self.counters.scrub_rejected_total += count
 
-    def _observe_delivery(self, sink: str, delivery: Delivery, elapsed_ms: float, stats: SpoolStats) -> None:
-        """Feed health the state of delivery as a whole: healthy only while every sink is."""
-        failing = [(name, state.last_failure) for name, state in self.sink_state.items() if state.last_failure]
-        failed_sink, failure = failing[0] if failing else (None, None)
-        if sink in self._passes_done:
-            self._passes_done[sink].set()
-        events = self.health.observe_delivery(
-            ok=not failing,
-            backlog=stats.pending,
-            failure=failure,
-            latency_ms=None if failing else elapsed_ms,
-            sink=failed_sink,
-        )
+    def _report_delivery(
+        self, *, ok: bool, backlog: int, failure: str | None, latency_ms: float | None, sink: str | None
+    ) -> None:
+        events = self.health.observe_delivery(ok=ok, backlog=backlog, failure=failure, latency_ms=latency_ms, sink=sink)
         self.hooks.dispatch(events)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -383,15 +317,10 @@ class Runner:
         self.daemon = True
         await self.start()
         # `agent status` knows the daemon runs before its first tick.
-        first = self.status_snapshot()
+        first = loop_snapshot(self)
         await self.files.call(lambda: self.status_file.write(first, self.spool.stats()))
-        # Everything imported and built so far lives as long as the process. Frozen,
-        # it is no longer walked by every full collection, which the reference cycles
-        # a delivery leaves (aiohttp's) trigger: that walk cost more CPU per tick than
-        # the delivery itself.
-        gc.collect()
-        gc.freeze()
-        self.start_delivery()
+        freeze_heap()
+        self.delivery.start()
         self.notifier.ready()
         log.info(
             "agent_started",
@@ -407,29 +336,12 @@ class Runner:
         finally:
             await self._shutdown()
 
-    def start_delivery(self) -> None:
-        """Start each sink's delivery loop, woken at once so a backlog starts draining."""
-        self._passes_done = {name: asyncio.Event() for name in self.loops}
-        self._delivery = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
-        for loop in self.loops.values():
-            loop.wake.set()
-
-    async def stop_delivery(self) -> None:
-        """End the delivery loops; a batch in flight stays spooled and is sent again."""
-        for task in self._delivery:
-            task.cancel()
-        for loop in self.loops.values():
-            if loop.deadline is not None:
-                loop.deadline.cap(0)
-        await asyncio.gather(*self._delivery, return_exceptions=True)
-        self._delivery = []
-
     async def _tick_loop(self) -> None:
         interval = self.settings.interval
         next_tick = time.monotonic() + random.uniform(0, min(interval, 30.0))  # against thundering herds
         overrunning = False
         while not self._stop.is_set():
-            await self._sleep_until(next_tick)
+            await sleep_until(next_tick, self._stop, self.notifier)
             if self._stop.is_set():
                 return
             async with self.tick_lock:
@@ -448,15 +360,6 @@ class Runner:
             else:
                 overrunning = False
 
-    async def _sleep_until(self, when: float) -> None:
-        """Sleep until ``when`` on the monotonic clock, pinging the watchdog on the way."""
-        watchdog = watchdog_period()
-        while (left := when - time.monotonic()) > 0 and not self._stop.is_set():
-            self.notifier.watchdog()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=min(left, watchdog))
-        self.notifier.watchdog()
-
     def _summary(self, doc: dict[str, Any] | None) -> None:
         if doc is None:
             return
@@ -473,17 +376,12 @@ class Runner:
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()
-        if self._reload_task is not None:  # a stop wins over a reload still waiting for its turn
-            self._reload_task.cancel()
-            await asyncio.gather(self._reload_task, return_exceptions=True)
+        await self.reloads.cancel()
         deadline = Deadline(self.settings.shutdown_deadline)
         log.info("agent_stopping", deadline_s=self.settings.shutdown_deadline)
-        await self.stop_delivery()
-        # Flush what the sinks can send in the time left; the rest stays spooled. A receiver
-        # that asked to be left alone (Retry-After) is not knocked on again on the way out.
-        flushing = [loop.drain(deadline) for loop in self.loops.values() if not loop.asked_to_wait]
-        await asyncio.gather(*flushing, return_exceptions=True)  # one sink's bug must not cut another's flush
-        status, states = self.status_snapshot(), saved_states(self.collectors)
+        await self.delivery.stop()
+        await self.delivery.flush(deadline)
+        status, states = loop_snapshot(self), saved_states(self.collectors)
         stats = await self.files.call(self._final_writes, status, states)
         await self.aclose(grace=deadline.remaining())
         log.info("agent_stopped", spool_pending=stats.pending)
@@ -493,28 +391,3 @@ class Runner:
         stats = self.spool.stats()
         self.status_file.write(status, stats)
         return stats
-
-    # -- state files ------------------------------------------------------------------------
-
-    def status_snapshot(self) -> dict[str, Any]:
-        """What ``agent status`` reads of the loop's own state, copied on the loop (the spool's part is added later)."""
-        return {
-            "pop": self.settings.pop_id,
-            "edition": self.edition,
-            "version": self.version,
-            "telemetry": "on" if self.telemetry else "off",
-            "pid": os.getpid(),
-            "daemon": self.daemon,
-            "sinks": {name: state.snapshot() for name, state in self.sink_state.items()},
-            "collectors": {slot.name: dict(vars(slot.stats)) for slot in self.collectors},
-            "counters": dict(vars(self.counters)),
-            "health": self.health.status(),
-        }
-
-
-def install_signal_handlers(runner: Runner) -> None:
-    """SIGTERM and SIGINT ask the runner to stop cleanly; SIGHUP to reload its configuration."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, runner.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, runner.request_reload)

@@ -8,15 +8,19 @@ so a status is never torn between two ticks.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.spool import SpoolStats
 from agent.spool_io import error_code
 from agent.state import write_json
+
+if TYPE_CHECKING:
+    from agent.runner import Runner
 
 log = structlog.get_logger("agent")
 
@@ -32,6 +36,22 @@ def spool_fields(stats: SpoolStats) -> dict[str, Any]:
         "dropped_total": stats.dropped_total,
         "quarantined_total": stats.quarantined_total,
         "rejected_total": stats.rejected_total,
+    }
+
+
+def loop_snapshot(runner: Runner) -> dict[str, Any]:
+    """What ``agent status`` reads of the loop's own state, copied on the loop (the spool's part is added later)."""
+    return {
+        "pop": runner.settings.pop_id,
+        "edition": runner.edition,
+        "version": runner.version,
+        "telemetry": "on" if runner.telemetry else "off",
+        "pid": os.getpid(),
+        "daemon": runner.daemon,
+        "sinks": {name: state.snapshot() for name, state in runner.delivery.states.items()},
+        "collectors": {slot.name: dict(vars(slot.stats)) for slot in runner.collectors},
+        "counters": dict(vars(runner.counters)),
+        "health": runner.health.status(),
     }
 
 

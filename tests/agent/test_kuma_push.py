@@ -53,7 +53,7 @@ async def test_push_follows_the_ticks_own_delivery_and_no_stale_ping(aiohttp_ser
         backoff=BackoffPolicy(initial=0.05, cap=0.05),
     )
     await runner.start()
-    runner.start_delivery()
+    runner.delivery.start()
 
     async def tick() -> tuple[str, str, bool]:
         """One tick as the loop runs it; the push it made: status, msg, whether it carried a ping."""
@@ -77,6 +77,6 @@ async def test_push_follows_the_ticks_own_delivery_and_no_stale_ping(aiohttp_ser
             await asyncio.sleep(0.01)
         recovered = await tick()
     finally:
-        await runner.stop_delivery()
+        await runner.delivery.stop()
         await runner.aclose()
     assert [("up", "healthy", True), ("up", "failing", False), ("up", "healthy", True)] == [healthy, failing, recovered]
