@@ -18,6 +18,7 @@ from agent import heartbeat, jsondoc, threads
 from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
+from agent.exits import EX_CONFIG, EX_FAIL, EX_OK, EX_TEMPFAIL, EX_USAGE
 from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
 from agent.preflight import ERROR, Finding, Wiring, prepare_state_dir, wire
 from agent.sample import MetricSpec
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agent")
 
-EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 UPLOAD_DEADLINE = 300.0  # seconds an explicit `agent upload` may take
 
 

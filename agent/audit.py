@@ -26,12 +26,11 @@ from pathlib import Path
 from agent.body_decoders import DECODERS
 from agent.edition import edition, upload_installed
 from agent.errors import ConfigError
+from agent.exits import EX_FAIL, EX_OK, EX_USAGE
 from agent.ledger import LEDGER_DIR, body_path, read_ledger
 from agent.ledger_record import SentRecord, destination, sha256_hex
 from agent.plugins import BUILTIN_SINKS, sink_refs
 from agent.settings import Settings
-
-EX_OK, EX_FAIL, EX_USAGE = 0, 1, 2
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)", re.ASCII)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

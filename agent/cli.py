@@ -1,8 +1,6 @@
 """The command line: the contract operators and systemd rely on (see DESIGN.md, Commands).
 
-Exit codes: 0 success; 1 a command's own failure (a collector failed, a document
-was rejected, heartbeats left undelivered); 2 unreadable input or bad usage;
-75 another agent process holds the state directory; 78 a configuration error.
+Exit codes come from :mod:`agent.exits`, the one table of them.
 Every error is one line on stderr and never holds a secret or a rejected value.
 """
 
@@ -17,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+from agent.exits import EX_CONFIG, EX_OK, EX_USAGE
 
 
 class UsageError(Exception):

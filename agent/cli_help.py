@@ -1,12 +1,26 @@
 """The words of ``agent --help`` and ``agent COMMAND --help``: what each command does, exits with, reads.
 
 Kept apart from the parser so that cli.py stays about parsing. The exit codes
-are the CLI contract (DESIGN.md, Commands; docs/operations.md, Exit codes).
+are the CLI contract (DESIGN.md, Commands; docs/operations.md, Exit codes) and
+come from :mod:`agent.exits`: ``agent --help`` lists its table, and each
+command's list here holds only codes from it.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
+
+from agent.exits import (
+    EX_CONFIG,
+    EX_FAIL,
+    EX_NOT_RUNNING,
+    EX_OK,
+    EX_RUNNING_OUTAGE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    summary_line,
+)
 
 
 @dataclass(frozen=True)
@@ -14,25 +28,29 @@ class CommandHelp:
     """One command's description, exit codes and example."""
 
     description: str
-    exits: tuple[tuple[str, str], ...]
+    exits: tuple[tuple[int, str], ...]
     example: str
 
 
-CONFIG_ERROR = ("78", "configuration error: one line naming the setting and its environment variable")
+CONFIG_ERROR = (EX_CONFIG, "configuration error: one line naming the setting and its environment variable")
 
 HELP: dict[str, CommandHelp] = {
     "run": CommandHelp(
         "The daemon, in the foreground: tick every `interval` seconds (collect, scrub, spool) and deliver "
         "to every configured sink. systemd runs this (Type=notify). SIGTERM and SIGINT stop it cleanly; "
         "SIGHUP reloads the configuration.",
-        (("0", "clean stop on SIGTERM/SIGINT"), CONFIG_ERROR, ("75", "another agent holds the state directory")),
+        (
+            (EX_OK, "clean stop on SIGTERM/SIGINT"),
+            CONFIG_ERROR,
+            (EX_TEMPFAIL, "another agent holds the state directory"),
+        ),
         "agent run --config /etc/pop-agent/agent.toml",
     ),
     "check": CommandHelp(
         "Every validation `agent run` does, without running: the edition's rules, the token and the upload "
         "component, the settings and POP_AGENT_* variables, pop_id, the state directory, and every configured "
         "path. One line per problem (error: or warning:); nothing is left behind.",
-        (("0", "the daemon would start (warnings may be printed)"), ("78", "at least one error")),
+        ((EX_OK, "the daemon would start (warnings may be printed)"), (EX_CONFIG, "at least one error")),
         "agent check --config /etc/pop-agent/agent.toml",
     ),
     "status": CommandHelp(
@@ -40,9 +58,9 @@ HELP: dict[str, CommandHelp] = {
         "on disk, and the daemon's last word: each sink's last ack, the outage state, each collector's result. "
         "Takes no lock and writes nothing.",
         (
-            ("0", "the daemon runs and no outage is on"),
-            ("3", "no daemon runs on this state directory (stopped or never started)"),
-            ("150", "the daemon runs, but an outage is on (delivery, collectors or spool)"),
+            (EX_OK, "the daemon runs and no outage is on"),
+            (EX_NOT_RUNNING, "no daemon runs on this state directory (stopped or never started)"),
+            (EX_RUNNING_OUTAGE, "the daemon runs, but an outage is on (delivery, collectors or spool)"),
             CONFIG_ERROR,
         ),
         "agent status --json",
@@ -50,32 +68,37 @@ HELP: dict[str, CommandHelp] = {
     "scrub": CommandHelp(
         "Run one heartbeat document through the scrubber, as every heartbeat is. Accepted: printed on stdout. "
         "Rejected: JSON paths and reason codes on stderr, never the offending value. Input over 1 MiB is refused.",
-        (("0", "accepted"), ("1", "rejected"), ("2", "unreadable input (missing, not JSON, too large)"), CONFIG_ERROR),
+        (
+            (EX_OK, "accepted"),
+            (EX_FAIL, "rejected"),
+            (EX_USAGE, "unreadable input (missing, not JSON, too large)"),
+            CONFIG_ERROR,
+        ),
         "agent --once | agent scrub -",
     ),
     "enqueue": CommandHelp(
         "Scrub, then spool a heartbeat document (an out-of-band drop). Beside a running daemon it is handed "
         "over through spool/incoming/ and scrubbed again on the next tick. Input over 1 MiB is refused.",
         (
-            ("0", "spooled or handed over"),
-            ("1", "rejected, or the spool cannot be written"),
-            ("2", "unreadable input"),
+            (EX_OK, "spooled or handed over"),
+            (EX_FAIL, "rejected, or the spool cannot be written"),
+            (EX_USAGE, "unreadable input"),
             CONFIG_ERROR,
         ),
         "agent enqueue /var/lib/pop-agent/spool/rejected/ID.json",
     ),
     "export": CommandHelp(
         "Every pending heartbeat, oldest first, as JSON lines. Reads the spool without locking it.",
-        (("0", "exported"), ("1", "the spool or FILE cannot be used"), CONFIG_ERROR),
+        ((EX_OK, "exported"), (EX_FAIL, "the spool or FILE cannot be used"), CONFIG_ERROR),
         "agent export --out backlog.jsonl",
     ),
     "upload": CommandHelp(
         "Drain the spool once, now, to every configured sink, and report what was acknowledged. Stop the "
         "daemon first: it holds the spool and delivers on its own.",
         (
-            ("0", "nothing is left"),
-            ("1", "heartbeats are left, or nothing to send to"),
-            ("75", "the daemon holds the spool"),
+            (EX_OK, "nothing is left"),
+            (EX_FAIL, "heartbeats are left, or nothing to send to"),
+            (EX_TEMPFAIL, "the daemon holds the spool"),
             CONFIG_ERROR,
         ),
         "systemctl stop pop-agent && agent upload",
@@ -83,12 +106,12 @@ HELP: dict[str, CommandHelp] = {
     "config": CommandHelp(
         "The effective configuration as JSON, secrets shown as **********; on stderr, which settings file "
         "and which environment variables (names only) it came from.",
-        (("0", "printed"), CONFIG_ERROR),
+        ((EX_OK, "printed"), CONFIG_ERROR),
         "agent config --no-config",
     ),
     "collectors": CommandHelp(
         "The collectors and sinks this installation has (built-in and plugins), and whether each runs here.",
-        (("0", "listed"), CONFIG_ERROR),
+        ((EX_OK, "listed"), CONFIG_ERROR),
         "agent collectors",
     ),
     "sent": CommandHelp(
@@ -97,9 +120,9 @@ HELP: dict[str, CommandHelp] = {
         "seq range, bytes, SHA-256 of the body as sent, and the answer. --verify checks every kept body "
         "against its digest and runs the scrubber over it again.",
         (
-            ("0", "listed; with --verify, every kept body matches and is clean"),
-            ("1", "--verify found a mismatch or a finding (named by record, never by value)"),
-            ("2", "a bad --since, or an unreadable ledger"),
+            (EX_OK, "listed; with --verify, every kept body matches and is clean"),
+            (EX_FAIL, "--verify found a mismatch or a finding (named by record, never by value)"),
+            (EX_USAGE, "a bad --since, or an unreadable ledger"),
             CONFIG_ERROR,
         ),
         "agent sent --since 2h --json",
@@ -108,7 +131,7 @@ HELP: dict[str, CommandHelp] = {
         "Every destination this build and configuration can contact, per upload sink and alert hook: whether "
         "this artifact holds the code for it (a community build: no upload code present) and whether the "
         "edition and the telemetry setting allow it.",
-        (("0", "listed"), CONFIG_ERROR),
+        ((EX_OK, "listed"), CONFIG_ERROR),
         "agent egress",
     ),
 }
@@ -137,11 +160,14 @@ def epilog(name: str) -> str | None:
     return f"exit codes:\n{exits}\n\n{GLOBAL_NOTE}\n\n{ENVIRONMENT}\n\nexample:\n  {entry.example}"
 
 
+def _exits_summary(width: int = 100) -> str:
+    """``agent --help``'s exit-code paragraph, wrapped between codes, never inside one's meaning."""
+    glued = summary_line(joiner="\0") + ". `agent COMMAND --help` gives each command's own."
+    return textwrap.fill("exit codes: " + glued, width=width, subsequent_indent="  ").replace("\0", " ")
+
+
 MAIN_EPILOG = f"""\
-exit codes: 0 success; 1 the command's own failure; 2 bad usage or unreadable input;
-  3 (status) no daemon runs; 75 another agent holds the state directory;
-  78 configuration error; 150 (status) the daemon runs in an outage.
-  `agent COMMAND --help` gives each command's own.
+{_exits_summary()}
 
 {ENVIRONMENT}
 

@@ -9,7 +9,7 @@ another command (``agent upload``, ``agent --once --push``) is not the daemon's
 and is ignored.
 
 Exit codes follow ``systemctl status``: 0 the daemon runs and nothing is in an
-outage; 3 no daemon runs; :data:`EX_RUNNING_OUTAGE` it runs but an outage is on.
+outage; 3 no daemon runs; 150 it runs but an outage is on (all from :mod:`agent.exits`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.exits import EX_NOT_RUNNING, EX_OK, EX_RUNNING_OUTAGE
 from agent.state import read_json
 from agent.status_file import STATUS_FILE
 
-EX_RUNNING, EX_NOT_RUNNING = 0, 3
-# LSB reserves 150-199 of the status exit codes for applications; 3 and 0 keep their systemd meaning.
-EX_RUNNING_OUTAGE = 150
 PROC_LOCKS = Path("/proc/locks")
 
 DaemonState = Literal["running", "stopped", "never started", "busy"]
@@ -77,7 +75,7 @@ def exit_code(daemon: Daemon) -> int:
     """0 running and no outage on; 3 not running; 150 running in an outage."""
     if daemon.state != "running":
         return EX_NOT_RUNNING
-    return EX_RUNNING_OUTAGE if daemon.status.get("health", {}).get("outages") else EX_RUNNING
+    return EX_RUNNING_OUTAGE if daemon.status.get("health", {}).get("outages") else EX_OK
 
 
 def report(daemon: Daemon, state_dir: Path, base: dict[str, Any]) -> dict[str, Any]:
