@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.identity import default_pop_id
+from agent.heartbeat import Heartbeat
+from agent.identity import default_pop_id, host_slug
+from agent.sample import POP_ID_PATTERN
+from agent.settings import Settings
 from tests.conftest import RunAgent, agent_env
 
 
@@ -67,3 +71,22 @@ def test_explicit_unsafe_pop_id_is_78(run_agent: RunAgent, command: tuple[str, .
     expected = "pop_id (env POP_AGENT_POP_ID): the scrubber refuses it (ip_address): every heartbeat would be rejected"
     assert expected in result.stdout + result.stderr
     assert 1 == len((result.stdout + result.stderr).strip().splitlines())
+
+
+def test_one_pop_id_pattern_everywhere() -> None:
+    """The settings, the heartbeat model and the published JSON schema all hold pop ids to agent.sample's pattern."""
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "heartbeat.schema.json").read_text())
+    anchored = f"^{POP_ID_PATTERN}$"
+    patterns = [
+        schema["properties"]["pop"]["pattern"],
+        Heartbeat.model_json_schema()["properties"]["pop"]["pattern"],
+        Settings.model_json_schema()["properties"]["pop_id"]["pattern"],
+    ]
+    assert [anchored] * 3 == patterns
+
+
+@pytest.mark.parametrize("host", ["a" * 80, "Edge--01.example.net", "-x-", "ab-" * 30])
+def test_every_host_slug_fits_the_pattern(host: str) -> None:
+    """The slug made from a host name is always a string the pop-id pattern accepts."""
+    slug = host_slug(host)
+    assert [slug] == re.findall(f"^{POP_ID_PATTERN}$", slug)
