@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
-from agent.sample import POP_ID_PATTERN, Sample
+from agent.sample import MOUNT_PATTERN, POP_ID_PATTERN, Sample
 
 SCHEMA_ID = "pop-heartbeat/1"
 
@@ -31,7 +31,7 @@ HEARTBEAT_ID = r"^([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-
 # same to all three, so the model and the published schema judge alike.
 TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
 VERSION = r"^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}([.+-]?[a-z0-9]{1,16}){0,4}$"
-MOUNT = r"^/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?$"
+MOUNT = rf"^{MOUNT_PATTERN}$"
 
 # Strict floats accept JSON integers but not booleans or numeric strings.
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]

@@ -13,6 +13,8 @@ from typing import Any
 
 # A POP id: the one pattern the settings, the heartbeat schema and the alert texts all check.
 POP_ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+# A mount point as a label: plain path segments only; the heartbeat schema and the disk collector both check it.
+MOUNT_PATTERN = r"/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?"
 
 
 class MetricKind(StrEnum):

@@ -33,7 +33,7 @@ import psutil
 
 from agent.errors import CollectorError
 from agent.privacy import find_sensitive
-from agent.sample import MetricKind, MetricSpec, Sample
+from agent.sample import MOUNT_PATTERN, MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -59,13 +59,7 @@ PSEUDO_FSTYPES = frozenset(
 _CONTAINER_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log"})
 # Devices that name no block device or export, so they say nothing about sharing one.
 _ANONYMOUS_DEVICES = frozenset({"", "none"})
-# The label pattern the heartbeat allows for a mount point: plain path segments only.
-MOUNT_PATH = re.compile(r"/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?")
-# The scrubber rejects a whole heartbeat over one string that looks like an address
-# or a secret, so a mount named after its NFS server or a volume id would silence
-# the POP for good. Such paths are skipped instead, judged by the scrubber's own
-# tripwire (agent.privacy: standard library only, no side effects at import), so
-# that the two can never disagree.
+MOUNT_PATH = re.compile(MOUNT_PATTERN)  # the heartbeat's own pattern for a mount label
 
 
 class Partition(Protocol):
@@ -110,7 +104,14 @@ class StatVfs(Protocol):
 
 
 def representable(path: str) -> bool:
-    """Whether a mount point may appear as a label: plain segments, nothing like an address or a token."""
+    """Whether a mount point may appear as a label: plain segments, nothing like an address or a token.
+
+    The scrubber rejects a whole heartbeat over one string that looks like an
+    address or a secret, so a mount named after its NFS server or a volume id would
+    silence the POP for good. Such paths are skipped instead, judged by the
+    scrubber's own tripwire (:func:`agent.privacy.find_sensitive`: standard library
+    only, no side effects at import), so that the two can never disagree.
+    """
     return MOUNT_PATH.fullmatch(path) is not None and find_sensitive(path) is None
 
 

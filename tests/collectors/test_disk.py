@@ -476,3 +476,13 @@ async def test_this_machine_root_is_reported_in_sane_ranges() -> None:
         0 <= root["disk_free_bytes"] <= root["disk_total_bytes"],
     )
     assert_declared(collector, samples)
+
+
+def test_labels_are_judged_by_the_heartbeats_pattern_and_the_scrubbers_tripwire() -> None:
+    """The collector holds no copy of either: it uses agent.sample's mount pattern and agent.privacy's tripwire."""
+    import agent.privacy
+    import collectors.disk
+    from agent.sample import MOUNT_PATTERN
+
+    expected = (MOUNT_PATTERN, agent.privacy.find_sensitive)
+    assert expected == (collectors.disk.MOUNT_PATH.pattern, collectors.disk.find_sensitive)
