@@ -27,39 +27,62 @@ class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
     own pool is used.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "pop-agent-blocking") -> None:
         super().__init__(max_workers=1)
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on an idle thread, or on a new one if none is idle; ``RuntimeError`` once shut down."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             spare = self._idle > 0
             if spare:
                 self._idle -= 1  # that idle worker is now promised to this job
         if not spare:
-            threading.Thread(target=self._work, name="pop-agent-blocking", daemon=True).start()
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
         self._jobs.put((future, fn, args, kwargs))
         return future
 
     def _work(self) -> None:
-        while True:
-            future, fn, args, kwargs = self._jobs.get()
-            if future.set_running_or_notify_cancel():
+        while (job := self._jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                stay = self._rest()
+            else:
+                # Idle before the caller hears of the result, so that its next call finds this thread free.
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
+                    stay = self._rest()
                     future.set_exception(exc)
                 else:
+                    stay = self._rest()
                     future.set_result(result)
-            del future, fn, args, kwargs  # hold nothing while idle
-            with self._lock:
-                self._idle += 1
+            del job, future, fn, args, kwargs  # hold nothing while idle
+            if not stay:
+                return
+
+    def _rest(self) -> bool:
+        """Become idle; ``False`` (the thread ends) once the executor is shut down."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._idle += 1
+            return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Nothing to wait for: the threads are daemons and die with the process."""
+        """Let the idle threads go; a busy one leaves when its call returns. Never waits: the threads are daemons."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

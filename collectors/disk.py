@@ -1,15 +1,16 @@
 """Disk: space and inodes per real mount, with hung mounts timed out and skipped.
 
 A ``statvfs`` on a mount whose NFS server died blocks in the kernel and cannot be
-cancelled. The calls run in the collector's own long-lived daemon threads, which
-take a tick's mounts one after another; the collector waits for them at most
-``mount_timeout`` seconds. When the work stalls (a thread stuck on one mount) for
-a fraction of that bound, another thread is woken or started for the mounts still
-waiting, so one hung mount delays no other. A mount whose call is still running is
-reported as skipped and is not asked again until that call returns; the stuck
-thread is not waited for and leaves once it returns. Daemon threads, not the
-loop's default executor: a stuck call must neither hold a thread the other
-collectors need nor keep the process from exiting.
+cancelled. The calls run in the collector's own pool of long-lived daemon threads
+(:class:`agent.threads.DaemonThreadExecutor`), one of which takes a tick's mounts
+one after another; the collector waits for them at most ``mount_timeout`` seconds.
+When the work stalls (a thread stuck on one mount) for a fraction of that bound,
+the mounts still waiting are handed to another thread of the pool, so one hung
+mount delays no other. A mount whose call is still running is reported as skipped
+and is not asked again until that call returns; the stuck thread is not waited for
+and goes back to the pool once it returns. A pool of its own, not the loop's
+default executor: a stuck call must neither hold a thread the other collectors
+need nor keep the process from exiting.
 
 The mount table changes rarely: it is read again when the kernel signals a change
 on ``/proc/self/mounts`` (poll's ``POLLPRI``), and at least every ``table_ttl`` seconds.
@@ -18,9 +19,10 @@ on ``/proc/self/mounts`` (poll's ``POLLPRI``), and at least every ``table_ttl`` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import os
-import queue
 import re
 import select
 import threading
@@ -34,6 +36,7 @@ import psutil
 from agent.errors import CollectorError
 from agent.privacy import find_sensitive
 from agent.sample import MOUNT_PATTERN, MetricKind, MetricSpec, Sample
+from agent.threads import DaemonThreadExecutor
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -216,6 +219,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _finish(round_: _Round, served: concurrent.futures.Future[bool]) -> None:
+    """Wake the tick once a thread answered its round's last mount (in that thread, after it went idle)."""
+    if not served.cancelled() and served.exception() is None and served.result():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            round_.loop.call_soon_threadsafe(_resolve, round_.done)
+
+
 class DiskCollector:
     """Space and inodes of every real mount, labelled by mount point.
 
@@ -253,8 +263,7 @@ class DiskCollector:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._running: set[str] = set()  # mount points whose statvfs call has not returned
-        self._rounds: queue.SimpleQueue[_Round | None] = queue.SimpleQueue()
-        self._idle = 0  # threads waiting for a round, not yet promised one
+        self._pool = DaemonThreadExecutor(name="pop-agent-statvfs")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -280,10 +289,7 @@ class DiskCollector:
     async def aclose(self) -> None:
         """Stop watching the mount table and let the idle threads go; a stuck one leaves when it returns."""
         self._watch.close()
-        with self._lock:
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._rounds.put(None)
+        self._pool.shutdown(wait=False)
 
     async def collect(self) -> Sequence[Sample]:
         """Stat every real mount within the bound, or raise ``CollectorError``."""
@@ -348,29 +354,21 @@ class DiskCollector:
         return results, unanswered + len(todo) - len(results)
 
     def _hand(self, round_: _Round) -> bool:
-        """Give the round to an idle thread, or to a new one; False if no thread could be started."""
-        with self._lock:
-            spare = self._idle > 0
-            if spare:
-                self._idle -= 1  # that idle thread is now promised to this round
-        if not spare:
-            try:
-                threading.Thread(target=self._work, name="pop-agent-statvfs", daemon=True).start()
-            except RuntimeError:  # the system is out of threads
-                return False
-        self._rounds.put(round_)
+        """Give the round to a thread of the pool (an idle one, or a new one); False if none could be started."""
+        try:
+            served = self._pool.submit(self._serve, round_)
+        except RuntimeError:  # the system is out of threads, or the collector is closed
+            return False
+        served.add_done_callback(functools.partial(_finish, round_))
         return True
 
-    def _work(self) -> None:
-        while (round_ := self._rounds.get()) is not None and self._serve(round_):
-            del round_  # hold nothing while idle
-
     def _serve(self, round_: _Round) -> bool:
-        """Stat the round's mounts until none is left; False when this thread should end."""
+        """Stat the round's mounts one after another until none is left; True if this call answered the last."""
+        finished = False
         while True:
             with self._lock:
                 if not round_.open or not round_.todo:
-                    return self._rest()
+                    return finished
                 mount = round_.todo.popleft()
                 self._running.add(mount)
             result: StatVfs | Exception
@@ -382,23 +380,7 @@ class DiskCollector:
                 # Before the result is published, so that the tick it wakes finds the mount free.
                 self._running.discard(mount)
                 self._returned.notify_all()
-                finished = False
                 if round_.open:
                     round_.results[mount] = result
                     round_.left -= 1
                     finished = round_.left == 0
-                more = round_.open and bool(round_.todo)
-                # Idle before the tick is woken, so that the next tick finds this thread free.
-                stay = more or self._rest()
-            if finished:
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    round_.loop.call_soon_threadsafe(_resolve, round_.done)
-            if not more:
-                return stay
-
-    def _rest(self) -> bool:
-        """With the lock held: become idle, or end if another thread already is (one is all a tick needs)."""
-        if self._idle > 0:
-            return False
-        self._idle += 1
-        return True

@@ -60,3 +60,23 @@ def test_process_exits_with_a_stuck_thread() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
     assert result.returncode == 7
+
+
+def test_shutdown_lets_idle_threads_go_and_busy_ones_finish() -> None:
+    """After shutdown the idle thread ends at once, the busy one once its call returns, and no call is taken."""
+    executor = DaemonThreadExecutor(name="test-pool")
+    release = threading.Event()
+    stuck = executor.submit(lambda: (threading.current_thread(), release.wait(30)))
+    idle_thread = executor.submit(threading.current_thread).result(timeout=5)
+    executor.shutdown()
+    idle_thread.join(timeout=5)
+    idle_alive = idle_thread.is_alive()
+    release.set()
+    busy_thread, released = stuck.result(timeout=5)
+    busy_thread.join(timeout=5)
+    try:
+        executor.submit(int, "1")
+        refused = False
+    except RuntimeError:
+        refused = True
+    assert (False, True, False, True) == (idle_alive, released, busy_thread.is_alive(), refused)
