@@ -1,11 +1,16 @@
-"""The daemon: one loop that ticks, the delivery loops it wakes, and the shutdown.
+"""The daemon: the tick loop and the shutdown.
 
 A tick collects, scrubs and spools one heartbeat, then wakes every sink's
-delivery loop (:mod:`agent.delivery`), whether or not the tick itself got its
-heartbeat stored. Ticks run on the monotonic clock at a fixed rhythm from a
-random start offset and never overlap. File work (the spool, ``seq``,
-``status.json``, collectors' and health's state) runs on one thread of its own
-(:class:`~agent.file_thread.FileThread`), never on the event loop.
+delivery loop (:class:`~agent.delivery.SinkLoops`), whether or not the tick
+itself got its heartbeat stored. Ticks run on the monotonic clock at a fixed
+rhythm from a random start offset and never overlap. File work (the spool,
+``seq``, ``status.json``, collectors' and health's state) runs on one thread of
+its own (:class:`~agent.file_thread.FileThread`), never on the event loop.
+
+Around the loop, each in its own module: signals, the watchdog and
+``gc.freeze`` (:mod:`agent.service`), SIGHUP (:mod:`agent.reload`), the status
+snapshot (:mod:`agent.status_file`), the agent's own numbers
+(:mod:`agent.own_metrics`), ``agent enqueue``'s intake (:mod:`agent.intake`).
 """
 
 from __future__ import annotations
