@@ -201,6 +201,8 @@ class SinkLoop:
             self._observe(self.name, delivery, elapsed_ms, stats)
             if delivery.failure is not None:
                 return False
+            if stats.pending == 0:
+                return True  # the spool is empty for every sink: no trip to its thread to hear so again
         return False
 
     def _settle_and_stats(self, delivery: Delivery) -> SpoolStats:

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from agent import heartbeat
 from agent.backlog import RESCRUBBED_MEMORY, BacklogScrubber
+from agent.deadline import Deadline
 from agent.delivery import SinkLoop, SinkState
 from agent.file_thread import FileThread
 from agent.pacing import Backoff, BackoffPolicy
@@ -240,3 +241,21 @@ async def test_no_progress_is_a_failure_and_paced(deliver: Any) -> None:
     assert len(observed) == loop.backoff.failures
     assert stalled.calls - len(observed) in (0, 1)  # the loop may be stopped inside one more call
     assert "no_progress" == loop.state.last_failure
+
+
+async def test_a_pass_that_empties_the_spool_asks_it_for_a_batch_once(deliver: Any) -> None:
+    """Two heartbeats in one batch, acked: the pass ends on the settled spool's count, without a second read."""
+    script = Script()
+    observed: list[Delivery] = []
+    loop = await deliver(script, 2, BackoffPolicy.immediate(), observed)
+    spool = loop._spool
+    reads: list[str] = []
+    real_batch = spool.batch
+
+    def counted_batch(sink: str, max_count: int, max_bytes: int) -> Any:
+        reads.append(sink)
+        return real_batch(sink, max_count, max_bytes)
+
+    spool.batch = counted_batch  # type: ignore[method-assign]
+    assert await loop.drain(Deadline(30.0)) is True
+    assert (["central"], [2], 0) == (reads, script.requests, spool.stats().pending)
