@@ -29,7 +29,9 @@ class Notifier:
         if self._address is None:
             return False
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: the loop calls this, and a manager whose queue is full must cost a
+            # missed ping (sent again next period), never a stalled daemon.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.connect(self._address)
                 sock.sendall(message.encode())
         except OSError:
