@@ -160,11 +160,10 @@ class LogFollower:
             held.fragment = data[end:]
             count = complete.count(b"\n")
             if count > budget:
-                cut = -1
-                for _ in range(budget):
-                    cut = complete.index(b"\n", cut + 1)
-                held.fh.seek(held.offset + cut + 1)
-                complete, held.fragment, count = complete[: cut + 1], b"", budget
+                # The first ``budget`` lines: what is left after splitting them off is the rest.
+                keep = len(complete) - len(complete.split(b"\n", budget)[-1])
+                held.fh.seek(held.offset + keep)
+                complete, held.fragment, count = complete[:keep], b"", budget
             held.offset += len(complete)
             budget -= count
             yield complete, count

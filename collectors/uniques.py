@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import socket
 from collections.abc import Collection, Mapping
 from itertools import compress, filterfalse, repeat
 from pathlib import Path
@@ -116,26 +115,18 @@ class UniqueWindows:
             registers = self._pending[bucket] = bytearray(hll.M)
         if None in cached:
             missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
-            if len(self._cache) + len(missing) > self._cache_cap:
-                self._cache.clear()  # what was cached of this chunk is applied below all the same
-            hll.apply_updates(registers, self._learn(missing, distinct))
+            self._learn(list(compress(distinct, map(missing.__contains__, map(hash, distinct)))), registers)
         hll.apply_updates(registers, filter(None, cached))  # None: just learnt; 0: no address
 
-    def _learn(self, missing: set[int], distinct: Collection[bytes]) -> list[int]:
-        """The register updates of the addresses among ``distinct`` whose ``hash()`` is in ``missing``, now cached."""
-        hasher, cache = self.hasher, self._cache
-        assert hasher is not None
-        update_of = hasher.update_of
-        learnt = []
-        # Iterating the same unchanged set twice visits it in the same order: compress keeps them paired.
-        for token in compress(distinct, map(missing.__contains__, map(hash, distinct))):
-            try:
-                packed: bytes | None = socket.inet_pton(socket.AF_INET, token.decode("ascii"))  # most are plain IPv4
-            except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-                packed = hll.packed_address(token)  # every other spelling, or not an address
-            update = cache[hash(token)] = 0 if packed is None else update_of(packed)  # 0: rank 0 changes nothing
-            learnt.append(update)
-        return learnt
+    def _learn(self, missing: list[bytes], registers: bytearray) -> None:
+        """Hash the addresses ``missing`` from the cache, cache their updates and apply them."""
+        assert self.hasher is not None
+        cache = self._cache
+        if len(cache) + len(missing) > self._cache_cap:
+            cache.clear()  # what was cached of this chunk is applied all the same
+        learnt, updates = self.hasher.updates_of(missing)
+        cache.update(zip(map(hash, learnt), updates, strict=True))
+        hll.apply_updates(registers, filter(None, updates))
 
     def flush(self, now: float) -> None:
         """Merge the registers gathered since the last flush into the sketches, each sketch once."""
