@@ -1,7 +1,7 @@
 """One followed log, read a chunk at a time into its counters, rates and unique-address windows.
 
 Each log is followed like ``tail -F`` (:mod:`collectors.logtail`), at most
-``max_lines`` lines per step, a megabyte at a time. No Python code runs per line
+``max_lines`` lines per step, 256 KiB at a time. No Python code runs per line
 on the common paths: one ``findall`` reads a chunk (:mod:`collectors.logformats`),
 and the counting is done by ``set``, ``Counter``, ``zip`` and ``map`` over its
 matches. A chunk whose matches do not match its line count (garbage, escaped

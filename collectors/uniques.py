@@ -7,11 +7,12 @@ between 60 and 70 minutes and ``unique_ips_24h`` between 24 and 28 hours. The
 bucket sizes are what keeps each window at most 7 sketches, under 64 KiB.
 
 The work per line is done by built-ins: a chunk's addresses arrive as one list,
-``set()`` of them leaves each distinct address once, and ``map(hash, ...)`` and a
-set difference against the hashes already counted in that 10-minute bucket leave
+the ``set`` of their ``hash()`` holds each distinct address once, and a set
+difference against the hashes already counted in that 10-minute bucket leaves
 the few that are new there. Only an address this process has never met is
-normalised and hashed with BLAKE2b (:meth:`collectors.hll.KeyedHasher.update_of`);
-the register update it causes is then remembered under its ``hash()``.
+normalised and hashed with BLAKE2b, all such addresses of a chunk in one batch
+(:meth:`collectors.hll.KeyedHasher.updates_of`); the register update it causes is
+then remembered under its ``hash()``.
 
 Privacy: addresses never outlive the chunk they were read in. After it they are
 known only by Python's ``hash()``, a SipHash keyed at random per process and never
@@ -29,7 +30,7 @@ import contextlib
 import operator
 import os
 from collections.abc import Collection, Mapping
-from itertools import compress, filterfalse, repeat
+from itertools import compress, repeat
 from pathlib import Path
 
 from collectors import hll
@@ -101,10 +102,10 @@ class UniqueWindows:
             seen = self._seen[bucket] = set()
             for old in sorted(self._seen)[:-SEEN_BUCKETS]:
                 del self._seen[old]
-        distinct = tokens if isinstance(tokens, set) else set(tokens)
         # The bucket's seen hashes filter first: most addresses of a busy log were met earlier in the
-        # bucket, and a probe of the larger cache costs more (its values are touched too).
-        fresh = list(filterfalse(seen.__contains__, map(hash, distinct)))
+        # bucket, and a probe of the larger cache costs more (its values are touched too). The hashes
+        # are taken in the tokens' order, as they lie in memory; their set is the chunk's distinct clients.
+        fresh = list(set(map(hash, tokens)) - seen)
         if not fresh:
             return
         if len(seen) < self._seen_cap:
@@ -115,7 +116,7 @@ class UniqueWindows:
             registers = self._pending[bucket] = bytearray(hll.M)
         if None in cached:
             missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
-            self._learn(list(compress(distinct, map(missing.__contains__, map(hash, distinct)))), registers)
+            self._learn(list(set(compress(tokens, map(missing.__contains__, map(hash, tokens))))), registers)
         hll.apply_updates(registers, filter(None, cached))  # None: just learnt; 0: no address
 
     def _learn(self, missing: list[bytes], registers: bytearray) -> None:
