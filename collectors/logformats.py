@@ -184,10 +184,19 @@ def json_shape(line: bytes) -> JsonShape | None:
         "status": ("class", status_value),
     }
     groups = [captures[key][0] for key in keys if key in captures]
-    pattern = _json_line(keys, captures, lambda key: _JSON_SCALAR, _JSON_WS)
-    plain = _json_line(keys, plain_captures, lambda key: _plain_json_value(values[key]), rb" *+")
-    if pattern.match(b"\n" + line.rstrip(b"\n") + b"\n") is None:
+    sample = b"\n" + line.rstrip(b"\n") + b"\n"
+    pattern = _json_line(keys, captures, lambda key: _JSON_SCALAR, _JSON_WS + b":" + _JSON_WS, _JSON_WS)
+    if pattern.match(sample) is None:
         return None  # spelt otherwise (escaped keys, say): leave such lines to json.loads
+
+    def plain_value(key: str) -> bytes:
+        return _plain_json_value(values[key])
+
+    # A log writes every line with the same spacing: the sample's, as literals, when it is one of the usual two.
+    for colon, edge in ((b": ", b""), (b":", b""), (rb" *+: *+", rb" *+")):
+        plain = _json_line(keys, plain_captures, plain_value, colon, edge)
+        if plain.match(sample) is not None:
+            break
     return JsonShape(pattern, plain, (groups.index("addr"), groups.index("time"), groups.index("class")))
 
 
@@ -201,14 +210,23 @@ def _plain_json_value(sample: object) -> bytes:
 
 
 def _json_line(
-    keys: list[str], captures: dict[str, tuple[str, bytes]], value_of: Callable[[str], bytes], ws: bytes
+    keys: list[str],
+    captures: dict[str, tuple[str, bytes]],
+    value_of: Callable[[str], bytes],
+    colon: bytes,
+    ws: bytes,
 ) -> re.Pattern[bytes]:
-    """One line of ``keys`` in order, the captured ones as ``captures`` says, anchored at the newline before it."""
+    """One line of ``keys`` in order, the captured ones as ``captures`` says, anchored at the newline before it.
+
+    ``colon`` is the expression between a key and its value; ``ws`` the whitespace
+    around braces, and around commas (a comma takes the space after the colon's).
+    """
     parts = []
     for key in keys:
         value = captures[key][1] if key in captures else value_of(key)
-        parts.append(re.escape(json.dumps(key).encode("ascii")) + ws + b":" + ws + value)
-    body = (ws + b"," + ws).join(parts)
+        parts.append(re.escape(json.dumps(key).encode("ascii")) + colon + value)
+    comma = ws + b"," + (b" " if colon == b": " else ws)
+    body = comma.join(parts)
     return re.compile(rb"\n" + ws + rb"\{" + ws + body + ws + rb"\}" + ws + rb"(?=\n)")
 
 

@@ -367,12 +367,13 @@ def test_whole_chunk_expressions_count_like_line_by_line_parsing(tmp_path: Path,
 
 
 def test_json_lines_that_leave_the_first_lines_types_count_like_json_loads(tmp_path: Path) -> None:
-    """A value of another type than the first line's, an escape or a tab: each line counts as json.loads reads it."""
+    """Another value type or spacing than the first line's, an escape or a tab: each line counts as json.loads reads."""
     people = clients(30)
     lines = [
         json.dumps({"time": T0 + 4000 + i, "remote_addr": a, "status": 200, "bytes": 512}) for i, a in enumerate(people)
     ]
     lines[5] = lines[5].replace('"bytes": 512', '"bytes": "-"')
+    lines[7] = lines[7].replace(", ", ",").replace(": ", ":")  # spaced otherwise than the first line
     lines[9] = lines[9].replace('"status": 200', '"status": "404"')
     lines[14] = lines[14].replace('"time": ', '"time": "x').replace(', "remote_addr"', '", "remote_addr"')
     lines[20] = lines[20].replace(', "bytes"', ',\t"bytes"')
