@@ -49,13 +49,17 @@ plus one bucket; memory is at most ``(window / bucket + 1)`` sketches.
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
 import math
+import operator
 import socket
+import sys
 import zlib
 from collections.abc import Iterable, Mapping
 from functools import lru_cache, reduce
+from itertools import compress, repeat
 
 P = 14
 M = 1 << P
@@ -125,6 +129,40 @@ class KeyedHasher:
         keyed.update(packed)
         h = int.from_bytes(keyed.digest(), "big")
         return (h >> Q) << 8 | (Q + 1 - (h & RANK_MASK).bit_length())  # update_of_hash, inlined: once per address
+
+    def updates_of(self, tokens: Iterable[bytes]) -> tuple[list[bytes], list[int]]:
+        """The tokens, reordered, and the register update of each: 0 (which changes nothing) for one that is no address.
+
+        Built-ins do the per-token work: one pass splits off the IPv6-looking tokens,
+        one converts the plain IPv4 ones, and a few turn the digests into updates.
+        Only the keyed hash itself, and other spellings than plain IPv4, run Python
+        code per address.
+        """
+        tokens = list(tokens)
+        colon = list(map(operator.contains, tokens, repeat(ord(":"))))  # a byte as an int: a plain memchr
+        plain = list(compress(tokens, map(operator.not_, colon)))
+        others = list(compress(tokens, colon))
+        try:
+            packed: list[bytes | None] = list(map(socket.inet_pton, repeat(socket.AF_INET), map(bytes.decode, plain)))
+        except (OSError, ValueError):  # not all plain IPv4 after all (UnicodeDecodeError is a ValueError)
+            packed = list(map(packed_address, plain))
+        packed += map(packed_address, others)
+        copy, digests = self._base.copy, []
+        for address in filter(None, packed):
+            keyed = copy()  # a copy of the keyed state: no key setup per address
+            keyed.update(address)
+            digests.append(keyed.digest())
+        words = array.array("Q", b"".join(digests))
+        if sys.byteorder == "little":
+            words.byteswap()  # the digest read big-endian, as update_of reads it
+        hashes = words.tolist()
+        ranks = map(operator.sub, repeat(Q + 1), map(int.bit_length, map(operator.and_, hashes, repeat(RANK_MASK))))
+        indexes = map(operator.and_, map(operator.rshift, hashes, repeat(Q - 8)), repeat(~0xFF))  # index << 8
+        updates = list(map(operator.or_, indexes, ranks))
+        if None in packed:  # a few tokens are no address: they get 0
+            addressed = iter(updates)
+            updates = [0 if address is None else next(addressed) for address in packed]
+        return plain + others, updates
 
     def key_id(self) -> str:
         """A fingerprint of the key, so that state built with another key is not mixed in."""

@@ -14,7 +14,9 @@ are :data:`COMBINED` and :func:`parse_json_line`: the fast expressions must coun
 what they count (a property test holds them together). Their repeats are
 possessive (``*+``, ``++``) wherever giving characters back could never lead to a
 match (a run of non-spaces before a space): the same matches, and the engine keeps
-no state to backtrack to.
+no state to backtrack to. The engine runs a repeat of one excluded character
+(``[^"]*+``) several times faster than of a class (``[^"\\\x00-\x1f]*+``), so a
+JSON chunk without escapes or control characters is read with such repeats first.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, NamedTuple
 
 _TS = rb"\d\d/[A-Za-z]{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}"
 _REQUEST = rb'"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"'
@@ -126,13 +129,26 @@ def line_time(line: bytes, fmt: Format) -> float | None:
     return None if match is None else combined_time(match.group(2))
 
 
-def json_shape(line: bytes) -> tuple[re.Pattern[bytes], tuple[int, int, int]] | None:
-    """A fast expression for JSON lines with the same flat shape as ``line``, or ``None``.
+class JsonShape(NamedTuple):
+    """Expressions for JSON lines of one flat shape, and where their groups put (address, time, class)."""
+
+    pattern: re.Pattern[bytes]
+    """Any spelling of the shape's lines."""
+    plain: re.Pattern[bytes]
+    """The same lines in a chunk that is :func:`plain_json_text`, each value of the sample line's type."""
+    order: tuple[int, int, int]
+
+
+def json_shape(line: bytes) -> JsonShape | None:
+    """Fast expressions for JSON lines with the same flat shape as ``line``, or ``None``.
 
     Same keys in the same order, scalar values, the address a string without
-    escapes, the status of the same type: on such lines the expression reads what
-    :func:`parse_json_line` reads. Returns the compiled expression (anchored at the
-    newline before a line) and the order that puts its groups as (address, time, class).
+    escapes, the status of the same type: on such lines the expressions read what
+    :func:`parse_json_line` reads. Both are anchored at the newline before a line.
+    The plain one knows there is no escape, no control character and so no
+    whitespace but spaces, and expects each value of the type it has in ``line``:
+    single-character exclusions and no alternatives, which the engine runs several
+    times faster. A line it does not match is left to the other.
     """
     try:
         doc = json.loads(line, object_pairs_hook=lambda pairs: ("object", pairs))
@@ -156,23 +172,70 @@ def json_shape(line: bytes) -> tuple[re.Pattern[bytes], tuple[int, int, int]] | 
         or any(k in values and k != addr_key for k in _JSON_ADDR[: _JSON_ADDR.index(addr_key)])
     ):
         return None
+    status_value = rb"([1-5])\d\d" if isinstance(status, int) else rb'"([1-5])\d\d"'
     captures = {
         time_key: ("time", rb"(" + _JSON_STRING + rb"|" + _JSON_NUMBER + rb")"),
         addr_key: ("addr", rb'"([^"\\\x00-\x1f]*+)"'),
-        "status": ("class", rb"([1-5])\d\d" if isinstance(status, int) else rb'"([1-5])\d\d"'),
+        "status": ("class", status_value),
     }
-    parts = []
-    groups: list[str] = []
-    for key in keys:
-        group, value = captures.get(key, ("", _JSON_SCALAR))
-        if group:
-            groups.append(group)
-        parts.append(re.escape(json.dumps(key).encode("ascii")) + _JSON_WS + b":" + _JSON_WS + value)
-    body = (_JSON_WS + b"," + _JSON_WS).join(parts)
-    pattern = re.compile(rb"\n" + _JSON_WS + rb"\{" + _JSON_WS + body + _JSON_WS + rb"\}" + _JSON_WS + rb"(?=\n)")
-    if pattern.match(b"\n" + line.rstrip(b"\n") + b"\n") is None:
+    plain_captures = {
+        time_key: ("time", rb"(" + _plain_json_value(values[time_key]) + rb")"),
+        addr_key: ("addr", rb'"([^"]*+)"'),
+        "status": ("class", status_value),
+    }
+    groups = [captures[key][0] for key in keys if key in captures]
+    sample = b"\n" + line.rstrip(b"\n") + b"\n"
+    pattern = _json_line(keys, captures, lambda key: _JSON_SCALAR, _JSON_WS + b":" + _JSON_WS, _JSON_WS)
+    if pattern.match(sample) is None:
         return None  # spelt otherwise (escaped keys, say): leave such lines to json.loads
-    return pattern, (groups.index("addr"), groups.index("time"), groups.index("class"))
+
+    def plain_value(key: str) -> bytes:
+        return _plain_json_value(values[key])
+
+    # A log writes every line with the same spacing: the sample's, as literals, when it is one of the usual two.
+    for colon, edge in ((b": ", b""), (b":", b""), (rb" *+: *+", rb" *+")):
+        plain = _json_line(keys, plain_captures, plain_value, colon, edge)
+        if plain.match(sample) is not None:
+            break
+    return JsonShape(pattern, plain, (groups.index("addr"), groups.index("time"), groups.index("class")))
+
+
+def _plain_json_value(sample: object) -> bytes:
+    """An expression for a JSON value of the same type as ``sample``, in plain text."""
+    if isinstance(sample, str):
+        return rb'"[^"]*+"'
+    if isinstance(sample, bool) or sample is None:
+        return rb"(?:true|false|null)"
+    return _JSON_NUMBER
+
+
+def _json_line(
+    keys: list[str],
+    captures: dict[str, tuple[str, bytes]],
+    value_of: Callable[[str], bytes],
+    colon: bytes,
+    ws: bytes,
+) -> re.Pattern[bytes]:
+    """One line of ``keys`` in order, the captured ones as ``captures`` says, anchored at the newline before it.
+
+    ``colon`` is the expression between a key and its value; ``ws`` the whitespace
+    around braces, and around commas (a comma takes the space after the colon's).
+    """
+    parts = []
+    for key in keys:
+        value = captures[key][1] if key in captures else value_of(key)
+        parts.append(re.escape(json.dumps(key).encode("ascii")) + colon + value)
+    comma = ws + b"," + (b" " if colon == b": " else ws)
+    body = comma.join(parts)
+    return re.compile(rb"\n" + ws + rb"\{" + ws + body + ws + rb"\}" + ws + rb"(?=\n)")
+
+
+_CONTROLS = bytes(c for c in range(0x20) if c != ord("\n"))
+
+
+def plain_json_text(chunk: bytes) -> bool:
+    """Whether ``chunk`` holds no backslash and no control character but newlines: no escape, no tab, no CR."""
+    return b"\\" not in chunk and len(chunk.translate(None, _CONTROLS)) == len(chunk)
 
 
 def is_utf8(data: bytes) -> bool:

@@ -7,11 +7,12 @@ between 60 and 70 minutes and ``unique_ips_24h`` between 24 and 28 hours. The
 bucket sizes are what keeps each window at most 7 sketches, under 64 KiB.
 
 The work per line is done by built-ins: a chunk's addresses arrive as one list,
-``set()`` of them leaves each distinct address once, and ``map(hash, ...)`` and a
-set difference against the hashes already counted in that 10-minute bucket leave
+the ``set`` of their ``hash()`` holds each distinct address once, and a set
+difference against the hashes already counted in that 10-minute bucket leaves
 the few that are new there. Only an address this process has never met is
-normalised and hashed with BLAKE2b (:meth:`collectors.hll.KeyedHasher.update_of`);
-the register update it causes is then remembered under its ``hash()``.
+normalised and hashed with BLAKE2b, all such addresses of a chunk in one batch
+(:meth:`collectors.hll.KeyedHasher.updates_of`); the register update it causes is
+then remembered under its ``hash()``.
 
 Privacy: addresses never outlive the chunk they were read in. After it they are
 known only by Python's ``hash()``, a SipHash keyed at random per process and never
@@ -28,9 +29,8 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import socket
 from collections.abc import Collection, Mapping
-from itertools import compress, filterfalse, repeat
+from itertools import compress, repeat
 from pathlib import Path
 
 from collectors import hll
@@ -102,10 +102,10 @@ class UniqueWindows:
             seen = self._seen[bucket] = set()
             for old in sorted(self._seen)[:-SEEN_BUCKETS]:
                 del self._seen[old]
-        distinct = tokens if isinstance(tokens, set) else set(tokens)
         # The bucket's seen hashes filter first: most addresses of a busy log were met earlier in the
-        # bucket, and a probe of the larger cache costs more (its values are touched too).
-        fresh = list(filterfalse(seen.__contains__, map(hash, distinct)))
+        # bucket, and a probe of the larger cache costs more (its values are touched too). The hashes
+        # are taken in the tokens' order, as they lie in memory; their set is the chunk's distinct clients.
+        fresh = list(set(map(hash, tokens)) - seen)
         if not fresh:
             return
         if len(seen) < self._seen_cap:
@@ -116,26 +116,18 @@ class UniqueWindows:
             registers = self._pending[bucket] = bytearray(hll.M)
         if None in cached:
             missing = set(compress(fresh, map(operator.is_, cached, repeat(None))))
-            if len(self._cache) + len(missing) > self._cache_cap:
-                self._cache.clear()  # what was cached of this chunk is applied below all the same
-            hll.apply_updates(registers, self._learn(missing, distinct))
+            self._learn(list(set(compress(tokens, map(missing.__contains__, map(hash, tokens))))), registers)
         hll.apply_updates(registers, filter(None, cached))  # None: just learnt; 0: no address
 
-    def _learn(self, missing: set[int], distinct: Collection[bytes]) -> list[int]:
-        """The register updates of the addresses among ``distinct`` whose ``hash()`` is in ``missing``, now cached."""
-        hasher, cache = self.hasher, self._cache
-        assert hasher is not None
-        update_of = hasher.update_of
-        learnt = []
-        # Iterating the same unchanged set twice visits it in the same order: compress keeps them paired.
-        for token in compress(distinct, map(missing.__contains__, map(hash, distinct))):
-            try:
-                packed: bytes | None = socket.inet_pton(socket.AF_INET, token.decode("ascii"))  # most are plain IPv4
-            except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-                packed = hll.packed_address(token)  # every other spelling, or not an address
-            update = cache[hash(token)] = 0 if packed is None else update_of(packed)  # 0: rank 0 changes nothing
-            learnt.append(update)
-        return learnt
+    def _learn(self, missing: list[bytes], registers: bytearray) -> None:
+        """Hash the addresses ``missing`` from the cache, cache their updates and apply them."""
+        assert self.hasher is not None
+        cache = self._cache
+        if len(cache) + len(missing) > self._cache_cap:
+            cache.clear()  # what was cached of this chunk is applied all the same
+        learnt, updates = self.hasher.updates_of(missing)
+        cache.update(zip(map(hash, learnt), updates, strict=True))
+        hll.apply_updates(registers, filter(None, updates))
 
     def flush(self, now: float) -> None:
         """Merge the registers gathered since the last flush into the sketches, each sketch once."""

@@ -108,6 +108,23 @@ def test_keyed_hash_depends_on_the_key() -> None:
     assert one.key_id() != other.key_id()
 
 
+_TOKENS = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.ip_addresses(v=6).map(lambda a: f"[{a}]:443"),
+    st.sampled_from(["-", "example.org", "1.2.3", "01.2.3.4", "::g", "\xff"]),
+)
+
+
+@given(st.lists(_TOKENS, max_size=30))
+def test_a_batch_of_tokens_gets_the_updates_one_by_one_would(tokens: list[str]) -> None:
+    """updates_of gives each token what update_of gives its packed form, and 0 to a token that is no address."""
+    hasher = hll.KeyedHasher(b"batch-test-key" * 2)
+    learnt, updates = hasher.updates_of([t.encode("utf-8", "surrogateescape") for t in tokens])
+    expected = [0 if (packed := hll.packed_address(t)) is None else hasher.update_of(packed) for t in learnt]
+    assert (sorted(t.encode("utf-8", "surrogateescape") for t in tokens), expected) == (sorted(learnt), updates)
+
+
 def test_windowed_sketch_slides_and_persists() -> None:
     """A ring counts the buckets inside its window only, and the same after save and load."""
     ring = hll.WindowedSketch(3600, 600)

@@ -364,3 +364,26 @@ def test_whole_chunk_expressions_count_like_line_by_line_parsing(tmp_path: Path,
     got = values(make(folder, fmt))
     expected = _expected_requests(fmt, lines)
     assert (expected, len(lines) - expected) == (got["requests_total"], got["log_lines_malformed_total{log=access}"])
+
+
+def test_json_lines_that_leave_the_first_lines_types_count_like_json_loads(tmp_path: Path) -> None:
+    """Another value type or spacing than the first line's, an escape or a tab: each line counts as json.loads reads."""
+    people = clients(30)
+    lines = [
+        json.dumps({"time": T0 + 4000 + i, "remote_addr": a, "status": 200, "bytes": 512}) for i, a in enumerate(people)
+    ]
+    lines[5] = lines[5].replace('"bytes": 512', '"bytes": "-"')
+    lines[7] = lines[7].replace(", ", ",").replace(": ", ":")  # spaced otherwise than the first line
+    lines[9] = lines[9].replace('"status": 200', '"status": "404"')
+    lines[14] = lines[14].replace('"time": ', '"time": "x').replace(', "remote_addr"', '", "remote_addr"')
+    lines[20] = lines[20].replace(', "bytes"', ',\t"bytes"')
+    lines[25] = lines[25].replace('"remote_addr": "', '"remote_addr": "\\u0020')
+    collector = make(tmp_path, "json")
+    write(tmp_path / "access.log", "".join(line + "\n" for line in lines[:20]))  # plain text: no escape, no tab
+    drain(collector)
+    write(tmp_path / "access.log", "".join(line + "\n" for line in lines[20:]))
+    got = drain(collector)
+    expected = sum(parse_json_line(line.encode()) is not None for line in lines)
+    assert (expected, len(lines) - expected) == (got["requests_total"], got["log_lines_malformed_total{log=access}"])
+    counted = people[:14] + people[15:]  # line 14's time is none; line 25's escaped space is stripped off
+    assert sketch_count(tmp_path, counted) == got["unique_ips_1h"]
