@@ -3,23 +3,40 @@
 Built-ins are named here explicitly, as ``module:Class`` strings imported on
 use, so that start-up imports only what runs and a build without the upload
 sinks simply lacks their modules. Third-party plugins come from the entry-point
-groups below. Every plugin class offers ``from_settings(settings)``, returning an
-instance, or ``None`` when it is not configured.
+groups below and cannot replace a built-in.
+
+Every plugin class declares ``settings_model`` (the pydantic model of its table,
+``[collectors.<name>]`` or ``[sinks.<name>]``) and ``from_settings(cfg, context)``,
+returning an instance, or ``None`` when its table leaves it unconfigured (see
+:mod:`collectors.base` and :mod:`sinks.base`). Whatever an entry point names is
+checked against that contract here, when it is loaded, so that the rest of the
+agent holds typed plugins only.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar, TypeGuard
+
+from pydantic import BaseModel, ConfigDict
 
 from agent.errors import ConfigError
+from agent.sample import MetricSpec
+
+if TYPE_CHECKING:
+    from collectors.base import CollectorClass
+    from sinks.base import SinkClass  # the sink contract ships with the upload code
 
 COLLECTOR_GROUP = "pop_agent.collectors"
 SINK_GROUP = "pop_agent.sinks"
+# A plugin's name is a TOML table and part of environment names (POP_AGENT_COLLECTORS__<NAME>__<KEY>).
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 BUILTIN_COLLECTORS: dict[str, str] = {
     "cpu": "collectors.cpu:CpuCollector",
@@ -39,26 +56,96 @@ BUILTIN_SINKS: dict[str, str] = {
     "remote_write": "sinks.remote_write:RemoteWriteSink",
 }
 
+# The built-in sinks' settings models live apart from their code: validating a
+# table must not import upload code that telemetry may never let run.
+BUILTIN_SINK_SETTINGS: dict[str, str] = {
+    "central": "sinks.central_settings:CentralSinkSettings",
+    "pushgateway": "sinks.pushgateway_settings:PushgatewaySinkSettings",
+    "loki": "sinks.loki_settings:LokiSinkSettings",
+    "remote_write": "sinks.remote_write_settings:RemoteWriteSinkSettings",
+}
+
+
+def _import(target: str, table: str) -> object:
+    """The object ``module:attribute`` names, or a one-line :class:`ConfigError`."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise ConfigError(f"{table}: module {module_name} is not installed") from None
+        raise
+    try:
+        found: object = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{table}: {target} does not exist") from None
+    return found
+
+
+def _strict(model: type[BaseModel]) -> type[BaseModel]:
+    """``model``, or a subclass of it that refuses unknown keys: every table is validated strictly."""
+    if model.model_config.get("extra") == "forbid":
+        return model
+    config: ConfigDict = {**model.model_config, "extra": "forbid"}
+    return type(model.__name__, (model,), {"model_config": config, "__doc__": model.__doc__})
+
+
+def _is_model_class(value: object) -> TypeGuard[type[BaseModel]]:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _has_plugin_shape(cls: object, ref: PluginRef, methods: Iterable[str]) -> bool:
+    """Whether ``cls`` is a class with the contract's name, settings model and methods, or a :class:`ConfigError`."""
+    problem = None
+    if not isinstance(cls, type):
+        problem = f"{ref.target} is not a class"
+    elif getattr(cls, "name", None) != ref.name:
+        problem = f"{ref.target}.name must be {ref.name!r}, its entry point's name"
+    elif not _is_model_class(getattr(cls, "settings_model", None)):
+        problem = f"{ref.target}.settings_model must be a pydantic model (agent.plugin_api.PluginSettings)"
+    elif not inspect.ismethod(getattr(cls, "from_settings", None)):
+        problem = f"{ref.target}.from_settings(cfg, context) must be a classmethod"
+    else:
+        missing = [method for method in methods if not callable(getattr(cls, method, None))]
+        if missing:
+            problem = f"{ref.target} has no {', '.join(missing)}()"
+    if problem is not None:
+        raise ConfigError(f"{ref.table}: {problem}")
+    return True
+
+
+def _is_collector_class(cls: object, ref: PluginRef) -> TypeGuard[CollectorClass[BaseModel]]:
+    """Checked at load: the collector contract of :mod:`collectors.base`, or a :class:`ConfigError`."""
+    _has_plugin_shape(cls, ref, ("collect",))
+    metrics = getattr(cls, "metrics", None)
+    if not isinstance(metrics, tuple) or not all(isinstance(spec, MetricSpec) for spec in metrics):
+        raise ConfigError(f"{ref.table}: {ref.target}.metrics must be a tuple of agent.sample.MetricSpec")
+    return True
+
+
+def _is_sink_class(cls: object, ref: PluginRef) -> TypeGuard[SinkClass[BaseModel]]:
+    """Checked at load: the sink contract of :mod:`sinks.base`, or a :class:`ConfigError`."""
+    return _has_plugin_shape(cls, ref, ("send", "aclose"))
+
 
 @dataclass(frozen=True)
 class PluginRef:
     """Where a plugin comes from, before it is loaded."""
 
+    kind: ClassVar[str]
     name: str
     target: str
     origin: str  # "builtin" or the distribution that provides the entry point
 
-    def load(self) -> Any:
-        """Import and return the plugin class, or raise :class:`ConfigError`."""
-        module_name, _, attr = self.target.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                raise ConfigError(f"{self.name}: module {module_name} is not installed") from None
-            raise
-        except AttributeError:
-            raise ConfigError(f"{self.name}: {self.target} does not exist") from None
+    @property
+    def table(self) -> str:
+        """The plugin's settings table, e.g. ``collectors.vaults``."""
+        return f"{self.kind}.{self.name}"
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the plugin ships with the agent (or its upload component)."""
+        return self.origin == "builtin"
 
     def available(self) -> bool:
         """Whether the plugin's module exists in this installation."""
@@ -68,28 +155,100 @@ class PluginRef:
         except ModuleNotFoundError:
             return False
 
+    def settings_model(self) -> type[BaseModel]:
+        """The model of the plugin's table, or a :class:`ConfigError` if the plugin cannot be loaded."""
+        raise NotImplementedError
 
-def _discover(builtins: dict[str, str], group: str) -> list[PluginRef]:
-    refs = [PluginRef(name, target, "builtin") for name, target in builtins.items()]
-    known = set(builtins)
-    for point in entry_points(group=group):
-        if point.name in known:
-            continue  # a plugin cannot replace a built-in
-        known.add(point.name)
-        origin = point.dist.name if point.dist is not None else "entry point"
-        refs.append(PluginRef(point.name, point.value, origin))
-    return refs
+    def _named(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"{self.table}: a plugin's name must be lower-case letters, digits and _")
 
 
-def collector_refs() -> list[PluginRef]:
+@dataclass(frozen=True)
+class CollectorRef(PluginRef):
+    """A collector, built-in or from the ``pop_agent.collectors`` entry points."""
+
+    kind: ClassVar[str] = "collectors"
+
+    def load(self) -> CollectorClass[BaseModel]:
+        """Import the collector's class and check it against the contract, or raise :class:`ConfigError`."""
+        self._named()
+        cls = _import(self.target, self.table)
+        if not _is_collector_class(cls, self):
+            raise AssertionError  # the guard raised its own, better, error
+        return cls
+
+    def settings_model(self) -> type[BaseModel]:
+        """The model of the collector's table (its class is imported: collectors are cheap to import)."""
+        return _strict(self.load().settings_model)
+
+
+@dataclass(frozen=True)
+class SinkRef(PluginRef):
+    """A sink, built-in or from the ``pop_agent.sinks`` entry points."""
+
+    kind: ClassVar[str] = "sinks"
+
+    def load(self) -> SinkClass[BaseModel]:
+        """Import the sink's class and check it against the contract, or raise :class:`ConfigError`."""
+        self._named()
+        cls = _import(self.target, self.table)
+        if not _is_sink_class(cls, self):
+            raise AssertionError  # the guard raised its own, better, error
+        return cls
+
+    def settings_model(self) -> type[BaseModel]:
+        """The model of the sink's table; a built-in's comes from its settings module, without the sink's code."""
+        if self.builtin and self.name in BUILTIN_SINK_SETTINGS:
+            self._named()
+            model = _import(BUILTIN_SINK_SETTINGS[self.name], self.table)
+            if not _is_model_class(model):
+                raise ConfigError(f"{self.table}: {BUILTIN_SINK_SETTINGS[self.name]} is not a pydantic model")
+            return _strict(model)
+        return _strict(self.load().settings_model)
+
+
+@dataclass(frozen=True)
+class PluginSet:
+    """The collectors and sinks one installation has: built-ins first, then third-party ones."""
+
+    collectors: tuple[CollectorRef, ...]
+    sinks: tuple[SinkRef, ...]
+
+
+def discover(*, third_party: bool = True) -> PluginSet:
+    """Every plugin of this installation (with ``third_party=False``, the built-ins alone)."""
+    groups = entry_points() if third_party else None
+
+    def found(group: str) -> list[tuple[str, str, str]]:
+        if groups is None:
+            return []
+        return [
+            (point.name, point.value, point.dist.name if point.dist is not None else "entry point")
+            for point in groups.select(group=group)
+        ]
+
+    collectors = [CollectorRef(name, target, "builtin") for name, target in BUILTIN_COLLECTORS.items()]
+    for name, target, origin in found(COLLECTOR_GROUP):
+        if name not in {ref.name for ref in collectors}:  # a plugin cannot replace a built-in
+            collectors.append(CollectorRef(name, target, origin))
+    sinks = [SinkRef(name, target, "builtin") for name, target in BUILTIN_SINKS.items()]
+    for name, target, origin in found(SINK_GROUP):
+        if name not in {ref.name for ref in sinks}:
+            sinks.append(SinkRef(name, target, origin))
+    return PluginSet(tuple(collectors), tuple(sinks))
+
+
+def collector_refs() -> list[CollectorRef]:
     """Every collector: built-ins first, then third-party ones."""
-    return _discover(BUILTIN_COLLECTORS, COLLECTOR_GROUP)
+    return list(discover().collectors)
 
 
-def sink_refs() -> list[PluginRef]:
+def sink_refs() -> list[SinkRef]:
     """Every sink: built-ins first, then third-party ones."""
-    return _discover(BUILTIN_SINKS, SINK_GROUP)
+    return list(discover().sinks)
 
 
 def names(refs: Iterable[PluginRef]) -> list[str]:
+    """The plugins' names, in order."""
     return [ref.name for ref in refs]
