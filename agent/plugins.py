@@ -74,7 +74,9 @@ def _import(target: str, table: str) -> object:
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise ConfigError(f"{table}: module {module_name} is not installed") from None
-        raise
+        raise ConfigError(f"{table}: module {module_name} cannot be imported (ModuleNotFoundError)") from None
+    except Exception as exc:  # a broken plugin is a configuration problem, never a traceback
+        raise ConfigError(f"{table}: module {module_name} cannot be imported ({type(exc).__name__})") from None
     try:
         found: object = getattr(module, attr)
     except AttributeError:

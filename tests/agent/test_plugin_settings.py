@@ -54,6 +54,46 @@ class Greeter:
         return [Sample("greeter_lines", lines), Sample("greeter_factor", self.cfg.factor)]
 
 
+class FileSinkSettings(PluginSettings):
+    path: Path = Field(description="Where each delivered heartbeat's id is appended.")
+
+
+class FileSink:
+    name = "filesink"
+    settings_model = FileSinkSettings
+    max_batch = 10
+
+    def __init__(self, path):
+        self.path = path
+
+    @classmethod
+    def from_settings(cls, cfg: FileSinkSettings, context: PluginContext):
+        return cls(cfg.path)
+
+    async def send(self, batch, deadline):
+        from agent.sample import Delivery
+
+        with self.path.open("a") as out:
+            out.writelines(item.id + "\\n" for item in batch)
+        return Delivery(acked=frozenset(item.id for item in batch))
+
+    async def aclose(self):
+        pass
+
+
+class Exploding:
+    name = "exploding"
+    settings_model = PluginSettings
+    metrics = ()
+
+    @classmethod
+    def from_settings(cls, cfg, context):
+        raise RuntimeError("a secret 198.51.100.7 in the text")
+
+    async def collect(self):
+        return []
+
+
 class LooseSettings(BaseModel):  # a plain model: neither frozen nor strict by itself
     level: int  # required: the collector is off until its table gives it
 
@@ -84,9 +124,16 @@ def plugin_path(tmp_path: Path) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pop-agent-greeter\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[pop_agent.collectors]\ngreeter = greeterplugin:Greeter\nloose = greeterplugin:Loose\n"
+        "exploding = greeterplugin:Exploding\nnameless = greeterplugin:Nameless\nunimportable = broken:Broken\n"
+        "[pop_agent.sinks]\nfilesink = greeterplugin:FileSink\n"
     )
     (site / "greeterplugin.py").write_text(textwrap.dedent(PLUGIN))
+    (site / "broken.py").write_text("class Broken(:\n")
     return site
+
+
+# Collectors that break the contract; every test but the ones about them disables them.
+BROKEN = {"POP_AGENT_COLLECTORS__DISABLED": '["exploding", "nameless", "unimportable"]'}
 
 
 def run_with(
@@ -94,6 +141,7 @@ def run_with(
 ) -> subprocess.CompletedProcess[str]:
     """Run the agent with the plugin installed and ``config`` as its file."""
     (tmp_path / "agent.toml").write_text(config)
+    env = {**BROKEN, **env}
     return run_agent(*args, "--config", str(tmp_path / "agent.toml"), PYTHONPATH=f"{REPO}:{site}", **env)
 
 
@@ -166,3 +214,28 @@ def test_a_required_key_turns_it_on_and_config_shows_the_table(
     level, table = json.loads(once.stdout)["metrics"]["loose_level"], json.loads(shown.stdout)["collectors"]["loose"]
     actual = (once.returncode, level, table)
     assert expected == actual
+
+
+def test_a_sink_plugin_is_configured_by_its_table(run_agent: RunAgent, tmp_path: Path, plugin_path: Path) -> None:
+    """`[sinks.filesink]` configures a third-party sink: `agent --once --push` delivers the tick to it."""
+    out = tmp_path / "delivered.txt"
+    config = f'telemetry = "on"\n[sinks.filesink]\npath = "{out}"\n'
+    result = run_with(run_agent, tmp_path, plugin_path, config, "--once", "--push")
+    assert (0, 1) == (result.returncode, len(out.read_text().splitlines()))
+
+
+@pytest.mark.parametrize(
+    ("disabled", "expected"),
+    [
+        ('["nameless", "unimportable"]', "collectors.exploding: pop-agent-greeter failed to start (RuntimeError)"),
+        ('["exploding", "unimportable"]', "collectors.nameless: greeterplugin:Nameless does not exist"),
+        ('["exploding", "nameless"]', "collectors.unimportable: module broken cannot be imported (SyntaxError)"),
+    ],
+    ids=["raises", "missing-class", "syntax-error"],
+)
+def test_a_plugin_that_breaks_the_contract_is_one_line_naming_it(
+    run_agent: RunAgent, tmp_path: Path, plugin_path: Path, disabled: str, expected: str
+) -> None:
+    """A plugin whose from_settings raises, or whose class is missing: exit 78, one line, no exception text."""
+    result = run_with(run_agent, tmp_path, plugin_path, "", "--once", POP_AGENT_COLLECTORS__DISABLED=disabled)
+    assert (EX_CONFIG, [f"agent: configuration error: {expected}"]) == (result.returncode, result.stderr.splitlines())
