@@ -30,8 +30,39 @@ from agent.errors import ConfigError
 from agent.sample import MetricSpec
 
 if TYPE_CHECKING:
+    # mypy holds every built-in to its contract; entry points are checked when they are loaded (below).
+    from agent.plugin_api import NoSettings
     from collectors.base import CollectorClass
+    from collectors.cpu import CpuCollector
+    from collectors.disk import DiskCollector
+    from collectors.janitor import JanitorCollector, JanitorSettings
+    from collectors.memory import MemoryCollector
+    from collectors.network import NetworkCollector
+    from collectors.requests import RequestsCollector, RequestsSettings
+    from collectors.system import SystemCollector
+    from collectors.vaults import VaultsCollector, VaultsSettings
     from sinks.base import SinkClass  # the sink contract ships with the upload code
+    from sinks.central import CentralSink
+    from sinks.central_settings import CentralSinkSettings
+    from sinks.loki import LokiSink
+    from sinks.loki_settings import LokiSinkSettings
+    from sinks.pushgateway import PushgatewaySink
+    from sinks.pushgateway_settings import PushgatewaySinkSettings
+    from sinks.remote_write import RemoteWriteSink
+    from sinks.remote_write_settings import RemoteWriteSinkSettings
+
+    _cpu: CollectorClass[NoSettings] = CpuCollector
+    _memory: CollectorClass[NoSettings] = MemoryCollector
+    _disk: CollectorClass[NoSettings] = DiskCollector
+    _network: CollectorClass[NoSettings] = NetworkCollector
+    _system: CollectorClass[NoSettings] = SystemCollector
+    _vaults: CollectorClass[VaultsSettings] = VaultsCollector
+    _requests: CollectorClass[RequestsSettings] = RequestsCollector
+    _janitor: CollectorClass[JanitorSettings] = JanitorCollector
+    _central: SinkClass[CentralSinkSettings] = CentralSink
+    _pushgateway: SinkClass[PushgatewaySinkSettings] = PushgatewaySink
+    _loki: SinkClass[LokiSinkSettings] = LokiSink
+    _remote_write: SinkClass[RemoteWriteSinkSettings] = RemoteWriteSink
 
 COLLECTOR_GROUP = "pop_agent.collectors"
 SINK_GROUP = "pop_agent.sinks"
