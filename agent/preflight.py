@@ -67,7 +67,7 @@ def wire(
     Nothing is started: no file is opened for writing, no connection made.
     """
     wiring = Wiring()
-    plugins = discover()
+    plugins = settings.plugins or discover()
     try:
         wiring.telemetry = telemetry_enabled(settings, edition)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     AliasChoices,
@@ -136,6 +136,8 @@ class Settings(BaseSettings):
         frozen=True,
         populate_by_name=True,
     )
+    # The plugins whose tables these settings hold (see settings_class), so that wiring builds exactly those.
+    plugins: ClassVar[PluginSet | None] = None
 
     pop_id: str = Field(
         default_factory=default_pop_id,
@@ -230,6 +232,7 @@ def settings_class(plugins: PluginSet, *, toml_file: Path | None = None) -> type
         "__annotations__": tables,
         **{name: table() for name, table in tables.items()},
         "model_config": {**Settings.model_config, "toml_file": toml_file},
+        "plugins": plugins,
     }
     return type("Settings", (Settings,), namespace)
 

@@ -119,7 +119,7 @@ def build_collectors(settings: Settings, plugins: PluginSet | None = None) -> li
     paths = configured_paths(settings)
     context = plugin_context(settings)
     slots = []
-    for ref in (plugins or discover()).collectors:
+    for ref in (plugins or settings.plugins or discover()).collectors:
         if ref.name in disabled:
             continue
         collector = build_collector(ref, settings, context)
@@ -135,7 +135,7 @@ def build_sinks(settings: Settings, telemetry: bool, plugins: PluginSet | None =
         return []
     context = plugin_context(settings)
     sinks: list[Sink] = []
-    for ref in (plugins or discover()).sinks:
+    for ref in (plugins or settings.plugins or discover()).sinks:
         table = settings.sinks.table(ref.name)
         if isinstance(table, NotInstalledTable) or (ref.builtin and not ref.available()):
             if ref.builtin and sink_configured(settings, ref):
