@@ -53,10 +53,8 @@ def compose_tables(base: type[PluginTables], refs: Sequence[PluginRef]) -> type[
     """``base`` with one field per plugin of ``refs``: its table, validated by the plugin's own model."""
     fields: dict[str, Any] = {}
     for ref in refs:
-        if ref.name in base.model_fields or hasattr(base, ref.name) or ref.name.startswith("model_"):
-            continue  # a name the table itself uses (timeout, disabled): such a plugin cannot be configured
         try:
-            model = ref.settings_model()
+            model = ref.settings_model()  # refuses a name the table itself uses (timeout, disabled)
         except Exception:  # a plugin that cannot be loaded must not stop the settings loading
             if ref.builtin and isinstance(ref, SinkRef) and not ref.available():
                 fields[ref.name] = (NotInstalledTable, NotInstalledTable())

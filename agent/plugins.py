@@ -68,6 +68,8 @@ COLLECTOR_GROUP = "pop_agent.collectors"
 SINK_GROUP = "pop_agent.sinks"
 # A plugin's name is a TOML table and part of environment names (POP_AGENT_COLLECTORS__<NAME>__<KEY>).
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Names a table of plugins uses itself: the keys of [collectors], and the tables' own method.
+RESERVED_NAMES = frozenset({"timeout", "disabled", "table"})
 
 BUILTIN_COLLECTORS: dict[str, str] = {
     "cpu": "collectors.cpu:CpuCollector",
@@ -195,6 +197,9 @@ class PluginRef:
     def _named(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"{self.table}: a plugin's name must be lower-case letters, digits and _")
+        # pydantic keeps model_* and BaseModel's own attributes for itself: such a table could not be a field.
+        if self.name in RESERVED_NAMES or self.name.startswith("model_") or hasattr(BaseModel, self.name):
+            raise ConfigError(f"{self.table}: {self.name!r} is reserved; the plugin needs another name")
 
 
 @dataclass(frozen=True)
