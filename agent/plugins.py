@@ -129,38 +129,36 @@ def _is_model_class(value: object) -> TypeGuard[type[BaseModel]]:
     return isinstance(value, type) and issubclass(value, BaseModel)
 
 
-def _has_plugin_shape(cls: object, ref: PluginRef, methods: Iterable[str]) -> bool:
-    """Whether ``cls`` is a class with the contract's name, settings model and methods, or a :class:`ConfigError`."""
-    problem = None
+def _shape_problem(cls: object, ref: PluginRef, methods: Iterable[str]) -> str | None:
+    """What keeps ``cls`` from being a plugin class with the contract's name, settings model and methods."""
     if not isinstance(cls, type):
-        problem = f"{ref.target} is not a class"
-    elif getattr(cls, "name", None) != ref.name:
-        problem = f"{ref.target}.name must be {ref.name!r}, its entry point's name"
-    elif not _is_model_class(getattr(cls, "settings_model", None)):
-        problem = f"{ref.target}.settings_model must be a pydantic model (agent.plugin_api.PluginSettings)"
-    elif not inspect.ismethod(getattr(cls, "from_settings", None)):
-        problem = f"{ref.target}.from_settings(cfg, context) must be a classmethod"
-    else:
-        missing = [method for method in methods if not callable(getattr(cls, method, None))]
-        if missing:
-            problem = f"{ref.target} has no {', '.join(missing)}()"
-    if problem is not None:
-        raise ConfigError(f"{ref.table}: {problem}")
-    return True
+        return f"{ref.target} is not a class"
+    if getattr(cls, "name", None) != ref.name:
+        return f"{ref.target}.name must be {ref.name!r}, its entry point's name"
+    if not _is_model_class(getattr(cls, "settings_model", None)):
+        return f"{ref.target}.settings_model must be a pydantic model (agent.plugin_api.PluginSettings)"
+    if not inspect.ismethod(getattr(cls, "from_settings", None)):
+        return f"{ref.target}.from_settings(cfg, context) must be a classmethod"
+    missing = [method for method in methods if not callable(getattr(cls, method, None))]
+    return f"{ref.target} has no {', '.join(missing)}()" if missing else None
+
+
+def _collector_problem(cls: object, ref: PluginRef) -> str | None:
+    """What breaks the collector contract of :mod:`collectors.base`, or ``None``."""
+    problem = _shape_problem(cls, ref, ("collect",))
+    metrics = getattr(cls, "metrics", None)
+    if problem is None and not (isinstance(metrics, tuple) and all(isinstance(spec, MetricSpec) for spec in metrics)):
+        problem = f"{ref.target}.metrics must be a tuple of agent.sample.MetricSpec"
+    return problem
 
 
 def _is_collector_class(cls: object, ref: PluginRef) -> TypeGuard[CollectorClass[BaseModel]]:
-    """Checked at load: the collector contract of :mod:`collectors.base`, or a :class:`ConfigError`."""
-    _has_plugin_shape(cls, ref, ("collect",))
-    metrics = getattr(cls, "metrics", None)
-    if not isinstance(metrics, tuple) or not all(isinstance(spec, MetricSpec) for spec in metrics):
-        raise ConfigError(f"{ref.table}: {ref.target}.metrics must be a tuple of agent.sample.MetricSpec")
-    return True
+    return _collector_problem(cls, ref) is None
 
 
 def _is_sink_class(cls: object, ref: PluginRef) -> TypeGuard[SinkClass[BaseModel]]:
-    """Checked at load: the sink contract of :mod:`sinks.base`, or a :class:`ConfigError`."""
-    return _has_plugin_shape(cls, ref, ("send", "aclose"))
+    """The sink contract of :mod:`sinks.base`."""
+    return _shape_problem(cls, ref, ("send", "aclose")) is None
 
 
 @dataclass(frozen=True)
@@ -212,9 +210,9 @@ class CollectorRef(PluginRef):
         """Import the collector's class and check it against the contract, or raise :class:`ConfigError`."""
         self._named()
         cls = _import(self.target, self.table)
-        if not _is_collector_class(cls, self):
-            raise AssertionError  # the guard raised its own, better, error
-        return cls
+        if _is_collector_class(cls, self):
+            return cls
+        raise ConfigError(f"{self.table}: {_collector_problem(cls, self)}")
 
     def settings_model(self) -> type[BaseModel]:
         """The model of the collector's table (its class is imported: collectors are cheap to import)."""
@@ -231,9 +229,9 @@ class SinkRef(PluginRef):
         """Import the sink's class and check it against the contract, or raise :class:`ConfigError`."""
         self._named()
         cls = _import(self.target, self.table)
-        if not _is_sink_class(cls, self):
-            raise AssertionError  # the guard raised its own, better, error
-        return cls
+        if _is_sink_class(cls, self):
+            return cls
+        raise ConfigError(f"{self.table}: {_shape_problem(cls, self, ('send', 'aclose'))}")
 
     def settings_model(self) -> type[BaseModel]:
         """The model of the sink's table; a built-in's comes from its settings module, without the sink's code."""
