@@ -3,6 +3,11 @@
 Sources, strongest first: CLI flags (passed as keyword arguments), environment
 (``POP_AGENT_`` prefix, ``__`` nesting, plus the POP's three operations variables
 by their exact names), the TOML file, defaults.
+
+This module holds the agent's own settings. Each collector and sink declares the
+model of its own table; :func:`settings_class` composes those of the plugins a
+build has (:mod:`agent.plugin_tables`), so ``[collectors.<name>]`` and
+``[sinks.<name>]`` are validated as strictly as the rest.
 """
 
 from __future__ import annotations
