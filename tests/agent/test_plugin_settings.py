@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RunAgent
+from tests.conftest import REPO, RunAgent, agent_env
 
 EX_CONFIG = 78
 
@@ -239,3 +240,22 @@ def test_a_plugin_that_breaks_the_contract_is_one_line_naming_it(
     """A plugin whose from_settings raises, or whose class is missing: exit 78, one line, no exception text."""
     result = run_with(run_agent, tmp_path, plugin_path, "", "--once", POP_AGENT_COLLECTORS__DISABLED=disabled)
     assert (EX_CONFIG, [f"agent: configuration error: {expected}"]) == (result.returncode, result.stderr.splitlines())
+
+
+def test_once_imports_the_sinks_settings_models_but_no_upload_code(tmp_path: Path) -> None:
+    """Validating `[sinks.central]` for `agent --once` loads the sinks' settings modules only, never their code."""
+    script = (
+        "import sys\n"
+        "from agent.cli import main\n"
+        "try:\n"
+        "    main(['--once'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(name for name in sys.modules if name.startswith('sinks.')), file=sys.stderr)\n"
+    )
+    (tmp_path / "agent.toml").write_text('[sinks.central]\nurl = "https://central.example/ingest"\ntoken = "t0ken"\n')
+    env = agent_env(tmp_path, POP_AGENT_CONFIG=str(tmp_path / "agent.toml"), POP_AGENT_STATE_DIR=str(tmp_path / "s"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    loaded = done.stderr.strip().splitlines()[-1]
+    expected = str([f"sinks.{name}_settings" for name in ("central", "loki", "pushgateway", "remote_write")])
+    assert expected == loaded
