@@ -46,13 +46,10 @@ def setting_env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> Itera
             yield env + "__*"
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from setting_env_names(annotation, env + "__")
-        else:
-            yield from (
-                name
-                for member in get_args(annotation)
-                if isinstance(member, type) and issubclass(member, BaseModel)
-                for name in setting_env_names(member, env + "__")
-            )
+        else:  # an optional table: a plugin whose model has required keys
+            for member in get_args(annotation):
+                if isinstance(member, type) and issubclass(member, BaseModel):
+                    yield from setting_env_names(member, env + "__")
 
 
 def check_environment(environ: Mapping[str, str], model: type[BaseModel]) -> None:
