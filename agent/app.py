@@ -19,14 +19,14 @@ from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.exits import EX_CONFIG, EX_FAIL, EX_OK, EX_TEMPFAIL, EX_USAGE
-from agent.plugins import BUILTIN_SINKS, collector_refs, sink_refs
+from agent.plugins import collector_refs, sink_refs
 from agent.preflight import ERROR, Finding, Wiring, prepare_state_dir, wire
 from agent.sample import MetricSpec
 from agent.scrubber import Allowlist, describe, scrub
 from agent.settings import Settings
 from agent.state import drop_incoming
 from agent.version import __version__
-from agent.wiring import AGENT_METRICS, telemetry_enabled
+from agent.wiring import AGENT_METRICS, build_collector, sink_configured, telemetry_enabled
 
 if TYPE_CHECKING:
     from agent.runner import Runner
@@ -384,20 +384,19 @@ def list_plugins(settings: Settings) -> int:
     print("collectors:")
     for ref in collector_refs():
         try:
-            cls = ref.load()
-            configured = ref.name not in disabled and cls.from_settings(settings) is not None
-            metrics = ", ".join(spec.name for spec in cls.metrics)
+            metrics = ", ".join(spec.name for spec in ref.load().metrics)
+            configured = ref.name not in disabled and build_collector(ref, settings) is not None
             state = "on" if configured else ("disabled" if ref.name in disabled else "not configured")
         except ConfigError:
             state, metrics = "unavailable", ""
         print(f"  {ref.name:<12} {state:<15} {ref.origin:<10} {metrics}")
     print("sinks:")
-    for ref in sink_refs():
-        if not ref.available():
+    for sink in sink_refs():
+        if not sink.available():
             state = "not installed"
-        elif ref.name in BUILTIN_SINKS:
-            state = "configured" if getattr(settings.sinks, ref.name).url else "not configured"
+        elif sink.builtin:
+            state = "configured" if sink_configured(settings, sink) else "not configured"
         else:
             state = "plugin"
-        print(f"  {ref.name:<12} {state:<15} {ref.origin}")
+        print(f"  {sink.name:<12} {state:<15} {sink.origin}")
     return EX_OK

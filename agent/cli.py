@@ -229,7 +229,8 @@ def _cmd_upload(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_config(settings: Any, args: argparse.Namespace) -> int:
-    from agent.settings import config_file_path, environment_used, masked_dump
+    from agent.settings import config_file_path, masked_dump
+    from agent.settings_env import environment_used
 
     path = config_file_path(getattr(args, "config", None), use_system_file=not getattr(args, "no_config", False))
     # Where the settings came from goes to stderr, so stdout stays the configuration as JSON.

@@ -14,14 +14,20 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.collecting import CollectorSlot
 from agent.edition import Edition
 from agent.errors import ConfigError
+from agent.plugin_tables import unread_tables
+from agent.plugins import discover
+from agent.sample import MetricSpec
 from agent.scrubber import Allowlist
 from agent.settings import Settings, configured_paths
 from agent.wiring import allowed_metrics, build_collectors, build_sinks, telemetry_enabled
+
+if TYPE_CHECKING:
+    from sinks.base import Sink  # the contract ships with the upload code
 
 Level = Literal["error", "warning"]
 ERROR: Level = "error"
@@ -43,7 +49,7 @@ class Wiring:
 
     telemetry: bool = False
     collectors: list[CollectorSlot] = field(default_factory=list)
-    sinks: list[Any] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     allowed: Allowlist = field(default_factory=Allowlist)  # the scrubber's allowlist for these collectors
 
@@ -54,28 +60,34 @@ class Wiring:
 
 
 def wire(
-    settings: Settings, edition: Edition, *, with_sinks: bool = True, extra_metrics: tuple[Any, ...] = ()
+    settings: Settings, edition: Edition, *, with_sinks: bool = True, extra_metrics: tuple[MetricSpec, ...] = ()
 ) -> Wiring:
     """Build collectors and sinks the way the daemon does, collecting every problem on the way.
 
     Nothing is started: no file is opened for writing, no connection made.
     """
     wiring = Wiring()
+    plugins = settings.plugins or discover()
     try:
         wiring.telemetry = telemetry_enabled(settings, edition)
     except ConfigError as exc:
         wiring.findings.extend(Finding(ERROR, problem) for problem in exc.problems)
     try:
-        wiring.collectors = build_collectors(settings)
+        wiring.collectors = build_collectors(settings, plugins)
         wiring.allowed = allowed_metrics(wiring.collectors, extra_metrics)
     except ConfigError as exc:
         wiring.findings.extend(Finding(ERROR, problem) for problem in exc.problems)
     if with_sinks and wiring.telemetry:
         try:
-            wiring.sinks = build_sinks(settings, wiring.telemetry)
+            wiring.sinks = build_sinks(settings, wiring.telemetry, plugins)
         except ConfigError as exc:
             wiring.findings.extend(Finding(ERROR, problem) for problem in exc.problems)
     wiring.findings.extend(Finding(WARNING, text) for text in missing_paths(settings))
+    if not wiring.telemetry:
+        wiring.findings.extend(
+            Finding(WARNING, f"sinks.{name}: this build has no code for the sink; the table is ignored")
+            for name, _ in unread_tables(settings.sinks)
+        )
     return wiring
 
 

@@ -3,20 +3,31 @@
 Sources, strongest first: CLI flags (passed as keyword arguments), environment
 (``POP_AGENT_`` prefix, ``__`` nesting, plus the POP's three operations variables
 by their exact names), the TOML file, defaults.
+
+This module holds the agent's own settings. Each collector and sink declares the
+model of its own table; :func:`settings_class` composes those of the plugins a
+build has (:mod:`agent.plugin_tables`), so ``[collectors.<name>]`` and
+``[sinks.<name>]`` are validated as strictly as the rest.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,147 +37,17 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.identity import default_pop_id, pop_id_problem
+from agent.plugin_api import check_url
+from agent.plugin_tables import CollectorsSettings, SinksSettings, compose_tables, unread_tables
+from agent.plugins import PluginSet, discover
 from agent.sample import POP_ID_PATTERN
+from agent.settings_env import CONFIG_ENV, ENV_PREFIX, check_environment
 
 DEFAULT_CONFIG_FILE = Path("/etc/pop-agent/agent.toml")
-ENV_PREFIX = "POP_AGENT_"
-CONFIG_ENV = "POP_AGENT_CONFIG"
-# Variables with the prefix that are not settings: the config file's path, and the wheel build's edition.
-NON_SETTING_ENV = frozenset({CONFIG_ENV, "POP_AGENT_BUILD_EDITION"})
-# Read by their exact names, for compatibility with the POP's existing operations (DESIGN.md).
-OPERATIONS_ENV = ("NTFY_ALERT_URL", "NTFY_ALERT_TOKEN", "KUMA_PUSH_URL")
-HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_url(value: SecretStr | str | None) -> Any:
-    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if raw is not None and not re.match(HTTP_URL_PATTERN, raw):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-class CentralSinkSettings(_Section):
-    """Central ingest v1."""
-
-    url: str | None = Field(None, description="Central ingest URL; the sink is on when set (and telemetry allows it).")
-    token: SecretStr | None = Field(None, description="Bearer token for central.")
-    token_file: Path | None = Field(None, description="File holding the bearer token (read at start).")
-    batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one request.")
-    batch_max_bytes: int = Field(1_048_576, ge=1024, description="Most uncompressed bytes in one request.")
-    gzip_min_bytes: int = Field(4096, ge=0, description="Bodies at least this large are gzip-compressed.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
-    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for central's answer.")
-
-    _url = field_validator("url")(_check_url)
-
-
-class PushgatewaySinkSettings(_Section):
-    """Prometheus Pushgateway."""
-
-    url: str | None = Field(None, description="Pushgateway base URL; the sink is on when set.")
-    job: str = Field("pop_agent", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$", description="The job grouping label.")
-    timeout: float = Field(10.0, gt=0, description="Seconds per request.")
-
-    _url = field_validator("url")(_check_url)
-
-
-class LokiSinkSettings(_Section):
-    """Grafana Loki push API."""
-
-    url: str | None = Field(None, description="Loki base URL; the sink is on when set.")
-    tenant_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Sent as X-Scope-OrgID when set."
-    )
-    timeout: float = Field(10.0, gt=0, description="Seconds per request.")
-    batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one push.")
-
-    _url = field_validator("url")(_check_url)
-
-
-class RemoteWriteSinkSettings(_Section):
-    """Prometheus remote write 1.0: VictoriaMetrics, Mimir, Thanos Receive, Cortex, Prometheus."""
-
-    url: str | None = Field(None, description="Remote-write endpoint (e.g. .../api/v1/write); the sink is on when set.")
-    token: SecretStr | None = Field(None, description="Bearer token for the receiver.")
-    token_file: Path | None = Field(
-        None, description="File holding the bearer token (read at start); else the credential remote-write-token."
-    )
-    username: str | None = Field(
-        None, pattern=r"^[!-9;-~]{1,128}$", description="Basic-auth user name (instead of a bearer token)."
-    )
-    password: SecretStr | None = Field(None, description="Basic-auth password.")
-    password_file: Path | None = Field(
-        None, description="File holding the basic-auth password; else the credential remote-write-password."
-    )
-    tenant_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Sent as X-Scope-OrgID when set (Mimir, Cortex)."
-    )
-    job: str = Field(
-        "pop_agent", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$", description="The job label on every series."
-    )
-    batch_max_count: int = Field(500, ge=1, le=10_000, description="Most heartbeats in one request.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
-    read_timeout: float = Field(15.0, gt=0, description="Seconds to wait for the receiver's answer.")
-    max_sample_age: float = Field(
-        3300.0,
-        gt=0,
-        description=(
-            "Heartbeats older than this many seconds are skipped for this sink (and counted): 55 min suits "
-            "receivers built on the Prometheus TSDB, which refuse samples older than about an hour; "
-            "VictoriaMetrics takes any age within its retention, so raise it there to replay long backlogs."
-        ),
-    )
-
-    _url = field_validator("url")(_check_url)
-
-
-class SinksSettings(_Section):
-    central: CentralSinkSettings = CentralSinkSettings()
-    pushgateway: PushgatewaySinkSettings = PushgatewaySinkSettings()
-    loki: LokiSinkSettings = LokiSinkSettings()
-    remote_write: RemoteWriteSinkSettings = RemoteWriteSinkSettings()
-
-
-class VaultsSettings(_Section):
-    """Where to count vault stores: a directory (``path`` + ``glob``) or a SQLite database."""
-
-    path: Path | None = Field(None, description="Directory holding one vault store per entry.")
-    glob: str = Field("*", description="Pattern of vault store names inside path.")
-    sqlite: Path | None = Field(None, description="SQLite database to count vaults in (opened read-only).")
-    query: str = Field("SELECT count(*) FROM vaults", description="Count query; must return one number.")
-
-
-class RequestsSettings(_Section):
-    """The web server's access log, and an optional tarpit/scanner log."""
-
-    access_log: Path | None = Field(None, description="Access log to follow.")
-    format: Literal["combined", "json"] = Field("combined", description="Access log format.")
-    tarpit_log: Path | None = Field(None, description="Tarpit/scanner log; unique addresses are counted.")
-    tarpit_format: Literal["combined", "json"] = Field("combined", description="Tarpit log format.")
-    max_lines_per_tick: int = Field(200_000, ge=1000, description="Bound on lines read per tick.")
-
-
-class JanitorSettings(_Section):
-    """A count of the logs that hold scanner addresses (systemd-tmpfiles deletes them)."""
-
-    dirs: list[Path] = Field(
-        default_factory=list, description="Directories whose files systemd-tmpfiles ages out; the janitor counts them."
-    )
-    retention_days: float = Field(
-        30, gt=0, description="The age the tmpfiles rule removes files at; older ones (plus a day) count as overdue."
-    )
-
-
-class CollectorsSettings(_Section):
-    timeout: float = Field(5.0, gt=0, description="Seconds one collector may take per tick.")
-    disabled: list[str] = Field(default_factory=list, description="Collectors not to run.")
-    vaults: VaultsSettings = VaultsSettings()
-    requests: RequestsSettings = RequestsSettings()
-    janitor: JanitorSettings = JanitorSettings()
 
 
 class SpoolSettings(_Section):
@@ -223,17 +104,25 @@ class LedgerSettings(_Section):
 
 
 def configured_paths(settings: Settings) -> list[tuple[str, str, Path]]:
-    """Every path a built-in collector is configured to read: ``(collector, setting, path)``."""
+    """Every path an enabled collector's table names: ``(collector, setting, path)``, lists by index."""
     collectors = settings.collectors
-    candidates = [
-        ("vaults", "collectors.vaults.path", collectors.vaults.path),
-        ("vaults", "collectors.vaults.sqlite", collectors.vaults.sqlite),
-        ("requests", "collectors.requests.access_log", collectors.requests.access_log),
-        ("requests", "collectors.requests.tarpit_log", collectors.requests.tarpit_log),
-        *(("janitor", f"collectors.janitor.dirs[{i}]", path) for i, path in enumerate(collectors.janitor.dirs)),
-    ]
     disabled = set(collectors.disabled)
-    return [(name, key, path) for name, key, path in candidates if path is not None and name not in disabled]
+    found: list[tuple[str, str, Path]] = []
+    for name in type(collectors).model_fields:
+        table = collectors.table(name)
+        if table is None or name in disabled:
+            continue
+        for key in type(table).model_fields:
+            value = getattr(table, key)
+            if isinstance(value, Path):
+                found.append((name, f"collectors.{name}.{key}", value))
+            elif isinstance(value, list | tuple):
+                found += [
+                    (name, f"collectors.{name}.{key}[{i}]", item)
+                    for i, item in enumerate(value)
+                    if isinstance(item, Path)
+                ]
+    return found
 
 
 def default_state_dir() -> Path:
@@ -252,6 +141,8 @@ class Settings(BaseSettings):
         frozen=True,
         populate_by_name=True,
     )
+    # The plugins whose tables these settings hold (see settings_class), so that wiring builds exactly those.
+    plugins: ClassVar[PluginSet | None] = None
 
     pop_id: str = Field(
         default_factory=default_pop_id,
@@ -268,7 +159,7 @@ class Settings(BaseSettings):
         None, description='"on" lets heartbeats leave the POP; community builds default to "off".'
     )
     shutdown_deadline: float = Field(10.0, gt=0, le=120, description="Seconds a clean stop may take.")
-    sinks: SinksSettings = SinksSettings()
+    sinks: SinksSettings = SinksSettings()  # the settings of a build compose its plugins' tables
     collectors: CollectorsSettings = CollectorsSettings()
     spool: SpoolSettings = SpoolSettings()
     delivery: DeliverySettings = DeliverySettings()
@@ -290,7 +181,7 @@ class Settings(BaseSettings):
         description="Uptime Kuma push URL, pushed every tick (env KUMA_PUSH_URL).",
     )
 
-    _ntfy = field_validator("ntfy_alert_url", "kuma_push_url")(_check_url)
+    _ntfy = field_validator("ntfy_alert_url", "kuma_push_url")(check_url)
 
     @field_validator("pop_id")
     @classmethod
@@ -329,53 +220,51 @@ def config_file_path(explicit: Path | None, *, use_system_file: bool = True) -> 
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
 
 
-def load_settings(config_file: Path | None = None, *, use_system_file: bool = True, **overrides: Any) -> Settings:
-    """Build the settings from every source, or raise a one-line :class:`ConfigError`."""
+def settings_class(plugins: PluginSet, *, toml_file: Path | None = None) -> type[Settings]:
+    """The settings of a build with ``plugins``: ``[collectors.<name>]`` and ``[sinks.<name>]`` per plugin.
+
+    Each table is validated by its plugin's own model, strictly. A plugin that
+    cannot be loaded gets no table (wiring reports why, unless it is disabled),
+    and a built-in sink whose code this build lacks gets a :class:`NotInstalledTable`.
+    """
+    tables = {
+        "sinks": compose_tables(SinksSettings, plugins.sinks),
+        "collectors": compose_tables(CollectorsSettings, plugins.collectors),
+    }
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__doc__": Settings.__doc__,
+        "__annotations__": tables,
+        **{name: table() for name, table in tables.items()},
+        "model_config": {**Settings.model_config, "toml_file": toml_file},
+        "plugins": plugins,
+    }
+    return type("Settings", (Settings,), namespace)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    use_system_file: bool = True,
+    plugins: PluginSet | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings from every source, or raise a one-line :class:`ConfigError`.
+
+    The tables of ``plugins`` (default: every plugin installed) are validated by
+    their own models.
+    """
     path = config_file_path(config_file, use_system_file=use_system_file)
     if path is not None:
         _check_toml(path)
-    _check_environment(os.environ)
-    bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    bound = settings_class(discover() if plugins is None else plugins, toml_file=path)
+    check_environment(os.environ, bound)
     try:
-        settings: Settings = bound(**{k: v for k, v in overrides.items() if v is not None})
+        settings = bound(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc), problems=_problems(exc)) from None
     check_state_dir_shape(settings.state_dir)
     return settings
-
-
-def environment_used(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The names (never the values) of the environment variables that set something here."""
-    environ = os.environ if environ is None else environ
-    names = {name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV}
-    names |= {name for name in OPERATIONS_ENV if name in environ}
-    names |= {name for name in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY") if environ.get(name)}
-    return sorted(names - {"POP_AGENT_BUILD_EDITION"})
-
-
-def setting_env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> Iterator[str]:
-    """Every ``POP_AGENT_*`` name a setting or a whole section (as JSON) can be given by."""
-    for name, field in model.model_fields.items():
-        env = prefix + name.upper()
-        yield env
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from setting_env_names(annotation, env + "__")
-
-
-def _check_environment(environ: Mapping[str, str]) -> None:
-    """An unknown ``POP_AGENT_*`` variable is a typo until proven otherwise: refuse it, as an unknown key."""
-    known = set(setting_env_names()) | NON_SETTING_ENV
-    problems = []
-    for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known:
-            continue
-        close = difflib.get_close_matches(upper, known - NON_SETTING_ENV, n=1, cutoff=0.8)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        problems.append(f"environment variable {name}: unknown setting{hint}")
-    if problems:
-        raise ConfigError("; ".join(problems), problems=problems)
 
 
 def check_state_dir_shape(path: Path) -> None:
@@ -447,7 +336,8 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, secrets shown as ``**********``.
 
     Secret fields are masked by their type; a sink URL that carries credentials
-    (``https://user:password@host/``) has them masked too.
+    (``https://user:password@host/``) has them masked too, and so is every value
+    of a table this build keeps unread, whose secrets it cannot tell.
     """
 
     def mask(value: Any) -> Any:
@@ -458,4 +348,28 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         return value
 
     dumped: dict[str, Any] = mask(settings.model_dump(mode="json"))
+    for name, table in unread_tables(settings.sinks):
+        dumped["sinks"][name] = dict.fromkeys(table.model_extra or {}, "**********")
     return dumped
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret in the settings, plugins' tables included, for the log masker.
+
+    The values of a table this build keeps unread count as secrets too: which of
+    them are is for the missing code to say.
+    """
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+
+    walk(settings)
+    for _, table in unread_tables(settings.sinks):
+        found += [value for value in (table.model_extra or {}).values() if isinstance(value, str)]
+    return [value for value in found if value]

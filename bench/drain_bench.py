@@ -38,8 +38,8 @@ import aiohttp
 from aiohttp import web
 
 from agent.deadline import Deadline
-from agent.settings import CentralSinkSettings
 from sinks.central import CentralSink, gzip_bytes
+from sinks.central_settings import CentralSinkSettings
 
 PATH = "/ingest/v1/heartbeats"
 TARGET = 10_000

@@ -42,9 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.settings import RequestsSettings
 from collectors import hll
-from collectors.requests import RequestsCollector
+from collectors.requests import RequestsCollector, RequestsSettings
 
 START = 1_795_330_800  # 2026-11-22T04:20:00Z
 SPAN = 3600

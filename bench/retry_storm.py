@@ -56,9 +56,10 @@ from agent.backlog import BacklogScrubber
 from agent.delivery import SinkLoop
 from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Pending
-from agent.settings import CentralSinkSettings, DeliverySettings
+from agent.settings import DeliverySettings
 from agent.spool import SpoolStats
 from sinks.central import CentralSink
+from sinks.central_settings import CentralSinkSettings
 from sinks.http import make_session
 
 PATH = "/ingest/v1/heartbeats"

@@ -44,11 +44,12 @@ from typing import Any
 
 from agent.deadline import Deadline
 from agent.sample import Pending
-from agent.settings import PushgatewaySinkSettings, RemoteWriteSinkSettings
 from bench.fleet import cpu_seconds, heartbeat_doc, pending, pid_listening_on, rss_mib
 from sinks.http import make_session
 from sinks.pushgateway import PushgatewaySink
+from sinks.pushgateway_settings import PushgatewaySinkSettings
 from sinks.remote_write import RemoteWriteSink
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 from tests.sinks.realprocs import flush, get_text, prometheus, pushgateway, victoria_metrics
 
 CONCURRENCY = 64

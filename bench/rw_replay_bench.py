@@ -29,12 +29,13 @@ from typing import Any
 
 from agent.deadline import Deadline
 from agent.sample import Pending
-from agent.settings import CentralSinkSettings, RemoteWriteSinkSettings
 from bench.drain_bench import PATH as CENTRAL_PATH
 from bench.drain_bench import _serve as serve_central
 from bench.fleet import cpu_seconds, heartbeat_doc, pending, pid_listening_on
 from sinks.central import CentralSink
+from sinks.central_settings import CentralSinkSettings
 from sinks.remote_write import RemoteWriteSink
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 from tests.sinks.realprocs import flush, get_text, victoria_metrics
 
 TARGET = 20_000

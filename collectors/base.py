@@ -1,17 +1,24 @@
 """The collector contract.
 
 A collector is a small class with a ``name``, the ``metrics`` it declares (the
-scrubber's allowlist) and ``async collect()``. Timeouts, error counting and
-up/down state belong to the runner, so collectors stay tiny. Blocking work
-(psutil, statvfs, file reads) goes through :func:`asyncio.to_thread`.
+scrubber's allowlist), its ``settings_model`` and ``async collect()``. The agent
+validates the collector's own table, ``[collectors.<name>]``, with that model and
+builds the collector with ``from_settings(cfg, context)``. Timeouts, error
+counting and up/down state belong to the runner, so collectors stay tiny.
+Blocking work (psutil, statvfs, file reads) goes through :func:`asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
+from pydantic import BaseModel
+
+from agent.plugin_api import PluginContext
 from agent.sample import MetricSpec, Sample
+
+Cfg = TypeVar("Cfg", bound=BaseModel)
 
 
 @runtime_checkable
@@ -23,6 +30,29 @@ class Collector(Protocol):
 
     async def collect(self) -> Sequence[Sample]:
         """Return this tick's samples, or raise :class:`agent.errors.CollectorError`."""
+        ...
+
+
+class CollectorClass(Protocol[Cfg]):
+    """A collector's class, as the registry loads it: what it is called, declares and is configured by."""
+
+    @property
+    def name(self) -> str:
+        """The collector's name: its key in the heartbeat and its table, ``[collectors.<name>]``."""
+        ...
+
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """Every metric the collector may emit."""
+        ...
+
+    @property
+    def settings_model(self) -> type[Cfg]:
+        """The pydantic model of its table (see :class:`agent.plugin_api.PluginSettings`)."""
+        ...
+
+    def from_settings(self, cfg: Cfg, context: PluginContext, /) -> Collector | None:
+        """The collector for ``cfg``, or ``None`` when that table leaves it unconfigured."""
         ...
 
 

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from agent.plugin_api import PluginContext
 
 # Guest time is already counted in user and nice on Linux (psutil does the same).
 _COUNTED_TWICE = ("guest", "guest_nice")
@@ -57,6 +58,7 @@ class CpuCollector:
     """
 
     name: ClassVar[str] = "cpu"
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("cpu_percent", MetricKind.GAUGE, "Share of CPU time spent busy since the last tick.", "percent"),
         MetricSpec("load1", MetricKind.GAUGE, "Load average over 1 minute."),
@@ -71,7 +73,7 @@ class CpuCollector:
         self._last: dict[str, float] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every host has CPUs."""
         return cls()
 

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.privacy import find_sensitive
 from agent.sample import MOUNT_PATTERN, MetricKind, MetricSpec, Sample
 from agent.threads import DaemonThreadExecutor
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from agent.plugin_api import PluginContext
 
 DEFAULT_MOUNT_TIMEOUT = 1.0
 DEFAULT_TABLE_TTL = 60.0
@@ -234,6 +235,7 @@ class DiskCollector:
     """
 
     name: ClassVar[str] = "disk"
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("disk_used_percent", MetricKind.GAUGE, "Share of usable space in use.", "percent", ("mount",)),
         MetricSpec("disk_total_bytes", MetricKind.GAUGE, "Size of the file system.", "bytes", ("mount",)),
@@ -266,9 +268,9 @@ class DiskCollector:
         self._pool = DaemonThreadExecutor(name="pop-agent-statvfs")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured; a mount gets at most half the runner's collector timeout."""
-        return cls(mount_timeout=min(DEFAULT_MOUNT_TIMEOUT, settings.collectors.timeout / 2))
+        return cls(mount_timeout=min(DEFAULT_MOUNT_TIMEOUT, context.collector_timeout / 2))
 
     @property
     def mount_timeout(self) -> float:

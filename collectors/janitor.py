@@ -18,17 +18,29 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
 
 from agent.errors import CollectorError
+from agent.plugin_api import PluginContext, PluginSettings
 from agent.sample import MetricKind, MetricSpec, Sample
-
-if TYPE_CHECKING:
-    from agent.settings import JanitorSettings, Settings
 
 MAX_DEPTH = 8
 # systemd-tmpfiles-clean.timer runs daily: a file may outlive the retention by up to a day.
 TIMER_SLACK_S = 86_400
+
+
+class JanitorSettings(PluginSettings):
+    """A count of the logs that hold scanner addresses (systemd-tmpfiles deletes them)."""
+
+    dirs: list[Path] = Field(
+        default_factory=list, description="Directories whose files systemd-tmpfiles ages out; the janitor counts them."
+    )
+    retention_days: float = Field(
+        30, gt=0, description="The age the tmpfiles rule removes files at; older ones (plus a day) count as overdue."
+    )
 
 
 def _files(directory: str, depth: int = 0) -> Iterator[os.DirEntry[str]]:
@@ -48,6 +60,7 @@ class JanitorCollector:
     """Counts the files in the retained directories, and those systemd-tmpfiles should have removed."""
 
     name: ClassVar[str] = "janitor"
+    settings_model: ClassVar[type[JanitorSettings]] = JanitorSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("janitor_files", MetricKind.GAUGE, "Files kept in the retained directories."),
         MetricSpec(
@@ -63,9 +76,8 @@ class JanitorCollector:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JanitorCollector | None:
+    def from_settings(cls, cfg: JanitorSettings, context: PluginContext) -> JanitorCollector | None:
         """A janitor if any directory is configured, else ``None``."""
-        cfg = settings.collectors.janitor
         return cls(cfg) if cfg.dirs else None
 
     async def collect(self) -> Sequence[Sample]:

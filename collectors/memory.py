@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from agent.plugin_api import PluginContext
 
 
 class VirtualMemory(Protocol):
@@ -52,6 +53,7 @@ class MemoryCollector:
     """RAM in use (everything not available to new programs) and swap in use."""
 
     name: ClassVar[str] = "memory"
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mem_used_percent", MetricKind.GAUGE, "Share of RAM not available to new programs.", "percent"),
         MetricSpec("mem_total_bytes", MetricKind.GAUGE, "Total RAM.", "bytes"),
@@ -64,7 +66,7 @@ class MemoryCollector:
         self._source = source
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every host has memory."""
         return cls()
 

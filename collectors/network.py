@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from agent.plugin_api import PluginContext
 
 _LOOPBACK_NAME = re.compile(r"lo[0-9]*")
 
@@ -63,6 +64,7 @@ class NetworkCollector:
     """
 
     name: ClassVar[str] = "network"
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("net_bytes_sent_total", MetricKind.COUNTER, "Bytes sent by non-loopback interfaces.", "bytes"),
         MetricSpec("net_bytes_recv_total", MetricKind.COUNTER, "Bytes received by non-loopback interfaces.", "bytes"),
@@ -83,7 +85,7 @@ class NetworkCollector:
         self._loopback: dict[str, bool] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every POP has a network."""
         return cls()
 

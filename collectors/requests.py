@@ -28,25 +28,36 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from agent.errors import CollectorError
+from agent.plugin_api import PluginContext, PluginSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 from collectors import hll
 from collectors.logcounter import LogCounter
 from collectors.logrates import CLASSES
 from collectors.uniques import KEY_FILE, load_or_create_key
 
-if TYPE_CHECKING:
-    from agent.settings import RequestsSettings, Settings
-
 STATE_VERSION = 1
+
+
+class RequestsSettings(PluginSettings):
+    """The web server's access log, and an optional tarpit/scanner log."""
+
+    access_log: Path | None = Field(None, description="Access log to follow.")
+    format: Literal["combined", "json"] = Field("combined", description="Access log format.")
+    tarpit_log: Path | None = Field(None, description="Tarpit/scanner log; unique addresses are counted.")
+    tarpit_format: Literal["combined", "json"] = Field("combined", description="Tarpit log format.")
+    max_lines_per_tick: int = Field(200_000, ge=1000, description="Bound on lines read per tick.")
 
 
 class RequestsCollector:
     """Request counts and rates from the access log; unique clients from it and the tarpit log."""
 
     name: ClassVar[str] = "requests"
+    settings_model: ClassVar[type[RequestsSettings]] = RequestsSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("requests_total", MetricKind.COUNTER, "Requests in the access log since the agent began counting."),
         MetricSpec(
@@ -90,12 +101,11 @@ class RequestsCollector:
         self._key_id: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RequestsCollector | None:
+    def from_settings(cls, cfg: RequestsSettings, context: PluginContext) -> RequestsCollector | None:
         """A collector for the configured logs, or ``None`` when no log is configured."""
-        cfg = settings.collectors.requests
         if cfg.access_log is None and cfg.tarpit_log is None:
             return None
-        return cls(cfg, interval=settings.interval, state_dir=settings.state_dir)
+        return cls(cfg, interval=context.interval, state_dir=context.state_dir)
 
     async def collect(self) -> Sequence[Sample]:
         """Read what is new in the logs (bounded) and report counts, rates and uniques."""

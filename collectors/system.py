@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import psutil
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from agent.plugin_api import PluginContext
 
 
 class SystemSource(Protocol):
@@ -28,6 +29,7 @@ class SystemCollector:
     """Seconds since the host booted and the number of processes running on it."""
 
     name: ClassVar[str] = "system"
+    settings_model: ClassVar[type[NoSettings]] = NoSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("uptime_seconds", MetricKind.GAUGE, "Seconds since the host booted.", "seconds"),
         MetricSpec("process_count", MetricKind.GAUGE, "Number of processes on the host."),
@@ -38,7 +40,7 @@ class SystemCollector:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured."""
         return cls()
 

@@ -18,15 +18,24 @@ import sqlite3
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
+
+from pydantic import Field
 
 from agent.errors import CollectorError
+from agent.plugin_api import PluginContext, PluginSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
-if TYPE_CHECKING:
-    from agent.settings import Settings, VaultsSettings
-
 BUSY_TIMEOUT_S = 1.0
+
+
+class VaultsSettings(PluginSettings):
+    """Where to count vault stores: a directory (``path`` + ``glob``) or a SQLite database."""
+
+    path: Path | None = Field(None, description="Directory holding one vault store per entry.")
+    glob: str = Field("*", description="Pattern of vault store names inside path.")
+    sqlite: Path | None = Field(None, description="SQLite database to count vaults in (opened read-only).")
+    query: str = Field("SELECT count(*) FROM vaults", description="Count query; must return one number.")
 
 
 def count_dir(path: Path, pattern: str) -> int:
@@ -58,6 +67,7 @@ class VaultsCollector:
     """``vault_count`` from a directory of stores or a SQLite count query."""
 
     name: ClassVar[str] = "vaults"
+    settings_model: ClassVar[type[VaultsSettings]] = VaultsSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("vault_count", MetricKind.GAUGE, "Vault stores held by this POP."),
     )
@@ -68,9 +78,8 @@ class VaultsCollector:
         self._cfg = cfg
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VaultsCollector | None:
+    def from_settings(cls, cfg: VaultsSettings, context: PluginContext) -> VaultsCollector | None:
         """A collector if a vault directory or database is configured, else ``None``."""
-        cfg = settings.collectors.vaults
         return None if cfg.path is None and cfg.sqlite is None else cls(cfg)
 
     async def collect(self) -> Sequence[Sample]:

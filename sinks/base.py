@@ -8,15 +8,25 @@ backoff (:mod:`agent.pacing`) decides when to come back; the spool covers the
 outage meanwhile. A sink never raises for an expected delivery failure: it returns
 a :class:`~agent.sample.Delivery` with a fixed failure code, and never puts
 exception text or response bodies anywhere that can leave the machine.
+
+Like a collector, a sink declares its ``settings_model``; the agent validates the
+sink's own table, ``[sinks.<name>]``, with it and builds the sink with
+``from_settings(cfg, context)``, which returns ``None`` when the table leaves the
+sink off (no ``url``, say).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel
 
 from agent.deadline import Deadline
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
+
+Cfg = TypeVar("Cfg", bound=BaseModel)
 
 
 @runtime_checkable
@@ -38,4 +48,22 @@ class Sink(Protocol):
 
     async def aclose(self) -> None:
         """Release connections; called once at shutdown."""
+        ...
+
+
+class SinkClass(Protocol[Cfg]):
+    """A sink's class, as the registry loads it: what it is called and configured by."""
+
+    @property
+    def name(self) -> str:
+        """The sink's name: its table, ``[sinks.<name>]``, and its cursor in the spool."""
+        ...
+
+    @property
+    def settings_model(self) -> type[Cfg]:
+        """The pydantic model of its table (see :class:`agent.plugin_api.PluginSettings`)."""
+        ...
+
+    def from_settings(self, cfg: Cfg, context: PluginContext, /) -> Sink | None:
+        """The sink for ``cfg``, or ``None`` when that table leaves it off."""
         ...

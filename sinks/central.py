@@ -23,7 +23,7 @@ import contextlib
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import structlog
@@ -31,12 +31,11 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_record import RequestIds, destination
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
+from sinks.central_settings import CentralSinkSettings
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-
-if TYPE_CHECKING:
-    from agent.settings import CentralSinkSettings, Settings
 
 log = structlog.get_logger("sinks.central")
 
@@ -107,6 +106,7 @@ class CentralSink:
     """Delivers heartbeats to central's ingest endpoint over one shared HTTP session."""
 
     name: ClassVar[str] = "central"
+    settings_model: ClassVar[type[CentralSinkSettings]] = CentralSinkSettings
 
     def __init__(
         self,
@@ -128,12 +128,11 @@ class CentralSink:
         return f"CentralSink(url={destination(self._url)!r})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CentralSink | None:
-        """The sink for ``settings.sinks.central``, or ``None`` when no URL is set."""
-        cfg = settings.sinks.central
+    def from_settings(cls, cfg: CentralSinkSettings, context: PluginContext) -> CentralSink | None:
+        """The sink for its table, ``[sinks.central]``, or ``None`` when no URL is set."""
         if cfg.url is None:
             return None
-        return cls(cfg, token=read_token(cfg))
+        return cls(cfg, token=read_token(cfg, str(context.credentials_dir or "")))
 
     async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
         """Deliver ``batch`` in order; what is not acked or rejected when something fails stays spooled."""

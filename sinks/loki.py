@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import structlog
@@ -48,12 +48,11 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_record import RequestIds, destination
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
+from sinks.loki_settings import LokiSinkSettings
 from sinks.series import timestamp_ns
-
-if TYPE_CHECKING:
-    from agent.settings import LokiSinkSettings, Settings
 
 log = structlog.get_logger("sinks.loki")
 
@@ -189,6 +188,7 @@ class LokiSink:
     """Pushes heartbeats to Grafana Loki as JSON log lines."""
 
     name: ClassVar[str] = "loki"
+    settings_model: ClassVar[type[LokiSinkSettings]] = LokiSinkSettings
 
     def __init__(
         self,
@@ -210,9 +210,8 @@ class LokiSink:
         return f"LokiSink(url={destination(self._url)!r})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LokiSink | None:
-        """The sink for ``settings.sinks.loki``, or ``None`` when no URL is set."""
-        cfg = settings.sinks.loki
+    def from_settings(cls, cfg: LokiSinkSettings, context: PluginContext) -> LokiSink | None:
+        """The sink for its table, ``[sinks.loki]``, or ``None`` when no URL is set."""
         return None if cfg.url is None else cls(cfg)
 
     async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 import structlog
@@ -32,13 +32,12 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_record import RequestIds, destination
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
+from sinks.pushgateway_settings import PushgatewaySinkSettings
 from sinks.series import timestamp_ns
-
-if TYPE_CHECKING:
-    from agent.settings import PushgatewaySinkSettings, Settings
 
 log = structlog.get_logger("sinks.pushgateway")
 
@@ -59,6 +58,7 @@ class PushgatewaySink:
     """Pushes each POP's newest heartbeat to a Prometheus Pushgateway."""
 
     name: ClassVar[str] = "pushgateway"
+    settings_model: ClassVar[type[PushgatewaySinkSettings]] = PushgatewaySinkSettings
 
     def __init__(
         self,
@@ -77,9 +77,8 @@ class PushgatewaySink:
         return f"PushgatewaySink(url={destination(self._base)!r})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PushgatewaySink | None:
-        """The sink for ``settings.sinks.pushgateway``, or ``None`` when no URL is set."""
-        cfg = settings.sinks.pushgateway
+    def from_settings(cls, cfg: PushgatewaySinkSettings, context: PluginContext) -> PushgatewaySink | None:
+        """The sink for its table, ``[sinks.pushgateway]``, or ``None`` when no URL is set."""
         return None if cfg.url is None else cls(cfg)
 
     def group_url(self, pop: str) -> str:

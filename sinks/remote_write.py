@@ -40,7 +40,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import structlog
@@ -48,14 +48,13 @@ import structlog
 from agent.deadline import Deadline
 from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_record import RequestIds, destination
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
 from sinks.remote_write_body import BodyEncoder, Prepared, snappy_available
-
-if TYPE_CHECKING:
-    from agent.settings import RemoteWriteSinkSettings, Settings
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 
 log = structlog.get_logger("sinks.remote_write")
 
@@ -99,6 +98,7 @@ class RemoteWriteSink:
     """Delivers heartbeats as samples at their own time to a Prometheus remote-write receiver."""
 
     name: ClassVar[str] = "remote_write"
+    settings_model: ClassVar[type[RemoteWriteSinkSettings]] = RemoteWriteSinkSettings
 
     def __init__(
         self,
@@ -130,12 +130,11 @@ class RemoteWriteSink:
         return f"RemoteWriteSink(url={destination(self._url)!r})"
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RemoteWriteSink | None:
-        """The sink for ``settings.sinks.remote_write``, or ``None`` when no URL is set."""
-        cfg = settings.sinks.remote_write
+    def from_settings(cls, cfg: RemoteWriteSinkSettings, context: PluginContext) -> RemoteWriteSink | None:
+        """The sink for its table, ``[sinks.remote_write]``, or ``None`` when no URL is set."""
         if cfg.url is None:
             return None
-        return cls(cfg, authorization=authorization(cfg))
+        return cls(cfg, authorization=authorization(cfg, str(context.credentials_dir or "")))
 
     async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
         """Deliver ``batch`` oldest first; what is not acked, rejected or skipped when something fails stays spooled."""

@@ -148,22 +148,25 @@ def plugin_path(tmp_path: Path) -> Path:
         textwrap.dedent(
             """
             import asyncio, threading
+            from agent.plugin_api import NoSettings
             from agent.sample import MetricKind, MetricSpec, Sample
 
             class Broken:
                 name = "broken"
+                settings_model = NoSettings
                 metrics = (MetricSpec("broken_value", MetricKind.GAUGE, "never"),)
                 @classmethod
-                def from_settings(cls, settings):
+                def from_settings(cls, cfg, context):
                     return cls()
                 async def collect(self):
                     raise RuntimeError("secret detail 198.51.100.23 must not leak")
 
             class Stuck:
                 name = "stuck"
+                settings_model = NoSettings
                 metrics = (MetricSpec("stuck_value", MetricKind.GAUGE, "never"),)
                 @classmethod
-                def from_settings(cls, settings):
+                def from_settings(cls, cfg, context):
                     return cls()
                 async def collect(self):
                     await asyncio.to_thread(threading.Event().wait, 30)

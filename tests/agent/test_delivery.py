@@ -20,9 +20,10 @@ from agent.file_thread import FileThread
 from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
 from agent.scrubber import Allowlist
-from agent.settings import CentralSinkSettings, SpoolSettings
+from agent.settings import SpoolSettings
 from agent.spool import Spool
 from sinks.central import CentralSink
+from sinks.central_settings import CentralSinkSettings
 from tests.heartbeats import make_heartbeat
 
 ALLOWED = Allowlist([MetricSpec("cpu_percent", MetricKind.GAUGE, "CPU.", "%")], collectors=["cpu"])

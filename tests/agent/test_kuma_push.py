@@ -9,8 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from agent.pacing import BackoffPolicy
+from agent.plugins import discover
 from agent.runner import Runner
-from agent.settings import Settings
+from agent.settings import settings_class
 from agent.wiring import allowed_metrics
 from alerts.health import HEALTH_METRICS
 from sinks.central import CentralSink
@@ -35,7 +36,7 @@ async def test_push_follows_the_ticks_own_delivery_and_no_stale_ping(aiohttp_ser
     app.router.add_post("/ingest", ingest)
     app.router.add_get("/api/push/{token}", kuma)
     server = await aiohttp_server(app)
-    settings = Settings(
+    settings = settings_class(discover(third_party=False))(
         state_dir=tmp_path / "state",
         interval=10,
         telemetry="on",

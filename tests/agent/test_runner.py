@@ -12,8 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.plugins import discover
 from agent.runner import Runner
-from agent.settings import Settings
+from agent.settings import settings_class
 from agent.wiring import allowed_metrics
 from alerts.health import HEALTH_METRICS
 from sinks.central import CentralSink
@@ -36,7 +37,7 @@ async def test_no_fsync_runs_on_the_event_loop(aiohttp_server: Any, tmp_path: Pa
     app = web.Application()
     app.router.add_post("/ingest", unavailable)
     server = await aiohttp_server(app)
-    settings = Settings(
+    settings = settings_class(discover(third_party=False))(
         state_dir=tmp_path / "state",
         interval=0.1,
         telemetry="on",

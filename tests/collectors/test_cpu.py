@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings, PluginContext
 from agent.sample import Sample
-from agent.settings import Settings
 from collectors.base import Collector
 from collectors.cpu import CpuCollector, busy_percent
 from tests.collectors.declared import assert_declared
@@ -138,7 +139,9 @@ async def test_unreadable_counters_are_a_collector_error() -> None:
 def test_from_settings_builds_a_collector() -> None:
     """The registry's factory builds a collector that satisfies the protocol."""
     expected = (True, "cpu")
-    collector = CpuCollector.from_settings(Settings())
+    collector = CpuCollector.from_settings(
+        NoSettings(), PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0)
+    )
     assert expected == (isinstance(collector, Collector), collector.name)
 
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from agent.errors import CollectorError
 from agent.heartbeat import MOUNT
+from agent.plugin_api import NoSettings, PluginContext
 from agent.privacy import find_sensitive
 from agent.sample import Sample
-from agent.settings import CollectorsSettings, Settings
 from collectors.base import Collector
 from collectors.disk import DiskCollector, representable, select_mounts
 from tests.collectors.declared import assert_declared
@@ -459,7 +459,9 @@ def test_a_hung_mount_does_not_keep_the_process_from_exiting() -> None:
 
 async def test_from_settings_bounds_a_mount_by_half_the_collector_timeout() -> None:
     """A collector timeout shorter than two mount bounds shortens the mount bound."""
-    collector = DiskCollector.from_settings(Settings(collectors=CollectorsSettings(timeout=1.0)))
+    collector = DiskCollector.from_settings(
+        NoSettings(), PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=1.0)
+    )
     expected = (True, 0.5)
     assert expected == (isinstance(collector, Collector), collector.mount_timeout)
 

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from agent.settings import JanitorSettings, Settings
-from collectors.janitor import JanitorCollector
+from agent.plugin_api import PluginContext
+from collectors.janitor import JanitorCollector, JanitorSettings
 
 DAY = 86_400
 
@@ -53,6 +53,7 @@ def test_missing_directory_is_not_an_error(tmp_path: Path) -> None:
 
 def test_from_settings_needs_directories(tmp_path: Path) -> None:
     """Without directories the janitor is not configured."""
-    assert JanitorCollector.from_settings(Settings(state_dir=tmp_path)) is None
-    configured = Settings(state_dir=tmp_path, collectors={"janitor": {"dirs": [str(tmp_path)]}})
-    assert isinstance(JanitorCollector.from_settings(configured), JanitorCollector)
+    context = PluginContext(interval=10.0, state_dir=tmp_path, collector_timeout=5.0)
+    assert JanitorCollector.from_settings(JanitorSettings(), context) is None
+    configured = JanitorCollector.from_settings(JanitorSettings(dirs=[tmp_path]), context)
+    assert isinstance(configured, JanitorCollector)

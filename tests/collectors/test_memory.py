@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings, PluginContext
 from agent.sample import Sample
-from agent.settings import Settings
 from collectors.base import Collector
 from collectors.memory import MemoryCollector
 from tests.collectors.declared import assert_declared
@@ -77,7 +78,9 @@ async def test_unreadable_memory_is_a_collector_error() -> None:
 def test_from_settings_builds_a_collector() -> None:
     """The registry's factory builds a collector that satisfies the protocol."""
     expected = (True, "memory")
-    collector = MemoryCollector.from_settings(Settings())
+    collector = MemoryCollector.from_settings(
+        NoSettings(), PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0)
+    )
     assert expected == (isinstance(collector, Collector), collector.name)
 
 

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.settings import RequestsSettings, Settings
+from agent.plugin_api import PluginContext
 from collectors import hll
 from collectors.logformats import COMBINED, combined_time, parse_json_line
-from collectors.requests import KEY_FILE, RequestsCollector
+from collectors.requests import KEY_FILE, RequestsCollector, RequestsSettings
 
 T0 = 1_795_330_800  # on the hour
 NOW = T0 + 5000.5
@@ -292,9 +292,10 @@ def test_no_address_outlives_the_chunk_it_was_read_in(tmp_path: Path) -> None:
 
 def test_from_settings_needs_a_log(tmp_path: Path) -> None:
     """Without a log the collector is not configured; with one it is."""
-    assert RequestsCollector.from_settings(Settings(state_dir=tmp_path)) is None
-    configured = Settings(state_dir=tmp_path, collectors={"requests": {"access_log": str(tmp_path / "a.log")}})
-    assert isinstance(RequestsCollector.from_settings(configured), RequestsCollector)
+    context = PluginContext(interval=10.0, state_dir=tmp_path, collector_timeout=5.0)
+    assert RequestsCollector.from_settings(RequestsSettings(), context) is None
+    configured = RequestsCollector.from_settings(RequestsSettings(access_log=tmp_path / "a.log"), context)
+    assert isinstance(configured, RequestsCollector)
 
 
 async def test_collect_runs_off_the_loop_and_tolerates_a_missing_log(tmp_path: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings, PluginContext
 from agent.sample import Sample
-from agent.settings import Settings
 from collectors.base import Collector
 from collectors.system import SystemCollector
 from tests.collectors.declared import assert_declared
@@ -62,7 +63,9 @@ async def test_an_unreadable_process_table_is_a_collector_error() -> None:
 def test_from_settings_builds_a_collector() -> None:
     """The registry's factory builds a collector that satisfies the protocol."""
     expected = (True, "system")
-    collector = SystemCollector.from_settings(Settings())
+    collector = SystemCollector.from_settings(
+        NoSettings(), PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0)
+    )
     assert expected == (isinstance(collector, Collector), collector.name)
 
 

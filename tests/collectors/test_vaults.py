@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import CollectorError
-from agent.settings import Settings, VaultsSettings
-from collectors.vaults import VaultsCollector, count_sqlite
+from agent.plugin_api import PluginContext
+from collectors.vaults import VaultsCollector, VaultsSettings, count_sqlite
 
 
 def make_db(path: Path, rows: int) -> None:
@@ -88,6 +88,7 @@ def test_a_locked_database_times_out_instead_of_blocking(tmp_path: Path) -> None
 
 def test_from_settings_needs_a_source(tmp_path: Path) -> None:
     """Without a path or a database the collector is not configured."""
-    assert VaultsCollector.from_settings(Settings(state_dir=tmp_path)) is None
-    configured = Settings(state_dir=tmp_path, collectors={"vaults": {"path": str(tmp_path)}})
-    assert isinstance(VaultsCollector.from_settings(configured), VaultsCollector)
+    context = PluginContext(interval=10.0, state_dir=tmp_path, collector_timeout=5.0)
+    assert VaultsCollector.from_settings(VaultsSettings(), context) is None
+    configured = VaultsCollector.from_settings(VaultsSettings(path=tmp_path), context)
+    assert isinstance(configured, VaultsCollector)

@@ -369,6 +369,26 @@ async def test_community_sends_nothing_to_a_live_central(
 
 
 @pytest.mark.slow
+def test_community_keeps_the_upload_sinks_tables_unread(
+    wheels: dict[str, Path], install: object, tmp_path: Path
+) -> None:
+    """Community without sinks/: a `[sinks.central]` table loads, `agent check` notes it, `agent config` masks it."""
+    bin_dir = install("community", wheels["community"])  # type: ignore[operator]
+    config = 'telemetry = "off"\n[sinks.central]\nurl = "https://central.example/ingest"\ntoken = "t0ken"\n'
+    env = {**_env(tmp_path, config), "POP_AGENT_SINKS__LOKI__URL": "http://loki.example:3100"}
+    checked = subprocess.run([bin_dir / "agent", "check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    shown = subprocess.run([bin_dir / "agent", "config"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    ignored = "sinks.{}: this build has no code for the sink; the table is ignored"
+    assert (0, 0) == (checked.returncode, shown.returncode)
+    assert f"warning: {ignored.format('central')}" in checked.stdout.splitlines()
+    assert f"warning: {ignored.format('loki')}" in checked.stdout.splitlines()
+    masked = {"url": "**********", "token": "**********"}
+    sinks = json.loads(shown.stdout)["sinks"]
+    assert (masked, {"url": "**********"}) == (sinks["central"], sinks["loki"])
+    assert "t0ken" not in shown.stdout + shown.stderr + checked.stdout + checked.stderr
+
+
+@pytest.mark.slow
 async def test_community_egress_names_no_upload_code_and_its_ledger_holds_no_upload(
     wheels: dict[str, Path], install: object, tmp_path: Path, aiohttp_server: object
 ) -> None:

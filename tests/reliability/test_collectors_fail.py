@@ -25,14 +25,17 @@ HUNG_THREADS = 10
 PLUGIN = """
 import asyncio, threading
 from agent.errors import CollectorError
+from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
 
 def _spec(name):
     return (MetricSpec(f"{name}_value", MetricKind.GAUGE, "never"),)
 
 class _Base:
+    settings_model = NoSettings
+
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, cfg, context):
         return cls()
 
 class Raises(_Base):

@@ -30,14 +30,16 @@ TICKS = 30
 
 STALLED_PLUGIN = """
 import os
+from agent.plugin_api import NoSettings
 from agent.sample import Delivery
 
 class Stalled:
     name = "stalled"
     max_batch = 5
+    settings_model = NoSettings
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, cfg, context):
         return cls()
 
     async def send(self, batch, deadline):

@@ -19,14 +19,16 @@ from tests.reliability.harness import (
 
 PLUGIN = """
 import json, os
+from agent.plugin_api import NoSettings
 from agent.sample import Delivery
 
 class Buggy:
     name = "buggy"
     max_batch = 5
+    settings_model = NoSettings
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, cfg, context):
         return cls()
 
     def __init__(self):

@@ -25,9 +25,10 @@ from pydantic import SecretStr
 
 from agent.deadline import Deadline
 from agent.errors import ConfigError
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
-from agent.settings import CentralSinkSettings, Settings, SinksSettings
 from sinks.central import CentralSink, plan_requests, read_token, request_body
+from sinks.central_settings import CentralSinkSettings
 
 TOKEN = "s3cr3t-central-token-0123456789"
 PATH = "/ingest/v1/heartbeats"
@@ -540,13 +541,13 @@ async def test_tls_verification_refuses_an_untrusted_certificate(central, sink, 
     assert (Delivery(failure="tls"), []) == (delivery, server.received)
 
 
-def settings_with(**central_cfg: Any) -> Settings:
-    return Settings.model_construct(sinks=SinksSettings(central=CentralSinkSettings(**central_cfg)))
+def context(credentials_dir: Path | None = None) -> PluginContext:
+    return PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0, credentials_dir=credentials_dir)
 
 
 def test_from_settings_is_none_without_a_url() -> None:
     """No URL means the sink is not configured."""
-    assert CentralSink.from_settings(settings_with(token=SecretStr(TOKEN))) is None
+    assert CentralSink.from_settings(CentralSinkSettings(token=SecretStr(TOKEN)), context()) is None
 
 
 def test_token_comes_from_token_then_file_then_credential(tmp_path: Path) -> None:
@@ -566,12 +567,11 @@ def test_token_comes_from_token_then_file_then_credential(tmp_path: Path) -> Non
     assert read_token(CentralSinkSettings(url=url), str(tmp_path)) == "from-credential"
 
 
-def test_from_settings_reads_the_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With only a URL, from_settings builds a sink from $CREDENTIALS_DIRECTORY/central-token."""
+def test_from_settings_reads_the_systemd_credential(tmp_path: Path) -> None:
+    """With only a URL, from_settings builds a sink from the context's credentials directory (central-token)."""
     (tmp_path / "central-token").write_text(TOKEN + "\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
 
-    made = CentralSink.from_settings(settings_with(url="https://central.example/ingest"))
+    made = CentralSink.from_settings(CentralSinkSettings(url="https://central.example/ingest"), context(tmp_path))
 
     assert isinstance(made, CentralSink)
     assert TOKEN not in repr(made)
@@ -597,7 +597,9 @@ def test_a_missing_or_bad_token_is_a_one_line_config_error_without_the_token(
         token_file.write_text(file_text)
 
     with pytest.raises(ConfigError) as caught:
-        CentralSink.from_settings(settings_with(url="https://c.example/i", token=token, token_file=token_file))
+        CentralSink.from_settings(
+            CentralSinkSettings(url="https://c.example/i", token=token, token_file=token_file), context()
+        )
 
     message = str(caught.value)
     assert (expected in message, "\n" in message, "s3cr3t" in message) == (True, False, False)

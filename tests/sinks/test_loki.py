@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.deadline import Deadline
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
-from agent.settings import LokiSinkSettings, Settings
 from sinks.loki import LokiSink, cutoffs, ignored_entries
+from sinks.loki_settings import LokiSinkSettings
 from sinks.series import timestamp_ns
 from tests.sinks.realprocs import free_port, heartbeat
 
@@ -390,10 +392,9 @@ async def test_expired_deadline_sends_nothing(loki: Starter) -> None:
 
 def test_from_settings_is_none_without_url_and_batches_as_configured() -> None:
     """The plugin is off until sinks.loki.url is set, and hands over batches of batch_max_count."""
-    assert LokiSink.from_settings(Settings(pop_id="ams1")) is None
-    on = LokiSink.from_settings(
-        Settings(pop_id="ams1", sinks={"loki": {"url": "http://loki:3100", "batch_max_count": 50}})
-    )
+    context = PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0)
+    assert LokiSink.from_settings(LokiSinkSettings(), context) is None
+    on = LokiSink.from_settings(LokiSinkSettings(url="http://loki:3100", batch_max_count=50), context)
     assert (on is not None, getattr(on, "max_batch", None)) == (True, 50)
 
 

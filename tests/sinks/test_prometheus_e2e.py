@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from agent.deadline import Deadline
-from agent.settings import Settings
 from sinks.pushgateway import PushgatewaySink
+from sinks.pushgateway_settings import PushgatewaySinkSettings
 from tests.sinks.realprocs import PROMETHEUS, PUSHGATEWAY, binary, heartbeat, poll, prometheus, promql, pushgateway
 
 pytestmark = pytest.mark.slow
@@ -28,8 +28,7 @@ def stack() -> Iterator[tuple[str, str]]:
 async def test_promql_returns_the_pops_cpu_percent_and_flags_a_silent_pop(stack: tuple[str, str]) -> None:
     """Prometheus scrapes what the sink pushed: cpu_percent by POP, and the staleness query finds the silent POP."""
     gateway, server = stack
-    settings = Settings(pop_id="ams1", sinks={"pushgateway": {"url": gateway}})
-    sink = PushgatewaySink(settings.sinks.pushgateway)
+    sink = PushgatewaySink(PushgatewaySinkSettings(url=gateway))
     now = time.time()
     live = heartbeat("ams1", seq=2, ts=now, metrics={"cpu_percent": 37.5, "requests_total": 4200})
     silent = heartbeat("fra1", seq=9, ts=now - 900, metrics={"cpu_percent": 3.0, "requests_total": 10})

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import unquote
 
 import aiohttp
@@ -16,10 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.deadline import Deadline
+from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
-from agent.settings import PushgatewaySinkSettings, Settings
 from sinks.exposition import grouping_path, render
 from sinks.pushgateway import PushgatewaySink
+from sinks.pushgateway_settings import PushgatewaySinkSettings
 from tests.sinks.realprocs import PUSHGATEWAY, binary, free_port, get_text, heartbeat, parse_exposition, pushgateway
 
 GROUP = {"job": "pop_agent", "instance": ""}
@@ -291,8 +293,9 @@ async def test_heartbeat_without_timestamp_is_rejected_locally(scripted) -> None
 
 def test_from_settings_is_none_without_url_and_a_sink_with_one() -> None:
     """The plugin is off until sinks.pushgateway.url is set."""
-    assert PushgatewaySink.from_settings(Settings(pop_id="ams1")) is None
-    on = PushgatewaySink.from_settings(Settings(pop_id="ams1", sinks={"pushgateway": {"url": "http://pg:9091/"}}))
+    context = PluginContext(interval=10.0, state_dir=Path("."), collector_timeout=5.0)
+    assert PushgatewaySink.from_settings(PushgatewaySinkSettings(), context) is None
+    on = PushgatewaySink.from_settings(PushgatewaySinkSettings(url="http://pg:9091/"), context)
     assert on is not None
     assert on.group_url("ams1") == "http://pg:9091/metrics/job/pop_agent/pop/ams1"
 

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from agent.deadline import Deadline
 from agent.sample import Pending
-from agent.settings import RemoteWriteSinkSettings
 from sinks.remote_write import RemoteWriteSink, refusal_code
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 from sinks.series import families, timestamp_ms
 from tests.sinks.realprocs import heartbeat
 from tests.sinks.rwdecode import Decoded, decode_body, decode_protobuf, label_names

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from agent.deadline import Deadline
-from agent.settings import RemoteWriteSinkSettings
 from sinks.remote_write import RemoteWriteSink
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 from sinks.series import timestamp_ms
 from tests.integration.daemon import wait_for
 from tests.sinks.realprocs import (

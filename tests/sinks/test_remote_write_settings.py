@@ -9,8 +9,8 @@ import pytest
 from pydantic import SecretStr
 
 from agent.errors import ConfigError
-from agent.settings import RemoteWriteSinkSettings
 from sinks.remote_write import authorization
+from sinks.remote_write_settings import RemoteWriteSinkSettings
 
 TOKEN = "rw-s3cr3t-token-0123456789"
 
