@@ -52,7 +52,7 @@ from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-from sinks.remote_write_body import BodyEncoder, Prepared, snappy_available
+from sinks.remote_write_body import BodyEncoder, Prepared, Preparer, snappy_available
 
 if TYPE_CHECKING:
     from agent.settings import RemoteWriteSinkSettings, Settings
@@ -121,6 +121,7 @@ class RemoteWriteSink:
         if cfg.tenant_id is not None:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
         self.encoder = BodyEncoder(cfg.job)
+        self.preparer = Preparer()
         self._refusing: str | None = None
         self._skipping = False
         self.skipped_total = 0
@@ -190,7 +191,7 @@ class RemoteWriteSink:
         ready: list[Prepared] = []
         for item in batch:
             try:
-                prepared = Prepared.of(item)
+                prepared = self.preparer.prepare(item)
             except (ValueError, TypeError, KeyError, AttributeError):
                 rejected[item.id] = "malformed"
                 continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from agent.sample import Pending
 from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
 from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ns
+from sinks.shapes import Shapes
 
 try:
     import cramjam
@@ -44,7 +45,7 @@ class Prepared:
     ts_ms: int
     pop: str
     keys: tuple[SeriesKey, ...]
-    values: list[float | int]
+    values: Sequence[float | int]
     seq: int | None = None  # for the sent ledger's record of the request
 
     @classmethod
@@ -61,7 +62,26 @@ class Prepared:
         mapped = samples(doc, ts_ns)
         seq = doc.get("seq")
         seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), list(mapped.values()), seq)
+        return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), tuple(mapped.values()), seq)
+
+
+class Preparer:
+    """Reads heartbeats by a known shape (:mod:`sinks.shapes`) where one fits, else parses and maps them whole."""
+
+    def __init__(self) -> None:
+        self.shapes = Shapes()
+
+    def prepare(self, item: Pending) -> Prepared:
+        """``item`` ready to encode; the errors of :meth:`Prepared.of` for a heartbeat that cannot be."""
+        try:
+            read = self.shapes.read(item.raw)
+        except ValueError:  # a time or a number the full path refuses too, with its own error
+            read = None
+        if read is None:
+            prepared = Prepared.of(item)
+            self.shapes.learn(item.raw)
+            return prepared
+        return Prepared(item.id, read.ts_ns // 1_000_000, read.pop, read.keys, read.values, read.seq)
 
 
 class BodyEncoder:

@@ -68,6 +68,12 @@ def timestamp_ms(doc: Mapping[str, Any]) -> int:
     return timestamp_ns(ts) // 1_000_000
 
 
+def heartbeat_seconds(ts_ns: int) -> float:
+    """The value of the heartbeat-time series for a heartbeat at ``ts_ns``: Unix seconds."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
+
+
 @functools.lru_cache(maxsize=4096)
 def _valid_name(name: str) -> bool:
     # A POP reports the same few dozen names every tick: each is matched once. The
@@ -147,8 +153,7 @@ def samples(doc: Mapping[str, Any], ts_ns: int | None = None) -> Samples:
             if labels is not None:
                 out[(named, labels)] = number
 
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    out[(LAST_HEARTBEAT, ())] = seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
+    out[(LAST_HEARTBEAT, ())] = heartbeat_seconds(ts_ns)
     info = tuple(sorted((key, value) for key in ("edition", "agent_version") if isinstance(value := doc.get(key), str)))
     out[(INFO, info)] = 1
     collectors = doc.get("collectors")

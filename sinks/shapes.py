@@ -1,0 +1,244 @@
+"""Heartbeats of one shape, mapped to series straight from their bytes.
+
+A POP writes the same heartbeat tick after tick: the same keys in the same order,
+the same labels and collector states; only the numbers, the id, the time (and,
+across a fleet, the POP) change. Parsing each one whole and walking it through
+:func:`sinks.series.samples` is most of the remote-write sink's work on a backlog.
+So the first heartbeat of a shape is parsed and mapped as usual, and from its
+bytes a :class:`Shape` is learned: one regular expression that matches exactly the
+documents equal to it but for those values, and a plan saying which series takes
+which value. A later heartbeat that matches is read from its captured values alone.
+
+Why it gives the same series as the full path:
+
+- A hole only ever holds a complete JSON number (the grammar ``json`` parses) or,
+  for ``id``, ``ts`` and ``pop`` of the top-level object, a string of printable
+  ASCII without escapes; everything else, keys and punctuation included, must be
+  byte for byte the learned document's. So a match is valid JSON, parsed to the
+  learned document with other numbers (and another id, time or POP) in the same places.
+- :func:`sinks.series.samples` decides which series exist from a document's keys,
+  strings and value types, never from a number's value; the plan is read off the
+  mapping itself, run once on the learned document with a distinct marker number in
+  every hole. The captured values are converted by ``json`` itself.
+- A document the shapes cannot vouch for (a backslash anywhere, a repeated key,
+  ``NaN``, a top level that is not an object) is never learned, and one that matches
+  no shape takes the full path, with its errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from sinks.series import LAST_HEARTBEAT, SeriesKey, heartbeat_seconds, samples, timestamp_ns
+
+# Kept shapes: a POP has one or two at a time (a collector failing changes it), a fleet a few.
+MAX_SHAPES = 8
+# Learning a shape costs about as much as a few dozen full parses; it is only done while
+# shapes pay for themselves: one more per this many matches ...
+HITS_PER_LEARNING = 16
+# ... and one per this many misses, so that a stream that changed is picked up again.
+MISSES_PER_LEARNING = 256
+
+_NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_TEXT = rb'"[ !#-\[\]-~]+"'  # printable ASCII, no quote or backslash: its bytes are its JSON
+_ID = rb'"[ !#-\[\]-~]*"'
+_TOKEN = re.compile(rb'[ \t\n\r]*(?:("[^"]*")|(' + _NUMBER + rb")|(true|false|null)|([{}\[\]:,]))")
+_TRAILER = re.compile(rb"[ \t\n\r]*")
+_TEXT_KEYS = frozenset({b'"ts"', b'"pop"'})
+_MARKER = 10**30  # hole k holds _MARKER + k while the plan is read off the mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What the sink needs of one heartbeat: its time (ns), POP, series and their values, and ``seq``."""
+
+    ts_ns: int
+    pop: str
+    keys: tuple[SeriesKey, ...]
+    values: tuple[float | int, ...]
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shape:
+    """The documents equal to a learned one but for their numbers, id, time and POP."""
+
+    pattern: re.Pattern[bytes]
+    keys: tuple[SeriesKey, ...]
+    pick: itemgetter[Any]  # the series' values from [holes..., heartbeat time, constants...]
+    constants: tuple[float | int, ...]
+    ts_hole: int
+    pop_hole: int
+    seq_hole: int | None
+
+    def read(self, raw: bytes) -> Read | None:
+        """The heartbeat in ``raw`` if it has this shape, else ``None``; ``ValueError`` for a bad time."""
+        match = self.pattern.fullmatch(raw)
+        if match is None:
+            return None
+        holes: list[Any] = json.loads(b"[" + b",".join(match.groups()) + b"]")
+        ts_ns = timestamp_ns(holes[self.ts_hole])
+        seq = None if self.seq_hole is None else holes[self.seq_hole]
+        pop = holes[self.pop_hole]
+        holes.append(heartbeat_seconds(ts_ns))
+        holes.extend(self.constants)
+        return Read(ts_ns, pop, self.keys, self.pick(holes), seq if type(seq) is int else None)
+
+
+def learn(raw: bytes) -> Shape | None:
+    """The shape of the heartbeat in ``raw``, or ``None`` if it cannot be vouched for (see the module)."""
+    if b"\\" in raw:
+        return None
+    pieces = _pieces(raw)
+    if pieces is None:
+        return None
+    literals, holes = pieces
+    ts_hole = pop_hole = -1
+    seq_hole: int | None = None
+    pattern = [re.escape(literals[0])]
+    marked = [literals[0]]
+    for index, ((kind, token), literal) in enumerate(zip(holes, literals[1:], strict=True)):
+        if kind == b'"ts"':
+            ts_hole = index
+        elif kind == b'"pop"':
+            pop_hole = index
+        elif kind == b'"seq"':
+            seq_hole = index
+        if kind == b'"id"':
+            pattern[-1] += _ID
+            marked.append(token)
+        else:
+            pattern.append(b"(" + (_TEXT if kind in _TEXT_KEYS else _NUMBER) + b")")
+            marked.append(token if kind in _TEXT_KEYS else b"%d" % (_MARKER + index))
+        pattern.append(re.escape(literal))
+        marked.append(literal)
+    if ts_hole < 0 or pop_hole < 0:
+        return None
+    groups = [index for index, (kind, _) in enumerate(holes) if kind != b'"id"']
+    try:
+        doc = json.loads(b"".join(marked))
+        mapped = samples(doc, timestamp_ns(doc["ts"]))
+    except (ValueError, RecursionError):
+        return None
+    width = len(groups)  # the holes a match captures, numbered as in Shape.read
+    slots: list[int] = []
+    constants: list[float | int] = []
+    for key, value in mapped.items():
+        if key == (LAST_HEARTBEAT, ()):
+            slots.append(width)
+        elif type(value) is int and value >= _MARKER:
+            slots.append(groups.index(value - _MARKER))
+        elif abs(value) >= _MARKER:  # a hole's number, changed on the way: the plan cannot say how
+            return None
+        else:
+            slots.append(width + 1 + len(constants))
+            constants.append(value)
+    if len(slots) < 2:  # itemgetter of one index gives a value, not a tuple; samples() always gives two or more
+        return None
+    return Shape(
+        pattern=re.compile(b"".join(pattern)),
+        keys=tuple(mapped),
+        pick=itemgetter(*slots),
+        constants=tuple(constants),
+        ts_hole=groups.index(ts_hole),
+        pop_hole=groups.index(pop_hole),
+        seq_hole=None if seq_hole is None else groups.index(seq_hole),
+    )
+
+
+def _pieces(raw: bytes) -> tuple[list[bytes], list[tuple[bytes, bytes]]] | None:
+    """The literal runs of ``raw`` and the holes between them, as ``(kind, token)``; ``None`` if unfit.
+
+    A hole's kind is the top-level key it is the value of (``b'"ts"'``), or ``b""``
+    for a number anywhere else. Each object's keys are checked for repeats, which
+    ``json`` would silently merge.
+    """
+    literals: list[bytes] = []
+    holes: list[tuple[bytes, bytes]] = []
+    keys: list[set[bytes] | None] = []  # per open container: an object's keys so far, None for an array
+    top_key = b""
+    expect_key = False
+    start = position = 0
+    while position < len(raw):
+        match = _TOKEN.match(raw, position)
+        if match is None:
+            break
+        text, number, _word, mark = match.groups()
+        if not keys and (position or mark != b"{"):
+            return None  # the document is one object, and nothing follows it
+        value_start = match.start(1) if text else match.start(2)
+        position = match.end()
+        if mark is not None:
+            if mark in b"{[":
+                keys.append(set() if mark == b"{" else None)
+            elif mark in b"}]":
+                keys.pop()
+            expect_key = mark == b"{" or (mark == b"," and bool(keys) and keys[-1] is not None)
+            continue
+        if text is not None and expect_key:
+            seen = keys[-1] if keys else None
+            if seen is None or text in seen:
+                return None
+            seen.add(text)
+            if len(keys) == 1:
+                top_key = text
+            expect_key = False
+            continue
+        at_top = len(keys) == 1
+        if number is not None:
+            kind = top_key if at_top and top_key == b'"seq"' else b""
+        elif text is not None and at_top and top_key in (b'"id"', b'"ts"', b'"pop"'):
+            kind = top_key
+        else:
+            continue
+        literals.append(raw[start:value_start])
+        holes.append((kind, raw[value_start:position]))
+        start = position
+    if keys or not holes:
+        return None
+    trailer = _TRAILER.match(raw, position)
+    if trailer is None or trailer.end() != len(raw):
+        return None
+    literals.append(raw[start:])
+    return literals, holes
+
+
+class Shapes:
+    """The shapes of recent heartbeats, most recently matched first."""
+
+    def __init__(self) -> None:
+        self._shapes: list[Shape] = []
+        self.hits = 0
+        self.misses = 0
+        self.learned = 0
+
+    def read(self, raw: bytes) -> Read | None:
+        """The heartbeat in ``raw`` read by a known shape, or ``None`` (then :meth:`learn` may take it)."""
+        shapes = self._shapes
+        for index, shape in enumerate(shapes):
+            found = shape.read(raw)
+            if found is not None:
+                if index:  # another thread's send may have moved it meanwhile: then it stays where it is
+                    with contextlib.suppress(ValueError):
+                        shapes.remove(shape)
+                        shapes.insert(0, shape)
+                self.hits += 1
+                return found
+        self.misses += 1
+        return None
+
+    def learn(self, raw: bytes) -> None:
+        """Learn the shape of ``raw``, a heartbeat the full path took, if shapes are paying off."""
+        allowance = 1 + self.hits // HITS_PER_LEARNING + self.misses // MISSES_PER_LEARNING
+        if self.learned >= allowance:
+            return
+        self.learned += 1
+        shape = learn(raw)
+        if shape is not None:
+            self._shapes.insert(0, shape)
+            del self._shapes[MAX_SHAPES:]
