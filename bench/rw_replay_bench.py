@@ -56,11 +56,11 @@ def fresh(raw: list[tuple[str, bytes]]) -> list[Pending]:
 
 
 async def deliver(sink: Any, items: list[Pending]) -> tuple[float, int]:
-    """Seconds to send every item in batches, and how many were acked."""
+    """Seconds to send every item in batches of the sink's ``max_batch`` (as the runner hands them), and how many were acked."""
     acked = 0
     started = time.perf_counter()
-    for start in range(0, len(items), BATCH):
-        delivery = await sink.send(items[start : start + BATCH], Deadline(120))
+    for start in range(0, len(items), sink.max_batch):
+        delivery = await sink.send(items[start : start + sink.max_batch], Deadline(120))
         if delivery.failure is not None or delivery.rejected:
             raise RuntimeError(f"delivery failed: {delivery.failure} {set(delivery.rejected.values())}")
         acked += len(delivery.acked)
@@ -71,7 +71,7 @@ def encode_only(sink: RemoteWriteSink, items: list[Pending]) -> float:
     """Seconds the sink's own work takes for ``items`` (parse, map, encode, compress), without HTTP."""
     started = time.perf_counter()
     for start in range(0, len(items), BATCH):
-        sink.encoder.encode(sink._prepare(items[start : start + BATCH], {}, {}))
+        sink._ready(items[start : start + BATCH])
     return time.perf_counter() - started
 
 

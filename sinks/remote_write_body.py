@@ -14,11 +14,12 @@ import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from agent.sample import Pending
 from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
 from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ns
-from sinks.shapes import Shapes
+from sinks.shapes import Read, Shapes
 
 try:
     import cramjam
@@ -37,9 +38,13 @@ def snappy_available() -> bool:
     return cramjam is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per heartbeat, and a frozen one costs more to build
 class Prepared:
-    """A heartbeat ready to encode: its id, time (ms), POP, and series keys with their values, in step."""
+    """A heartbeat ready to encode: its id, time (ms), POP, series, and their values.
+
+    The values are ``values``, in step with ``keys``; or, for a heartbeat read by
+    its shape (``read``), the tokens the shape captured, converted when encoded.
+    """
 
     id: str
     ts_ms: int
@@ -47,6 +52,7 @@ class Prepared:
     keys: tuple[SeriesKey, ...]
     values: Sequence[float | int]
     seq: int | None = None  # for the sent ledger's record of the request
+    read: Read | None = None
 
     @classmethod
     def of(cls, item: Pending) -> Prepared:
@@ -64,6 +70,10 @@ class Prepared:
         seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         return cls(item.id, ts_ns // 1_000_000, pop, tuple(mapped), tuple(mapped.values()), seq)
 
+    def series_values(self) -> Sequence[float | int]:
+        """The series' values, in step with ``keys``."""
+        return self.values if self.read is None else self.read.shape.values(self.read)
+
 
 class Preparer:
     """Reads heartbeats by a known shape (:mod:`sinks.shapes`) where one fits, else parses and maps them whole."""
@@ -75,13 +85,16 @@ class Preparer:
         """``item`` ready to encode; the errors of :meth:`Prepared.of` for a heartbeat that cannot be."""
         try:
             read = self.shapes.read(item.raw)
-        except ValueError:  # a time or a number the full path refuses too, with its own error
+        except ValueError:  # a time the full path refuses too, with its own error
             read = None
         if read is None:
             prepared = Prepared.of(item)
-            self.shapes.learn(item.raw)
-            return prepared
-        return Prepared(item.id, read.ts_ns // 1_000_000, read.pop, read.keys, read.values, read.seq)
+            if not self.shapes.learn(item.raw):
+                return prepared
+            read = self.shapes.read(item.raw)  # so that it goes with the heartbeats of its shape
+            if read is None:
+                return prepared
+        return Prepared(item.id, read.ts_ns // 1_000_000, read.pop, read.shape.keys, (), read.seq, read)
 
 
 class BodyEncoder:
@@ -111,9 +124,9 @@ class BodyEncoder:
         """Append one ``timeseries`` field per series of ``run`` (heartbeats of one POP with the same series)."""
         heads = self._labels(run[0].pop, run[0].keys)
         tails = [timestamp_tail(item.ts_ms) for item in run]
-        columns = zip(*(item.values for item in run), strict=True)
         if len(run) < COLUMNAR_MIN or len({len(tail) for tail in tails}) != 1:
             pack = SAMPLE_HEAD.pack
+            columns = zip(*(item.series_values() for item in run), strict=True)
             for head, column in zip(heads, columns, strict=True):
                 body = b"".join(
                     pack(SAMPLES_KEY, 9 + len(tail), VALUE_KEY, value) + tail
@@ -121,6 +134,8 @@ class BodyEncoder:
                 )
                 fields.append(timeseries_field(head, (body,)))
             return
+        # Every sample of the run has one width: lay them all out at once, series after series,
+        # each series' block a copy of one template holding the keys and timestamps.
         count, width = len(run), len(tails[0])
         stride = 11 + width  # key, length, value key, 8-byte double, timestamp field
         template = bytearray(stride * count)
@@ -130,15 +145,17 @@ class BodyEncoder:
         joined = b"".join(tails)
         for offset in range(width):
             template[11 + offset :: stride] = joined[offset::width]
-        for head, column in zip(heads, columns, strict=True):
-            doubles = array("d", column)
-            if _BIG_ENDIAN:
-                doubles.byteswap()
-            raw = doubles.tobytes()
-            laid = bytearray(template)
-            for offset in range(8):
-                laid[3 + offset :: stride] = raw[offset::8]
-            fields.append(timeseries_field(head, (bytes(laid),)))
+        doubles = _columns(run)
+        if _BIG_ENDIAN:
+            doubles.byteswap()
+        raw = doubles.tobytes()
+        laid = template * len(heads)
+        for offset in range(8):
+            laid[3 + offset :: stride] = raw[offset::8]
+        block = stride * count
+        samples_of = bytes(laid)
+        for index, head in enumerate(heads):
+            fields.append(timeseries_field(head, (samples_of[index * block : (index + 1) * block],)))
 
     def _labels(self, pop: str, keys: tuple[SeriesKey, ...]) -> list[bytes]:
         """The encoded label set of each series, from the cache where it is."""
@@ -152,3 +169,11 @@ class BodyEncoder:
                 head = self._heads[key] = labels_field(full_labels(name, own, pop, self._job))
             heads.append(head)
         return heads
+
+
+def _columns(run: Sequence[Prepared]) -> array[float]:
+    """The run's values as doubles, series after series; ``OverflowError`` for a value no double holds."""
+    reads = [item.read for item in run if item.read is not None]
+    if len(reads) == len(run) and all(read.shape is reads[0].shape for read in reads):
+        return reads[0].shape.columns(reads)
+    return array("d", chain.from_iterable(zip(*(item.series_values() for item in run), strict=True)))

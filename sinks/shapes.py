@@ -30,9 +30,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
+from itertools import repeat
+from typing import NamedTuple
 
 from sinks.series import LAST_HEARTBEAT, SeriesKey, heartbeat_seconds, samples, timestamp_ns
 
@@ -44,34 +46,45 @@ HITS_PER_LEARNING = 16
 # ... and one per this many misses, so that a stream that changed is picked up again.
 MISSES_PER_LEARNING = 256
 
+# Any JSON number, as the learned document is read.
 _NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-_TEXT = rb'"[ !#-\[\]-~]+"'  # printable ASCII, no quote or backslash: its bytes are its JSON
+# A hole's number: one that float() turns into the very double json's value would give. Not the
+# integer -0 (json: 0, float: -0.0), nor an integer too long for a double (json's int overflows).
+_HOLE_NUMBER = rb"(?:-?[1-9][0-9]{0,299}|-?0(?=[.eE])|0)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_TEXT = rb'"([ !#-\[\]-~]+)"'  # printable ASCII, no quote or backslash: its bytes are its JSON
 _ID = rb'"[ !#-\[\]-~]*"'
 _TOKEN = re.compile(rb'[ \t\n\r]*(?:("[^"]*")|(' + _NUMBER + rb")|(true|false|null)|([{}\[\]:,]))")
 _TRAILER = re.compile(rb"[ \t\n\r]*")
 _TEXT_KEYS = frozenset({b'"ts"', b'"pop"'})
 _MARKER = 10**30  # hole k holds _MARKER + k while the plan is read off the mapping
+_HOLE_GRAMMAR = re.compile(_HOLE_NUMBER)
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
-    """What the sink needs of one heartbeat: its time (ns), POP, series and their values, and ``seq``."""
+class Read(NamedTuple):  # a tuple: thousands are made per request, and a frozen dataclass is slower to build
+    """One heartbeat read by its shape: its time (ns), POP and ``seq``, and the tokens its holes captured."""
 
+    shape: Shape
     ts_ns: int
     pop: str
-    keys: tuple[SeriesKey, ...]
-    values: tuple[float | int, ...]
     seq: int | None
+    tokens: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Shape:
-    """The documents equal to a learned one but for their numbers, id, time and POP."""
+    """The documents equal to a learned one but for their numbers, id, time and POP.
+
+    ``keys`` are the series, in the order :func:`sinks.series.samples` gives them;
+    each takes its value from ``sources``: the index of a captured number token,
+    ``None`` for the heartbeat-time series (``time_series``) and for a constant
+    (``constants``, by series index).
+    """
 
     pattern: re.Pattern[bytes]
     keys: tuple[SeriesKey, ...]
-    pick: itemgetter[Any]  # the series' values from [holes..., heartbeat time, constants...]
-    constants: tuple[float | int, ...]
+    sources: tuple[int | None, ...]
+    constants: dict[int, float | int]
+    time_series: int
     ts_hole: int
     pop_hole: int
     seq_hole: int | None
@@ -81,13 +94,38 @@ class Shape:
         match = self.pattern.fullmatch(raw)
         if match is None:
             return None
-        holes: list[Any] = json.loads(b"[" + b",".join(match.groups()) + b"]")
-        ts_ns = timestamp_ns(holes[self.ts_hole])
-        seq = None if self.seq_hole is None else holes[self.seq_hole]
-        pop = holes[self.pop_hole]
-        holes.append(heartbeat_seconds(ts_ns))
-        holes.extend(self.constants)
-        return Read(ts_ns, pop, self.keys, self.pick(holes), seq if type(seq) is int else None)
+        tokens = match.groups()
+        ts_ns = timestamp_ns(tokens[self.ts_hole].decode("ascii"))
+        seq = None
+        if self.seq_hole is not None and (token := tokens[self.seq_hole]).lstrip(b"-").isdigit():
+            seq = int(token)
+        return Read(self, ts_ns, tokens[self.pop_hole].decode("ascii"), seq, tokens)
+
+    def columns(self, reads: Sequence[Read]) -> array[float]:
+        """The values of heartbeats of this shape as doubles, series after series (each in ``reads``' order)."""
+        tokens = list(zip(*(read.tokens for read in reads), strict=True))
+        doubles = array("d")
+        for index, source in enumerate(self.sources):
+            if source is not None:
+                doubles.extend(map(float, tokens[source]))
+            elif index == self.time_series:
+                doubles.extend([heartbeat_seconds(read.ts_ns) for read in reads])
+            else:
+                doubles.extend(repeat(float(self.constants[index]), len(reads)))
+        return doubles
+
+    def values(self, read: Read) -> list[float | int]:
+        """The series' values of one heartbeat, in step with ``keys``."""
+        tokens = read.tokens
+        out: list[float | int] = []
+        for index, source in enumerate(self.sources):
+            if source is not None:
+                out.append(float(tokens[source]))
+            elif index == self.time_series:
+                out.append(heartbeat_seconds(read.ts_ns))
+            else:
+                out.append(self.constants[index])
+        return out
 
 
 def learn(raw: bytes) -> Shape | None:
@@ -112,9 +150,14 @@ def learn(raw: bytes) -> Shape | None:
         if kind == b'"id"':
             pattern[-1] += _ID
             marked.append(token)
+        elif kind in _TEXT_KEYS:
+            pattern.append(_TEXT)
+            marked.append(token)
+        elif _HOLE_GRAMMAR.fullmatch(token) is None:
+            return None  # a number this document's own shape would not match
         else:
-            pattern.append(b"(" + (_TEXT if kind in _TEXT_KEYS else _NUMBER) + b")")
-            marked.append(token if kind in _TEXT_KEYS else b"%d" % (_MARKER + index))
+            pattern.append(b"(" + _HOLE_NUMBER + b")")
+            marked.append(b"%d" % (_MARKER + index))
         pattern.append(re.escape(literal))
         marked.append(literal)
     if ts_hole < 0 or pop_hole < 0:
@@ -125,26 +168,26 @@ def learn(raw: bytes) -> Shape | None:
         mapped = samples(doc, timestamp_ns(doc["ts"]))
     except (ValueError, RecursionError):
         return None
-    width = len(groups)  # the holes a match captures, numbered as in Shape.read
-    slots: list[int] = []
-    constants: list[float | int] = []
-    for key, value in mapped.items():
+    sources: list[int | None] = []
+    constants: dict[int, float | int] = {}
+    time_series = -1
+    for series, (key, value) in enumerate(mapped.items()):
         if key == (LAST_HEARTBEAT, ()):
-            slots.append(width)
+            time_series = series
+            sources.append(None)
         elif type(value) is int and value >= _MARKER:
-            slots.append(groups.index(value - _MARKER))
+            sources.append(groups.index(value - _MARKER))
         elif abs(value) >= _MARKER:  # a hole's number, changed on the way: the plan cannot say how
             return None
         else:
-            slots.append(width + 1 + len(constants))
-            constants.append(value)
-    if len(slots) < 2:  # itemgetter of one index gives a value, not a tuple; samples() always gives two or more
-        return None
+            sources.append(None)
+            constants[series] = value
     return Shape(
         pattern=re.compile(b"".join(pattern)),
         keys=tuple(mapped),
-        pick=itemgetter(*slots),
-        constants=tuple(constants),
+        sources=tuple(sources),
+        constants=constants,
+        time_series=time_series,
         ts_hole=groups.index(ts_hole),
         pop_hole=groups.index(pop_hole),
         seq_hole=None if seq_hole is None else groups.index(seq_hole),
@@ -232,13 +275,15 @@ class Shapes:
         self.misses += 1
         return None
 
-    def learn(self, raw: bytes) -> None:
-        """Learn the shape of ``raw``, a heartbeat the full path took, if shapes are paying off."""
+    def learn(self, raw: bytes) -> bool:
+        """Learn the shape of ``raw``, a heartbeat the full path took, if shapes are paying off; whether it was."""
         allowance = 1 + self.hits // HITS_PER_LEARNING + self.misses // MISSES_PER_LEARNING
         if self.learned >= allowance:
-            return
+            return False
         self.learned += 1
         shape = learn(raw)
-        if shape is not None:
-            self._shapes.insert(0, shape)
-            del self._shapes[MAX_SHAPES:]
+        if shape is None:
+            return False
+        self._shapes.insert(0, shape)
+        del self._shapes[MAX_SHAPES:]
+        return True
