@@ -108,6 +108,10 @@ class BodyEncoder:
         """The request body for ``part`` (oldest first); ``OverflowError`` for a value no double holds."""
         if cramjam is None:
             raise RuntimeError("cramjam is not installed")
+        return bytes(cramjam.snappy.compress_raw(self.write_request(part)))
+
+    def write_request(self, part: Sequence[Prepared]) -> bytes:
+        """The ``WriteRequest`` for ``part``, uncompressed: one ``TimeSeries`` per series and run of a POP."""
         by_pop = sorted(part, key=lambda item: item.pop)  # stable: each POP's heartbeats stay oldest first
         fields: list[bytes] = []
         start = 0
@@ -118,7 +122,7 @@ class BodyEncoder:
                 end += 1
             self._encode_run(by_pop[start:end], fields)
             start = end
-        return bytes(cramjam.snappy.compress_raw(b"".join(fields)))
+        return b"".join(fields)
 
     def _encode_run(self, run: Sequence[Prepared], fields: list[bytes]) -> None:
         """Append one ``timeseries`` field per series of ``run`` (heartbeats of one POP with the same series)."""
