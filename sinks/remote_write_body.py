@@ -43,7 +43,7 @@ class Prepared:
     """A heartbeat ready to encode: its id, time (ms), POP, series, and their values.
 
     The values are ``values``, in step with ``keys``; or, for a heartbeat read by
-    its shape (``read``), the tokens the shape captured, converted when encoded.
+    its shape (``read``), the values its holes held, laid out when encoded.
     """
 
     id: str

@@ -11,15 +11,18 @@ which value. A later heartbeat that matches is read from its captured values alo
 
 Why it gives the same series as the full path:
 
-- A hole only ever holds a complete JSON number (the grammar ``json`` parses) or,
-  for ``id``, ``ts`` and ``pop`` of the top-level object, a string of printable
-  ASCII without escapes; everything else, keys and punctuation included, must be
-  byte for byte the learned document's. So a match is valid JSON, parsed to the
-  learned document with other numbers (and another id, time or POP) in the same places.
+- Everything but the holes, keys and punctuation included, must be byte for byte
+  the learned document's. A number hole captures a run of the characters numbers
+  are written with, and the captures are then parsed by ``json`` itself, as one
+  array: that both checks each is a JSON number (a match whose capture is not one
+  takes the full path) and gives the very values ``json.loads`` would. ``id``,
+  ``ts`` and ``pop`` of the top-level object hold strings of printable ASCII without
+  escapes. So a match is valid JSON: the learned document with other numbers (and
+  another id, time or POP) in the same places.
 - :func:`sinks.series.samples` decides which series exist from a document's keys,
   strings and value types, never from a number's value; the plan is read off the
   mapping itself, run once on the learned document with a distinct marker number in
-  every hole. The captured values are converted by ``json`` itself.
+  every hole.
 - A document the shapes cannot vouch for (a backslash anywhere, a repeated key,
   ``NaN``, a top level that is not an object) is never learned, and one that matches
   no shape takes the full path, with its errors.
@@ -34,7 +37,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sinks.series import LAST_HEARTBEAT, SeriesKey, heartbeat_seconds, samples, timestamp_ns
 
@@ -48,26 +51,26 @@ MISSES_PER_LEARNING = 256
 
 # Any JSON number, as the learned document is read.
 _NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-# A hole's number: one that float() turns into the very double json's value would give. Not the
-# integer -0 (json: 0, float: -0.0), nor an integer too long for a double (json's int overflows).
-_HOLE_NUMBER = rb"(?:-?[1-9][0-9]{0,299}|-?0(?=[.eE])|0)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-_TEXT = rb'"([ !#-\[\]-~]+)"'  # printable ASCII, no quote or backslash: its bytes are its JSON
+# A number hole: the characters of a JSON number, checked by json afterwards. The grammar itself
+# in the pattern would cost its optional groups in every hole, three times the whole match.
+_HOLE_NUMBER = rb"([-+.eE0-9]++)"
+_TEXT = rb'("[ !#-\[\]-~]+")'  # printable ASCII, no quote or backslash: its bytes are its JSON
 _ID = rb'"[ !#-\[\]-~]*"'
 _TOKEN = re.compile(rb'[ \t\n\r]*(?:("[^"]*")|(' + _NUMBER + rb")|(true|false|null)|([{}\[\]:,]))")
 _TRAILER = re.compile(rb"[ \t\n\r]*")
 _TEXT_KEYS = frozenset({b'"ts"', b'"pop"'})
 _MARKER = 10**30  # hole k holds _MARKER + k while the plan is read off the mapping
-_HOLE_GRAMMAR = re.compile(_HOLE_NUMBER)
+_DECODE = json.JSONDecoder().decode
 
 
 class Read(NamedTuple):  # a tuple: thousands are made per request, and a frozen dataclass is slower to build
-    """One heartbeat read by its shape: its time (ns), POP and ``seq``, and the tokens its holes captured."""
+    """One heartbeat read by its shape: its time (ns), POP and ``seq``, and the values its holes captured."""
 
     shape: Shape
     ts_ns: int
     pop: str
     seq: int | None
-    tokens: tuple[bytes, ...]
+    holes: list[Any]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -94,33 +97,37 @@ class Shape:
         match = self.pattern.fullmatch(raw)
         if match is None:
             return None
-        tokens = match.groups()
-        ts_ns = timestamp_ns(tokens[self.ts_hole].decode("ascii"))
-        seq = None
-        if self.seq_hole is not None and (token := tokens[self.seq_hole]).lstrip(b"-").isdigit():
-            seq = int(token)
-        return Read(self, ts_ns, tokens[self.pop_hole].decode("ascii"), seq, tokens)
+        try:
+            holes: list[Any] = _DECODE("[" + b",".join(match.groups()).decode("ascii") + "]")
+        except ValueError:  # a capture that is no JSON number, or an integer json will not read
+            return None
+        seq = None if self.seq_hole is None else holes[self.seq_hole]
+        return Read(
+            self, timestamp_ns(holes[self.ts_hole]), holes[self.pop_hole], seq if type(seq) is int else None, holes
+        )
 
     def columns(self, reads: Sequence[Read]) -> array[float]:
-        """The values of heartbeats of this shape as doubles, series after series (each in ``reads``' order)."""
-        tokens = list(zip(*(read.tokens for read in reads), strict=True))
+        """The values of heartbeats of this shape as doubles, series after series (each in ``reads``' order).
+
+        ``OverflowError`` for a value no double holds, as for the full path's values.
+        """
+        holes = list(zip(*(read.holes for read in reads), strict=True))
         doubles = array("d")
         for index, source in enumerate(self.sources):
             if source is not None:
-                doubles.extend(map(float, tokens[source]))
+                doubles.extend(holes[source])
             elif index == self.time_series:
                 doubles.extend([heartbeat_seconds(read.ts_ns) for read in reads])
             else:
-                doubles.extend(repeat(float(self.constants[index]), len(reads)))
+                doubles.extend(repeat(self.constants[index], len(reads)))
         return doubles
 
     def values(self, read: Read) -> list[float | int]:
         """The series' values of one heartbeat, in step with ``keys``."""
-        tokens = read.tokens
         out: list[float | int] = []
         for index, source in enumerate(self.sources):
             if source is not None:
-                out.append(float(tokens[source]))
+                out.append(read.holes[source])
             elif index == self.time_series:
                 out.append(heartbeat_seconds(read.ts_ns))
             else:
@@ -153,10 +160,8 @@ def learn(raw: bytes) -> Shape | None:
         elif kind in _TEXT_KEYS:
             pattern.append(_TEXT)
             marked.append(token)
-        elif _HOLE_GRAMMAR.fullmatch(token) is None:
-            return None  # a number this document's own shape would not match
         else:
-            pattern.append(b"(" + _HOLE_NUMBER + b")")
+            pattern.append(_HOLE_NUMBER)
             marked.append(b"%d" % (_MARKER + index))
         pattern.append(re.escape(literal))
         marked.append(literal)
