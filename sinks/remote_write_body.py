@@ -10,8 +10,7 @@ series' samples go oldest first.
 
 from __future__ import annotations
 
-import sys
-from array import array
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -30,7 +29,6 @@ except ImportError:  # the upload component depends on it; a bare source checkou
 COLUMNAR_MIN = 8
 # Encoded label sets kept between requests: a POP has a few dozen series, a fleet bench many more.
 LABEL_CACHE_SIZE = 65_536
-_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def snappy_available() -> bool:
@@ -149,10 +147,8 @@ class BodyEncoder:
         joined = b"".join(tails)
         for offset in range(width):
             template[11 + offset :: stride] = joined[offset::width]
-        doubles = _columns(run)
-        if _BIG_ENDIAN:
-            doubles.byteswap()
-        raw = doubles.tobytes()
+        values = _columns(run)
+        raw = struct.pack(f"<{len(values)}d", *values)  # faster than array("d"), which parses a format per item
         laid = template * len(heads)
         for offset in range(8):
             laid[3 + offset :: stride] = raw[offset::8]
@@ -175,9 +171,9 @@ class BodyEncoder:
         return heads
 
 
-def _columns(run: Sequence[Prepared]) -> array[float]:
-    """The run's values as doubles, series after series; ``OverflowError`` for a value no double holds."""
+def _columns(run: Sequence[Prepared]) -> list[float | int]:
+    """The run's values, series after series, each series in the run's order."""
     reads = [item.read for item in run if item.read is not None]
     if len(reads) == len(run) and all(read.shape is reads[0].shape for read in reads):
         return reads[0].shape.columns(reads)
-    return array("d", chain.from_iterable(zip(*(item.series_values() for item in run), strict=True)))
+    return list(chain.from_iterable(zip(*(item.series_values() for item in run), strict=True)))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -106,21 +105,18 @@ class Shape:
             self, timestamp_ns(holes[self.ts_hole]), holes[self.pop_hole], seq if type(seq) is int else None, holes
         )
 
-    def columns(self, reads: Sequence[Read]) -> array[float]:
-        """The values of heartbeats of this shape as doubles, series after series (each in ``reads``' order).
-
-        ``OverflowError`` for a value no double holds, as for the full path's values.
-        """
+    def columns(self, reads: Sequence[Read]) -> list[float | int]:
+        """The values of heartbeats of this shape, series after series (each in ``reads``' order)."""
         holes = list(zip(*(read.holes for read in reads), strict=True))
-        doubles = array("d")
+        out: list[float | int] = []
         for index, source in enumerate(self.sources):
             if source is not None:
-                doubles.extend(holes[source])
+                out.extend(holes[source])
             elif index == self.time_series:
-                doubles.extend([heartbeat_seconds(read.ts_ns) for read in reads])
+                out.extend([heartbeat_seconds(read.ts_ns) for read in reads])
             else:
-                doubles.extend(repeat(self.constants[index], len(reads)))
-        return doubles
+                out.extend(repeat(self.constants[index], len(reads)))
+        return out
 
     def values(self, read: Read) -> list[float | int]:
         """The series' values of one heartbeat, in step with ``keys``."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.body_decoders import decode_remote_write
 from sinks.prompb import labels_field, sample_field, timeseries_field, timestamp_tail, varint
@@ -48,3 +50,9 @@ def test_the_message_helpers_write_what_protobuf_reads() -> None:
 def test_varints_are_protobufs_own() -> None:
     """Varints as the protobuf encoding guide writes them; a negative int64 as ten bytes of two's complement."""
     assert [b"\x00", b"\x96\x01", b"\xff" * 9 + b"\x01"] == [varint(0), varint(150), varint(-1)]
+
+
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_a_samples_timestamp_field_is_field_2_and_the_varint_of_its_milliseconds(ms: int) -> None:
+    """Any int64 time: key 0x10, then the varint; the shortcut through the shared high groups changes nothing."""
+    assert b"\x10" + varint(ms) == timestamp_tail(ms)
