@@ -53,11 +53,13 @@ def labels_field(labels: Iterable[tuple[str, str]]) -> bytes:
 
 def timestamp_tail(timestamp_ms: int) -> bytes:
     """The timestamp field of a Sample (field 2, varint), shared by every sample of one heartbeat."""
-    if timestamp_ms < 1 << 14:
+    if timestamp_ms < 1 << 21:
         return b"\x10" + varint(timestamp_ms)
-    # The two low 7-bit groups, then the rest, which a backlog's heartbeats share for 16 s at a time.
-    low = bytes(((timestamp_ms & 0x7F) | 0x80, ((timestamp_ms >> 7) & 0x7F) | 0x80))
-    return b"\x10" + low + _high_groups(timestamp_ms >> 14)
+    # The three low 7-bit groups, then the rest, which heartbeats share for 35 minutes at a time.
+    low = bytes(
+        ((timestamp_ms & 0x7F) | 0x80, ((timestamp_ms >> 7) & 0x7F) | 0x80, ((timestamp_ms >> 14) & 0x7F) | 0x80)
+    )
+    return b"\x10" + low + _high_groups(timestamp_ms >> 21)
 
 
 @functools.lru_cache(maxsize=256)
