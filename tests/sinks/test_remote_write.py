@@ -417,7 +417,7 @@ async def test_a_send_goes_as_several_requests_in_spool_order_each_series_oldest
 async def test_a_failure_mid_send_acks_the_requests_before_it_and_sends_none_after(
     receiver: Any, make_sink: Any
 ) -> None:
-    """A 503 on the second request: the first is acked, the rest kept for the next pass, nothing sent past the failure."""
+    """A 503 on the second request: the first is acked, the rest kept, nothing sent past the failure."""
     answers = iter([204, 503, 204, 204])
     server = await receiver(lambda request: web.Response(status=next(answers)))
     backlog = beats(260)
