@@ -42,11 +42,12 @@ from sinks.series import LAST_HEARTBEAT, SeriesKey, heartbeat_seconds, samples, 
 
 # Kept shapes: a POP has one or two at a time (a collector failing changes it), a fleet a few.
 MAX_SHAPES = 8
-# Learning a shape costs about as much as a few dozen full parses; it is only done while
-# shapes pay for themselves: one more per this many matches ...
-HITS_PER_LEARNING = 16
+# Learning a shape (its regular expression compiled) costs about as much as sixty heartbeats read
+# by the full path, and each match saves more than half of one; so shapes are learned only while
+# they pay for themselves: one more per this many matches ...
+HITS_PER_LEARNING = 128
 # ... and one per this many misses, so that a stream that changed is picked up again.
-MISSES_PER_LEARNING = 256
+MISSES_PER_LEARNING = 1024
 
 # Any JSON number, as the learned document is read.
 _NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
