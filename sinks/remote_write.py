@@ -8,7 +8,10 @@ those of :mod:`sinks.series`, the mapping the Pushgateway sink shares; every
 sample is stamped with its heartbeat's own ``ts`` (milliseconds), so a backlog
 replays at its true times. Within a request the heartbeats go oldest first, so the
 samples of one series are in timestamp order, and a request is only sent once
-every older one has been answered.
+every older one has been answered. The runner hands over up to four requests'
+worth at a time (in spool order); each request is read (by the heartbeats' shape,
+:mod:`sinks.shapes`, where one fits) and encoded in a thread while the one before
+it is in flight.
 
 What each answer means:
 

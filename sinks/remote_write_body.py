@@ -1,10 +1,12 @@
 """Request bodies for remote write: heartbeats -> ``WriteRequest`` -> snappy (block format).
 
 The heartbeats of one POP share their series from tick to tick, so a run of them
-is encoded column by column: each series' values are packed by ``array`` and laid
-into place with strided slice assignments, C loops rather than one Python step per
-sample. Runs too short for that, and any heartbeat whose series differ from its
-neighbour's, take the plain path, one ``struct.pack`` per sample. Either way each
+is encoded column by column: one ``TimeSeries`` per series carrying every
+heartbeat's sample, its labels encoded once and kept for the next request. All the
+run's values are packed by one ``struct.pack`` and laid into place, every series at
+once, with strided slice assignments: C loops rather than one Python step per
+sample. Runs too short for that, and runs whose timestamps differ in encoded
+width, take the plain path, one ``struct.pack`` per sample. Either way each
 series' samples go oldest first.
 """
 
