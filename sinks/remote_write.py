@@ -212,10 +212,8 @@ class RemoteWriteSink:
         ready: list[Prepared] = []
         rejected: dict[str, str] = {}
         skipped: dict[str, str] = {}
-        for item in chunk:
-            try:
-                prepared = self.preparer.prepare(item)
-            except (ValueError, TypeError, KeyError, AttributeError):
+        for item, prepared in zip(chunk, self.preparer.prepare_all(chunk), strict=True):
+            if prepared is None:
                 rejected[item.id] = "malformed"
                 continue
             if prepared.ts_ms < oldest_ms:

@@ -20,13 +20,15 @@ from itertools import chain
 from agent.sample import Pending
 from sinks.prompb import SAMPLE_HEAD, SAMPLES_KEY, VALUE_KEY, labels_field, timeseries_field, timestamp_tail
 from sinks.series import Labels, SeriesKey, full_labels, samples, timestamp_ns
-from sinks.shapes import Read, Shapes
+from sinks.shapes import Read, Shape, Shapes, decode_holes
 
 try:
     import cramjam
 except ImportError:  # the upload component depends on it; a bare source checkout may lack it
     cramjam = None  # type: ignore[assignment]
 
+# What reading a heartbeat that cannot be sent raises: the sink rejects it as "malformed".
+PREPARE_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 # Heartbeats of one run from which the column-wise layout pays for its fixed cost.
 COLUMNAR_MIN = 8
 # Encoded label sets kept between requests: a POP has a few dozen series, a fleet bench many more.
@@ -87,13 +89,48 @@ class Preparer:
             read = self.shapes.read(item.raw)
         except ValueError:  # a time the full path refuses too, with its own error
             read = None
-        if read is None:
-            prepared = Prepared.of(item)
-            if not self.shapes.learn(item.raw):
-                return prepared
-            read = self.shapes.read(item.raw)  # so that it goes with the heartbeats of its shape
-            if read is None:
-                return prepared
+        return self._whole(item) if read is None else self._of(item, read)
+
+    def prepare_all(self, chunk: Sequence[Pending]) -> list[Prepared | None]:
+        """Each of ``chunk`` ready to encode, or ``None`` for one that cannot be (see :meth:`prepare`).
+
+        The numbers of every heartbeat read by its shape are parsed in one go.
+        """
+        out: list[Prepared | None] = []
+        matched: list[tuple[int, Shape]] = []
+        captured: list[tuple[bytes, ...]] = []
+        for item in chunk:
+            found = self.shapes.match(item.raw)
+            if found is None:
+                out.append(self._whole_or_none(item))
+                continue
+            matched.append((len(out), found[0]))
+            captured.append(found[1])
+            out.append(None)
+        for (index, shape), holes in zip(matched, decode_holes(captured), strict=True):
+            item = chunk[index]
+            try:
+                out[index] = self._whole_or_none(item) if holes is None else self._of(item, shape.finish(holes))
+            except ValueError:  # a time the full path refuses too
+                out[index] = self._whole_or_none(item)
+        return out
+
+    def _whole(self, item: Pending) -> Prepared:
+        """``item`` parsed and mapped whole; its shape learned, if shapes are paying off."""
+        prepared = Prepared.of(item)
+        if not self.shapes.learn(item.raw):
+            return prepared
+        read = self.shapes.read(item.raw)  # so that it goes with the heartbeats of its shape
+        return prepared if read is None else self._of(item, read)
+
+    def _whole_or_none(self, item: Pending) -> Prepared | None:
+        try:
+            return self._whole(item)
+        except PREPARE_ERRORS:
+            return None
+
+    @staticmethod
+    def _of(item: Pending, read: Read) -> Prepared:
         return Prepared(item.id, read.ts_ns // 1_000_000, read.pop, read.shape.keys, (), read.seq, read)
 
 

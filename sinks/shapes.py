@@ -97,14 +97,14 @@ class Shape:
         match = self.pattern.fullmatch(raw)
         if match is None:
             return None
-        try:
-            holes: list[Any] = _DECODE("[" + b",".join(match.groups()).decode("ascii") + "]")
-        except ValueError:  # a capture that is no JSON number, or an integer json will not read
-            return None
+        holes = decode_holes([match.groups()])[0]
+        return None if holes is None else self.finish(holes)
+
+    def finish(self, holes: list[Any]) -> Read:
+        """The heartbeat whose holes held these values; ``ValueError`` for a bad time."""
         seq = None if self.seq_hole is None else holes[self.seq_hole]
-        return Read(
-            self, timestamp_ns(holes[self.ts_hole]), holes[self.pop_hole], seq if type(seq) is int else None, holes
-        )
+        ts_ns = timestamp_ns(holes[self.ts_hole])
+        return Read(self, ts_ns, holes[self.pop_hole], seq if type(seq) is int else None, holes)
 
     def columns(self, reads: Sequence[Read]) -> list[float | int]:
         """The values of heartbeats of this shape, series after series (each in ``reads``' order)."""
@@ -130,6 +130,27 @@ class Shape:
             else:
                 out.append(self.constants[index])
         return out
+
+
+def decode_holes(captured: Sequence[tuple[bytes, ...]]) -> list[list[Any] | None]:
+    """The values each heartbeat's holes captured, parsed by ``json`` all at once; ``None`` for one that is no JSON.
+
+    A capture that is no JSON number (``01``, ``1.``) fails the whole parse; then each
+    heartbeat is parsed on its own, to tell which.
+    """
+    if not captured:
+        return []
+    texts = [b",".join(groups).decode("ascii") for groups in captured]
+    try:
+        decoded: list[list[Any] | None] = _DECODE("[[" + "],[".join(texts) + "]]")
+    except ValueError:  # also an integer too long for json to read
+        decoded = []
+        for text in texts:
+            try:
+                decoded.append(_DECODE("[" + text + "]"))
+            except ValueError:
+                decoded.append(None)
+    return decoded
 
 
 def learn(raw: bytes) -> Shape | None:
@@ -262,20 +283,29 @@ class Shapes:
         self.misses = 0
         self.learned = 0
 
-    def read(self, raw: bytes) -> Read | None:
-        """The heartbeat in ``raw`` read by a known shape, or ``None`` (then :meth:`learn` may take it)."""
+    def match(self, raw: bytes) -> tuple[Shape, tuple[bytes, ...]] | None:
+        """The known shape ``raw`` has and what its holes captured, or ``None`` (then :meth:`learn` may take it)."""
         shapes = self._shapes
         for index, shape in enumerate(shapes):
-            found = shape.read(raw)
+            found = shape.pattern.fullmatch(raw)
             if found is not None:
                 if index:  # another thread's send may have moved it meanwhile: then it stays where it is
                     with contextlib.suppress(ValueError):
                         shapes.remove(shape)
                         shapes.insert(0, shape)
                 self.hits += 1
-                return found
+                return shape, found.groups()
         self.misses += 1
         return None
+
+    def read(self, raw: bytes) -> Read | None:
+        """The heartbeat in ``raw`` read by a known shape, or ``None``; ``ValueError`` for a bad time."""
+        found = self.match(raw)
+        if found is None:
+            return None
+        shape, groups = found
+        holes = decode_holes([groups])[0]
+        return None if holes is None else shape.finish(holes)
 
     def learn(self, raw: bytes) -> bool:
         """Learn the shape of ``raw``, a heartbeat the full path took, if shapes are paying off; whether it was."""

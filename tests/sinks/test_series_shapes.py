@@ -245,3 +245,48 @@ def test_learning_stops_while_shapes_do_not_pay_for_themselves() -> None:
             shapes.learn(item.raw)
 
     assert (0, count, 3) == (shapes.hits, shapes.misses, shapes.learned)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), documents, st.integers(0, 2))
+def test_a_chunk_read_at_once_is_read_as_each_heartbeat_alone(
+    data: st.DataObject, first: dict[str, Any], style: int
+) -> None:
+    """Reading a request's heartbeats together (their numbers parsed in one go) gives what reading each alone gives."""
+    docs = [
+        first,
+        *(renumbered(first, data.draw) | {"ts": data.draw(timestamps)} for _ in range(4)),
+        data.draw(documents),
+    ]
+    items = [spooled(doc, style) for doc in data.draw(st.permutations(docs))]
+    items.insert(2, Pending("bad-number", spooled(first, style).raw.replace(b": 0", b": 00").replace(b":0", b":00")))
+    alone, together = Preparer(), Preparer()
+    for item in items[:1]:  # both learn from the same first heartbeat
+        outcome(alone.prepare, item)
+        together.prepare_all([item])
+
+    expected = [outcome(alone.prepare, item) for item in items]
+    got = together.prepare_all(items)
+
+    assert expected == [
+        outcome(lambda _, p=prepared: _raise_none(p), item) for item, prepared in zip(items, got, strict=True)
+    ]
+
+
+def _raise_none(prepared: Prepared | None) -> Prepared:
+    if prepared is None:
+        raise ValueError("not preparable")
+    return prepared
+
+
+def test_a_capture_that_is_no_number_costs_only_its_own_heartbeat_in_a_chunk() -> None:
+    """One heartbeat with a number json refuses, read with others at once: it alone is unpreparable."""
+    items = [heartbeat("ams1", seq=i, ts=BASE_TS + 10 * i, metrics={"cpu_percent": 1.5, "load1": 2}) for i in range(4)]
+    bad = Pending("bad", items[2].raw.replace(b'"load1": 2', b'"load1": 02'))
+    preparer = Preparer()
+
+    got = preparer.prepare_all([items[0], items[1], bad, items[3]])
+
+    assert [True, True, False, True] == [prepared is not None for prepared in got]
+    assert [item.id for item in (items[0], items[1], items[3])] == [p.id for p in got if p is not None]
+    assert all(p.read is not None for p in got if p is not None)
