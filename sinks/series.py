@@ -52,21 +52,21 @@ def timestamp_ns(ts: str) -> int:
     match = _TIMESTAMP.match(ts)
     if match is None:
         raise ValueError("not an RFC 3339 UTC timestamp")
-    year, month, day, hour, minute, second, fraction = match.groups()
-    hours, minutes, seconds = int(hour), int(minute), int(second)
-    if not (hours < 24 and minutes < 60 and seconds < 61):
+    seconds = int(ts[17:19])  # the pattern fixes where each field is
+    if seconds >= 61:
         raise ValueError("timestamp out of range")
-    seconds += _midnight(year, month, day) + 3600 * hours + 60 * minutes
+    fraction = match.group(7)
+    seconds += _minute_start(ts[:16])
     return seconds * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
 
 
 @functools.lru_cache(maxsize=1024)
-def _midnight(year: str, month: str, day: str) -> int:
-    # A backlog's heartbeats share a few days: each day's start is worked out once.
-    months, days = int(month), int(day)
-    if not (1 <= months <= 12 and 1 <= days <= 31):
+def _minute_start(prefix: str) -> int:
+    # Heartbeats share their minute with a few others: each minute's start is worked out once.
+    month, day, hour, minute = int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]), int(prefix[14:16])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60):
         raise ValueError("timestamp out of range")
-    return calendar.timegm((int(year), months, days, 0, 0, 0, 0, 0, 0))
+    return calendar.timegm((int(prefix[:4]), month, day, hour, minute, 0, 0, 0, 0))
 
 
 def timestamp_ms(doc: Mapping[str, Any]) -> int:
