@@ -121,7 +121,7 @@ def stages(raw: list[tuple[str, bytes]], request: int) -> tuple[dict[str, float]
     for start in range(0, len(raw), request):
         chunk = fresh(raw[start : start + request])
         begun = time.process_time()
-        part = [preparer.prepare(item) for item in chunk]
+        part = [prepared for prepared in preparer.prepare_all(chunk) if prepared is not None]
         read = time.process_time()
         body = encoder.write_request(part)
         encoded = time.process_time()
