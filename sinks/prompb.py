@@ -15,6 +15,7 @@ with it, from a descriptor built at test time).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -52,7 +53,18 @@ def labels_field(labels: Iterable[tuple[str, str]]) -> bytes:
 
 def timestamp_tail(timestamp_ms: int) -> bytes:
     """The timestamp field of a Sample (field 2, varint), shared by every sample of one heartbeat."""
-    return b"\x10" + varint(timestamp_ms)
+    if timestamp_ms < 1 << 21:
+        return b"\x10" + varint(timestamp_ms)
+    # The three low 7-bit groups, then the rest, which heartbeats share for 35 minutes at a time.
+    low = bytes(
+        ((timestamp_ms & 0x7F) | 0x80, ((timestamp_ms >> 7) & 0x7F) | 0x80, ((timestamp_ms >> 14) & 0x7F) | 0x80)
+    )
+    return b"\x10" + low + _high_groups(timestamp_ms >> 21)
+
+
+@functools.lru_cache(maxsize=256)
+def _high_groups(value: int) -> bytes:
+    return varint(value)
 
 
 def sample_field(value: float, tail: bytes) -> bytes:

@@ -8,7 +8,10 @@ those of :mod:`sinks.series`, the mapping the Pushgateway sink shares; every
 sample is stamped with its heartbeat's own ``ts`` (milliseconds), so a backlog
 replays at its true times. Within a request the heartbeats go oldest first, so the
 samples of one series are in timestamp order, and a request is only sent once
-every older one has been answered.
+every older one has been answered. The runner hands over up to four requests'
+worth at a time (in spool order); each request is read (by the heartbeats' shape,
+:mod:`sinks.shapes`, where one fits) and encoded in a thread while the one before
+it is in flight.
 
 What each answer means:
 
@@ -40,6 +43,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import aiohttp
@@ -53,7 +57,7 @@ from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
 from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
-from sinks.remote_write_body import BodyEncoder, Prepared, snappy_available
+from sinks.remote_write_body import BodyEncoder, Prepared, Preparer, snappy_available
 from sinks.remote_write_settings import RemoteWriteSinkSettings
 
 log = structlog.get_logger("sinks.remote_write")
@@ -81,6 +85,19 @@ _SAMPLE_REFUSALS = (
 )
 # Parsing and encoding this many heartbeats holds the event loop for milliseconds: a thread does it.
 _THREAD_ENCODE_COUNT = 64
+# Requests per call of send(): the runner hands over this many times batch_max_count heartbeats, so
+# that each request's reading and encoding overlaps the one before it in flight.
+REQUESTS_PER_SEND = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One request's worth of a batch: the heartbeats to send, oldest first, and what was settled unsent."""
+
+    ready: list[Prepared]
+    body: bytes | None  # None: not encodable as it stands (a value no double holds); _deliver bisects it
+    rejected: dict[str, str]
+    skipped: dict[str, str]
 
 
 def refusal_code(status: int, body: str) -> str | None:
@@ -113,7 +130,8 @@ class RemoteWriteSink:
             raise ConfigError("sinks.remote_write: the cramjam package (snappy) is not installed: pip install cramjam")
         self._cfg = cfg
         self._url = cfg.url
-        self.max_batch = cfg.batch_max_count
+        self.request_max = cfg.batch_max_count
+        self.max_batch = cfg.batch_max_count * REQUESTS_PER_SEND
         self._http = SessionHolder(session, connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
         self._headers = dict(BASE_HEADERS)
         if authorization is not None:
@@ -121,6 +139,7 @@ class RemoteWriteSink:
         if cfg.tenant_id is not None:
             self._headers["X-Scope-OrgID"] = cfg.tenant_id
         self.encoder = BodyEncoder(cfg.job)
+        self.preparer = Preparer()
         self._refusing: str | None = None
         self._skipping = False
         self.skipped_total = 0
@@ -137,38 +156,33 @@ class RemoteWriteSink:
         return cls(cfg, authorization=authorization(cfg, str(context.credentials_dir or "")))
 
     async def send(self, batch: Sequence[Pending], deadline: Deadline) -> Delivery:
-        """Deliver ``batch`` oldest first; what is not acked, rejected or skipped when something fails stays spooled."""
+        """Deliver ``batch`` oldest first; what is not acked, rejected or skipped when something fails stays spooled.
+
+        The batch goes in requests of ``batch_max_count`` heartbeats, in spool order,
+        each sent once the one before it has been answered; a request is read and
+        encoded (in a thread) while the one before it is in flight.
+        """
         acked: set[str] = set()
         rejected: dict[str, str] = {}
         skipped: dict[str, str] = {}
-        if len(batch) >= _THREAD_ENCODE_COUNT:  # parsing a large batch would hold the event loop
-            ready = await asyncio.to_thread(self._prepare, batch, rejected, skipped)
-        else:
-            ready = self._prepare(batch, rejected, skipped)
         failure: str | None = None
         retry_after: float | None = None
-        work = deque(ready[start : start + self.max_batch] for start in range(0, len(ready), self.max_batch))
-        while work:
-            if deadline.expired:
-                failure = "deadline"
-                break
-            part = work.popleft()
-            try:
-                body = await self._encode(part)
-                await self._post(body, RequestIds.carrying((item.id, item.seq) for item in part), deadline)
-            except TransientSinkError as error:
-                failure, retry_after = error.code, error.retry_after
-                break
-            except PermanentSinkError as error:
-                if error.code in _SPLIT_CODES and len(part) > 1:
-                    middle = len(part) // 2
-                    work.extendleft((part[middle:], part[:middle]))
-                    continue
-                rejected.update((item.id, error.code) for item in part)
-                self._note_refusal(error.code, len(part))
-                continue
-            acked.update(item.id for item in part)
-            self._refusing = None
+        chunks = [batch[start : start + self.request_max] for start in range(0, len(batch), self.request_max)]
+        following = iter(chunks)
+        upcoming = self._make_ready(chunk) if (chunk := next(following, None)) else None
+        try:
+            while upcoming is not None:
+                part = await upcoming
+                upcoming = self._make_ready(chunk) if (chunk := next(following, None)) else None
+                rejected.update(part.rejected)
+                skipped.update(part.skipped)
+                self._note_skipped(len(part.skipped), len(part.ready))
+                failure, retry_after = await self._deliver(part, deadline, acked, rejected)
+                if failure is not None:
+                    break
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()  # its heartbeats stay spooled, read again on the next pass
         if failure is not None:
             log.debug("remote_write_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected) - len(skipped))
         return Delivery(
@@ -183,14 +197,22 @@ class RemoteWriteSink:
         """Close the session if this sink opened it."""
         await self._http.aclose()
 
-    def _prepare(self, batch: Sequence[Pending], rejected: dict[str, str], skipped: dict[str, str]) -> list[Prepared]:
-        """The heartbeats to send, oldest first; the unusable ones rejected, the too old ones skipped."""
+    def _make_ready(self, chunk: Sequence[Pending]) -> asyncio.Future[Part]:
+        """``chunk`` read and encoded: in a thread when large (it would hold the event loop), else at once."""
+        if len(chunk) >= _THREAD_ENCODE_COUNT:
+            return asyncio.ensure_future(asyncio.to_thread(self._ready, chunk))
+        done: asyncio.Future[Part] = asyncio.get_running_loop().create_future()
+        done.set_result(self._ready(chunk))
+        return done
+
+    def _ready(self, chunk: Sequence[Pending]) -> Part:
+        """One request's heartbeats, oldest first, and its body; the unusable ones rejected, the too old skipped."""
         oldest_ms = int((time.time() - self._cfg.max_sample_age) * 1000)
         ready: list[Prepared] = []
-        for item in batch:
-            try:
-                prepared = Prepared.of(item)
-            except (ValueError, TypeError, KeyError, AttributeError):
+        rejected: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        for item, prepared in zip(chunk, self.preparer.prepare_all(chunk), strict=True):
+            if prepared is None:
                 rejected[item.id] = "malformed"
                 continue
             if prepared.ts_ms < oldest_ms:
@@ -198,11 +220,48 @@ class RemoteWriteSink:
                 continue
             ready.append(prepared)
         ready.sort(key=lambda prepared: prepared.ts_ms)
-        self.skipped_total += len(skipped)
-        if skipped and not self._skipping:
-            log.warning("remote_write_skipped_old", count=len(skipped), max_sample_age=self._cfg.max_sample_age)
-        self._skipping = bool(skipped) or (self._skipping and not ready)
-        return ready
+        body: bytes | None = None
+        if ready:
+            with contextlib.suppress(OverflowError, struct.error):  # encoded again, and bisected, by _deliver
+                body = self.encoder.encode(ready)
+        return Part(ready, body, rejected, skipped)
+
+    def _note_skipped(self, count: int, sending: int) -> None:
+        """Count heartbeats skipped as too old; log when a run of them begins, not for every request."""
+        self.skipped_total += count
+        if count and not self._skipping:
+            log.warning("remote_write_skipped_old", count=count, max_sample_age=self._cfg.max_sample_age)
+        self._skipping = bool(count) or (self._skipping and not sending)
+
+    async def _deliver(
+        self, part: Part, deadline: Deadline, acked: set[str], rejected: dict[str, str]
+    ) -> tuple[str | None, float | None]:
+        """Send one request's heartbeats, bisecting refusals; the failure that stopped it and its ``Retry-After``."""
+        work = deque([part.ready] if part.ready else [])
+        body = part.body
+        while work:
+            if deadline.expired:
+                return "deadline", None
+            prepared = work.popleft()
+            try:
+                if body is None:
+                    body = await self._encode(prepared)
+                await self._post(body, RequestIds.carrying((item.id, item.seq) for item in prepared), deadline)
+            except TransientSinkError as error:
+                return error.code, error.retry_after
+            except PermanentSinkError as error:
+                if error.code in _SPLIT_CODES and len(prepared) > 1:
+                    middle = len(prepared) // 2
+                    work.extendleft((prepared[middle:], prepared[:middle]))
+                    continue
+                rejected.update((item.id, error.code) for item in prepared)
+                self._note_refusal(error.code, len(prepared))
+                continue
+            finally:
+                body = None
+            acked.update(item.id for item in prepared)
+            self._refusing = None
+        return None, None
 
     async def _encode(self, part: Sequence[Prepared]) -> bytes:
         """The body for ``part``, encoded in a thread when large; a value no double can hold is ``malformed``."""

@@ -52,12 +52,21 @@ def timestamp_ns(ts: str) -> int:
     match = _TIMESTAMP.match(ts)
     if match is None:
         raise ValueError("not an RFC 3339 UTC timestamp")
-    year, month, day, hour, minute, second = map(int, match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+    seconds = int(ts[17:19])  # the pattern fixes where each field is
+    if seconds >= 61:
         raise ValueError("timestamp out of range")
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    fraction = (match.group(7) or "").ljust(9, "0")
-    return seconds * 1_000_000_000 + int(fraction or 0)
+    fraction = match.group(7)
+    seconds += _minute_start(ts[:16])
+    return seconds * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _minute_start(prefix: str) -> int:
+    # Heartbeats share their minute with a few others: each minute's start is worked out once.
+    month, day, hour, minute = int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]), int(prefix[14:16])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60):
+        raise ValueError("timestamp out of range")
+    return calendar.timegm((int(prefix[:4]), month, day, hour, minute, 0, 0, 0, 0))
 
 
 def timestamp_ms(doc: Mapping[str, Any]) -> int:
@@ -66,6 +75,12 @@ def timestamp_ms(doc: Mapping[str, Any]) -> int:
     if not isinstance(ts, str):
         raise ValueError("heartbeat without ts")
     return timestamp_ns(ts) // 1_000_000
+
+
+def heartbeat_seconds(ts_ns: int) -> float:
+    """The value of the heartbeat-time series for a heartbeat at ``ts_ns``: Unix seconds."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,8 +162,7 @@ def samples(doc: Mapping[str, Any], ts_ns: int | None = None) -> Samples:
             if labels is not None:
                 out[(named, labels)] = number
 
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    out[(LAST_HEARTBEAT, ())] = seconds + nanos / 1e9  # not ns / 1e9, which gives ...800.1230001
+    out[(LAST_HEARTBEAT, ())] = heartbeat_seconds(ts_ns)
     info = tuple(sorted((key, value) for key in ("edition", "agent_version") if isinstance(value := doc.get(key), str)))
     out[(INFO, info)] = 1
     collectors = doc.get("collectors")
