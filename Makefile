@@ -41,8 +41,18 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+## PYTEST_WORKERS=N runs the tests in N processes, a module to each (module fixtures stay shared);
+## the Debian package tests install into this machine (/etc, /usr, /var/lib), so they run alone, afterwards.
+PYTEST_WORKERS ?= 0
+DEB_TESTS := tests/packaging/test_deb.py
+
 pytest: setup
+ifeq ($(PYTEST_WORKERS),0)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+else
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --ignore=$(DEB_TESTS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(DEB_TESTS)
+endif
 
 ## Benchmarks (never part of `make test`): one JSON report in bench/results/report.json.
 bench: setup

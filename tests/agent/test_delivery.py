@@ -157,16 +157,28 @@ async def deliver(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Callable
             thing.close()
 
 
+# A deadline to poll against, never a sleep: generous, because a loaded machine runs these slowly.
+PATIENCE = 60.0
+
+
+async def until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
+    """Poll ``condition`` while ``task`` runs; fail when the task ends or ``PATIENCE`` seconds pass first."""
+    give_up = asyncio.get_running_loop().time() + PATIENCE
+    while not condition():
+        if task.done():
+            task.result()  # the loop's own exception, if it died of one
+            raise AssertionError("the loop ended before the condition held")
+        if asyncio.get_running_loop().time() > give_up:
+            raise AssertionError(f"condition not met in {PATIENCE:.0f} s")
+        await asyncio.sleep(0.005)
+
+
 async def run_until(loop: SinkLoop, condition: Callable[[], bool]) -> None:
     """Run ``loop`` (woken once, as by a tick) until ``condition`` holds, then cancel it."""
     task = asyncio.create_task(loop.run())
     loop.wake.set()
     try:
-        for _ in range(2000):
-            if condition():
-                return
-            await asyncio.sleep(0.005)
-        raise AssertionError("condition not met")
+        await until(condition, task)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -177,7 +189,7 @@ async def test_loop_retries_on_its_own_after_failures_without_a_second_wake(deli
     script = Script((503, {}), (503, {}))
     observed: list[Delivery] = []
     loop = await deliver(script, 4, BackoffPolicy.immediate(), observed)
-    await run_until(loop, lambda: loop.state.acked_total == 4)
+    await run_until(loop, lambda: loop.state.acked_total == 4 and len(observed) == 4)
     assert [2, 2, 2, 2] == script.requests
     assert ["http_503", "http_503", None, None] == [delivery.failure for delivery in observed]
     assert 0 == loop.backoff.failures
@@ -200,10 +212,7 @@ async def test_retry_after_holds_the_loop_and_wakes_do_not_cut_it_short(deliver:
     loop = await deliver(script, 2, BackoffPolicy(initial=1e-4, cap=1e-3, retry_after_max=900.0), observed)
     task = asyncio.create_task(loop.run())
     loop.wake.set()
-    for _ in range(2000):
-        if observed:
-            break
-        await asyncio.sleep(0.005)
+    await until(lambda: bool(observed), task)
     for _ in range(20):
         loop.wake.set()
         await asyncio.sleep(0.005)

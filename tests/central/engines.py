@@ -8,8 +8,10 @@ the queries they hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +24,7 @@ from typing import Any
 from tests.conftest import REPO
 from tests.sinks.realprocs import _prometheus as start_prometheus
 from tests.sinks.realprocs import _serve as serve
-from tests.sinks.realprocs import binary
+from tests.sinks.realprocs import binary, flush
 from tests.sinks.realprocs import victoria_metrics as victoria_metrics  # re-exported beside prometheus()
 
 CENTRAL = REPO / "central"
@@ -100,6 +102,33 @@ def vmalert(datasource: str, *, rule_files: Sequence[Path], notifier: str, inter
         Path(tmp),
     ) as base:
         yield base
+
+
+@contextmanager
+def flushing(base: str, every: float = 0.5) -> Iterator[None]:
+    """While inside, make what the VictoriaMetrics at ``base`` took in searchable every ``every`` seconds.
+
+    VictoriaMetrics 1.79 makes a new series searchable about 10 s after its first
+    sample. The end-to-end path pays that three times in a row (the agents' series,
+    then each recording rule's output, which the next rule reads), about 30 s per
+    test that no dashboard or alert under test depends on. Its own
+    ``/internal/force_flush`` (what :func:`tests.sinks.realprocs.flush` calls)
+    makes the samples searchable at once.
+    """
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(OSError):  # the engine may be on its way down
+                flush(base)
+
+    thread = threading.Thread(target=run, name="victoria-metrics-flush", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def query(base: str, expr: str) -> tuple[int, Any]:

@@ -31,6 +31,7 @@ from tests.central.engines import (
     VMALERT,
     alerts,
     concrete,
+    flushing,
     label_values,
     missing,
     panel_queries,
@@ -124,6 +125,7 @@ async def central(request: pytest.FixtureRequest, tmp_path: Path, aiohttp_server
         notifier = await alertmanager(aiohttp_server, notified)
         with (
             victoria_metrics() as base,
+            flushing(base),
             vmalert(base, rule_files=rule_files, notifier=notifier) as rules_base,
         ):
             sink = {"POP_AGENT_SINKS__REMOTE_WRITE__URL": base + "/api/v1/write"}

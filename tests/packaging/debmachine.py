@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -33,17 +34,58 @@ def tree_version() -> str:
     return match.group(1)
 
 
+class Build:
+    """``make deb DEB_VERSION=version`` into ``work``, in the background: started, waited for, or stopped.
+
+    The upgrade tests need a second build of the tree; run beside the tests that
+    need only the first, it costs a second core instead of the wall time of a build.
+    """
+
+    def __init__(self, version: str, work: Path) -> None:
+        self.version = version
+        self.dist = work / "dist"
+        self.log = work / "make-deb.log"
+        self._argv = ["make", "-s", "-f", "mk/deb.mk", "deb", f"DEB_VERSION={version}"]
+        self._argv += [f"DEB_DIST={self.dist}", f"DEB_BUILD={work}"]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the build (once)."""
+        if self._proc is None:
+            with self.log.open("wb") as log:
+                # Its own process group, so that stop() reaches dpkg-buildpackage and its children too.
+                self._proc = subprocess.Popen(
+                    self._argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+
+    def wait(self) -> dict[str, Path]:
+        """The three packages by name, once the build is done (started now if it was not); raises if it failed."""
+        self.start()
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        if code != 0:
+            raise subprocess.CalledProcessError(code, self._argv, output=self.log.read_text(errors="replace"))
+        return {package: next(self.dist.glob(f"{package}_{self.version}_*.deb")) for package in PACKAGES}
+
+    def stop(self) -> None:
+        """End the build if it still runs (a session that never waited for it)."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+
 def build_debs(version: str, work: Path) -> dict[str, Path]:
-    """``make deb DEB_VERSION=version`` into ``work``; the three packages by name."""
-    dist = work / "dist"
-    subprocess.run(
-        ["make", "-s", "-f", "mk/deb.mk", "deb", f"DEB_VERSION={version}", f"DEB_DIST={dist}", f"DEB_BUILD={work}"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=BUILD_TIMEOUT,
-    )
-    return {package: next(dist.glob(f"{package}_{version}_*.deb")) for package in PACKAGES}
+    """``make deb DEB_VERSION=version`` into ``work``, to the end; the three packages by name."""
+    return Build(version, work).wait()
 
 
 def run(*command: str | Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -43,15 +43,30 @@ pytestmark = [
 
 
 @pytest.fixture(scope="session")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The three packages, built once per session by ``make deb``."""
-    return m.build_debs(VERSION, tmp_path_factory.mktemp("deb"))
+def upgrade_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[m.Build]:
+    """The upgrade's build (``make deb DEB_VERSION=...``), not yet started; stopped at the end if still running."""
+    build = m.Build(UPGRADE_VERSION, tmp_path_factory.mktemp("deb-upgrade"))
+    try:
+        yield build
+    finally:
+        build.stop()
 
 
 @pytest.fixture(scope="session")
-def upgrade_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same three, rebuilt with a higher version (``make deb DEB_VERSION=...``)."""
-    return m.build_debs(UPGRADE_VERSION, tmp_path_factory.mktemp("deb-upgrade"))
+def debs(tmp_path_factory: pytest.TempPathFactory, upgrade_build: m.Build) -> dict[str, Path]:
+    """The three packages, built once per session by ``make deb``; then the upgrade's build starts beside the tests.
+
+    Not before: the first build fills the shared wheelhouse, which two builds at once would race to fill.
+    """
+    built = m.build_debs(VERSION, tmp_path_factory.mktemp("deb"))
+    upgrade_build.start()
+    return built
+
+
+@pytest.fixture(scope="session")
+def upgrade_debs(debs: dict[str, Path], upgrade_build: m.Build) -> dict[str, Path]:
+    """The same three, rebuilt with a higher version, once that build is done."""
+    return upgrade_build.wait()
 
 
 @pytest.fixture
