@@ -57,6 +57,7 @@ class Allowlist(dict[str, MetricSpec]):
 # tripwire has nothing to find in them (a number hidden in their digits is what
 # only the allowlist's typing can make harmless, for them as for any number).
 _FIXED_SHAPES = re.compile(f"(?:{HEARTBEAT_ID[1:-1]})|(?:{TIMESTAMP[1:-1]})")
+_SCALARS = (int, float, type(None))  # nothing for the tripwire in these (bool is an int)
 _CLEAN_CACHE_SIZE = 4096
 _clean: set[str] = set()  # strings the tripwire passed: metric names, mounts, codes recur every tick
 _PYDANTIC_CODES = {
@@ -121,18 +122,37 @@ def sensitive(text: str) -> str | None:
 
 
 def _clean_throughout(value: Any) -> bool:
-    """Whether the tripwire finds nothing anywhere in ``value``: the walk of every tick, with no paths built."""
-    if isinstance(value, str):
-        return sensitive(value) is None
-    if isinstance(value, dict):
-        if isinstance(value, RepeatedKeys):
+    """Whether the tripwire finds nothing anywhere in ``value``: the walk of every heartbeat, with no paths built.
+
+    Iterative, and strings the tripwire already passed are skipped by set lookups (a
+    whole object's keys at once), so a heartbeat of known names costs a few
+    microseconds. ``False`` sends the document to the walk that names where.
+    """
+    clean = _clean
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        children: Iterable[Any]
+        if type(node) is dict:
+            if not clean.issuperset(node) and not all(isinstance(key, str) and sensitive(key) is None for key in node):
+                return False
+            children = node.values()
+        elif type(node) is list:
+            children = node
+        elif isinstance(node, str):
+            if sensitive(node) is not None:
+                return False
+            continue
+        elif isinstance(node, dict | list):  # a RepeatedKeys mark (or another subclass): the careful walk decides
             return False
-        return all(
-            (not isinstance(key, str) or sensitive(key) is None) and _clean_throughout(item)
-            for key, item in value.items()
-        )
-    if isinstance(value, list):
-        return all(_clean_throughout(item) for item in value)
+        else:
+            continue
+        for item in children:
+            if type(item) is str:
+                if item not in clean and sensitive(item) is not None:
+                    return False
+            elif not isinstance(item, _SCALARS):
+                stack.append(item)
     return True
 
 
