@@ -22,6 +22,23 @@ from dataclasses import dataclass
 StrPath = str | os.PathLike[str]
 
 
+# The defaults look :mod:`os` up at each call, so a test that watches os.fsync sees these too.
+def _open(path: str, flags: int, mode: int) -> int:
+    return os.open(path, flags, mode)
+
+
+def _write(fd: int, data: memoryview) -> int:
+    return os.write(fd, data)
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _rename(src: str, dst: str) -> None:
+    os.rename(src, dst)
+
+
 @dataclass(frozen=True, slots=True)
 class FileOps:
     """The system calls through which the bytes reach the disk.
@@ -30,10 +47,10 @@ class FileOps:
     chosen moment instead of patching :mod:`os`; the agent always uses the defaults.
     """
 
-    open: Callable[[str, int, int], int] = os.open
-    write: Callable[[int, memoryview], int] = os.write
-    fsync: Callable[[int], None] = os.fsync
-    rename: Callable[[str, str], None] = os.rename
+    open: Callable[[str, int, int], int] = _open
+    write: Callable[[int, memoryview], int] = _write
+    fsync: Callable[[int], None] = _fsync
+    rename: Callable[[str, str], None] = _rename
 
 
 SYSTEM = FileOps()

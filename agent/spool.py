@@ -24,7 +24,6 @@ an internal lock, so puts and drains from different threads do not interleave.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import threading
 import time
@@ -38,12 +37,11 @@ from agent.errors import SpoolError
 from agent.sample import Pending
 from agent.settings import SpoolSettings
 from agent.spool_cursors import COUNTERS, Cursor, Cursors, decode_state, encode_state
-from agent.spool_index import SpoolIndex
+from agent.spool_index import SpoolIndex, uuid7_seconds
 from agent.spool_io import spool_error
-from agent.spool_store import ID_PATTERN, SpoolFiles
+from agent.spool_store import ID_PATTERN, SpoolFiles, as_heartbeat
 
 SINK_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_UUID7 = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +60,10 @@ class Spool:
     """Heartbeats on disk, read oldest first by each sink, deleted once all sinks are done.
 
     ``sinks`` names the active sinks; with none (telemetry off) nothing is deleted
-    except by the bounds. ``fsync=False`` is for tests and benchmarks only.
-    ``ops`` is where tests inject failing system calls.
+    except by the bounds. ``newest_only`` names those of them that only ever
+    send the newest heartbeat (see :mod:`agent.spool_cursors`). ``fsync=False``
+    is for tests and benchmarks only. ``ops`` is where tests inject failing
+    system calls.
     """
 
     def __init__(
@@ -72,22 +72,26 @@ class Spool:
         settings: SpoolSettings,
         *,
         sinks: Sequence[str] = (),
+        newest_only: Sequence[str] = (),
         fsync: bool = True,
         ops: FileOps | None = None,
     ) -> None:
         for sink in sinks:
             if not SINK_PATTERN.fullmatch(sink):
                 raise ValueError(f"bad sink name {sink!r}")
+        if not set(newest_only) <= set(sinks):
+            raise ValueError("a newest-only sink must be one of the sinks")
         self.root = Path(root)
         self._settings = settings
         self._sink_names = tuple(sinks)
+        self._newest_only = tuple(newest_only)
         self._files = SpoolFiles(self.root, fsync=fsync, ops=ops or SYSTEM)
         self._lock = threading.RLock()
         self._reset()
 
     def _reset(self) -> None:
         self._index = SpoolIndex()
-        self._cursors = Cursors(self._sink_names)
+        self._cursors = Cursors(self._sink_names, self._newest_only)
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._readonly = False
         self._is_open = False
@@ -124,6 +128,7 @@ class Spool:
         changed = self._load_state()
         self._counters["quarantined_total"] += quarantined
         changed |= bool(quarantined) | self._scan_pending()
+        self._cursors.supersede(self._index)
         finished = [doc_id for doc_id in self._index.live() if self._cursors.done_by_all(doc_id)]
         if finished:
             self._delete(finished)
@@ -176,6 +181,9 @@ class Spool:
                 self._cursors.adopt(lowered)
             self._files.store(doc_id, raw)
             self._index.add(doc_id, len(raw))
+            superseded = self._cursors.supersede(self._index)
+            if finished := sorted(x for x in superseded if self._cursors.done_by_all(x)):
+                self._delete(finished)  # a newest-only sink held them, and no other sink needs them
             if self._enforce_bounds() or self._dirty:
                 self._save_soon()
             self._index.compact()
@@ -185,12 +193,15 @@ class Spool:
 
         Their total size stays within ``max_bytes``, except that the first is
         always included so an oversized heartbeat still reaches the sink (which
-        can then reject it). Files that are not a valid heartbeat are quarantined
+        can then reject it). A newest-only sink gets the newest heartbeat, unless
+        it is done with it. Files that are not a valid heartbeat are quarantined
         on the way.
         """
         with self._lock:
             self._check_open()
             cursor = self._cursors.cursor(sink)
+            if sink in self._newest_only:
+                return self._newest(cursor)
             ids, sizes = self._index.ids, self._index.sizes
             out: list[Pending] = []
             total = 0
@@ -210,6 +221,12 @@ class Spool:
             if self._counters["quarantined_total"] != quarantined and not self._readonly:
                 self._save_soon()
             return out
+
+    def _newest(self, cursor: Cursor) -> list[Pending]:
+        while (newest := self._index.newest()) is not None and not cursor.done(newest):
+            if (pending := self._read(newest)) is not None:
+                return [pending]
+        return []
 
     def settle(self, sink: str, done: Iterable[str], rejected: Mapping[str, str]) -> None:
         """Record what ``sink`` made of a batch; delete files that every active sink is done with.
@@ -258,7 +275,7 @@ class Spool:
             oldest = self._index.oldest()
             age: float | None = None
             if oldest is not None:
-                born = _uuid7_seconds(oldest)
+                born = uuid7_seconds(oldest)
                 if born is None:
                     born = self._files.born(oldest)
                 if born is not None:
@@ -340,16 +357,7 @@ class Spool:
         if raw is None:
             self._forget(doc_id)
             return None
-        try:
-            doc = json.loads(raw)
-            valid = isinstance(doc, dict) and doc.get("id") == doc_id
-        except (ValueError, RecursionError):
-            valid = False
-        if valid:
-            pending = Pending(doc_id, raw)
-            # Hand the parse over to Pending.doc (a cached_property keeps its value in
-            # the instance dict), so the scrubber downstream does not parse it again.
-            vars(pending)["doc"] = doc
+        if (pending := as_heartbeat(doc_id, raw)) is not None:
             return pending
         if not self._readonly:
             self._counters["quarantined_total"] += self._files.quarantine_pending(doc_id)
@@ -394,10 +402,3 @@ class Spool:
         self._check_open()
         if self._readonly:
             raise SpoolError("spool opened read-only", code="readonly")
-
-
-def _uuid7_seconds(doc_id: str) -> float | None:
-    match = _UUID7.fullmatch(doc_id)
-    if match is None:
-        return None
-    return int(match.group(1) + match.group(2), 16) / 1000.0

@@ -8,6 +8,12 @@ may ack a later heartbeat while an earlier one is still kept (half of a split
 batch failed), and the earlier one must not be skipped. A heartbeat may be
 deleted once every active sink's cursor is done with it.
 
+A sink that only ever shows the newest heartbeat (the Pushgateway: a push
+replaces the POP's whole group) is *newest-only*: every heartbeat older than the
+newest spooled one is done for it, so its cursor never holds a file back and
+never asks for a backlog; a crash at worst pushes the newest one again, so its
+progress need not reach the disk before a file is deleted.
+
 Cursors of sinks not active in this process (``agent enqueue``, or a sink
 switched off) are *dormant*: kept and saved as they are, and still moved back
 by a put of an older id, so the daemon does not take that heartbeat for done.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +70,9 @@ class Cursor:
 class Cursors:
     """The cursors of the active sinks, and the dormant ones kept for later."""
 
-    def __init__(self, sinks: Sequence[str]) -> None:
+    def __init__(self, sinks: Sequence[str], newest_only: Collection[str] = ()) -> None:
         self.sinks = tuple(dict.fromkeys(sinks))
+        self.newest_only = frozenset(newest_only)
         self.active: dict[str, Cursor] = {}
         self.dormant: dict[str, Cursor] = {}
         self.saved_ahead: set[str] = set()  # ids state.json says some sink is done with
@@ -139,10 +146,35 @@ class Cursors:
     def nothing_done_once_gone(self, gone: set[str], index: SpoolIndex) -> bool:
         """Whether, once ``gone`` are deleted, no sink is done with any heartbeat still spooled.
 
-        Then the deletions are the whole record, and ``state.json`` need not be rewritten.
+        Then the deletions are the whole record, and ``state.json`` need not be
+        rewritten. Newest-only sinks do not count: their progress is rebuilt from
+        the files at open, and losing it costs one push again.
         """
         first = next((doc_id for doc_id in index.live() if doc_id not in gone), None)
-        return all(cursor.ahead <= gone and (first is None or first > cursor.low) for cursor in self.active.values())
+        return all(
+            cursor.ahead <= gone and (first is None or first > cursor.low)
+            for sink, cursor in self.active.items()
+            if sink not in self.newest_only
+        )
+
+    def supersede(self, index: SpoolIndex) -> set[str]:
+        """Move each newest-only cursor up to the newest heartbeat; the live ids that newly passed.
+
+        Only the newest heartbeat is left for such a sink to send: pushing an
+        older one would show nothing that the next push does not overwrite.
+        """
+        newest = index.newest()
+        if newest is None:
+            return set()
+        floor = index.before(newest)
+        passed: set[str] = set()
+        for sink in self.newest_only & self.active.keys():
+            cursor = self.active[sink]
+            if cursor.low < floor:
+                passed |= index.between(cursor.low, floor) - cursor.ahead
+                cursor.low = floor
+                cursor.ahead = {doc_id for doc_id in cursor.ahead if doc_id > floor}
+        return passed
 
 
 def encode_state(counters: Mapping[str, int], cursors: Mapping[str, Cursor]) -> bytes:

@@ -13,8 +13,10 @@ drain removes them.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Iterator
 
+_UUID7 = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Compact once this many dead ids are in the list and they outnumber the live ones.
 _COMPACT_AFTER = 1024
 
@@ -99,3 +101,11 @@ class SpoolIndex:
         if dead > _COMPACT_AFTER and dead > len(self.sizes):
             self.ids = [doc_id for doc_id in self.ids if doc_id in self.sizes]
             self.head = 0
+
+
+def uuid7_seconds(doc_id: str) -> float | None:
+    """When a heartbeat with a UUIDv7 id was made (Unix seconds); ``None`` for other ids."""
+    match = _UUID7.fullmatch(doc_id)
+    if match is None:
+        return None
+    return int(match.group(1) + match.group(2), 16) / 1000.0

@@ -32,6 +32,7 @@ from pathlib import Path
 from agent import aside, atomic_file
 from agent.atomic_file import SYSTEM, FileOps, remove_quietly
 from agent.errors import SpoolError
+from agent.sample import Pending
 from agent.spool_io import Reclaimer, error_code, open_dir, spool_error
 
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,79}")
@@ -303,6 +304,21 @@ class SpoolFiles:
         """Fsync one of the spool's directories through its open descriptor."""
         if self.fsync:
             self.ops.fsync(self._dir_fds[path])
+
+
+def as_heartbeat(doc_id: str, raw: bytes) -> Pending | None:
+    """The heartbeat in a pending file's bytes; ``None`` unless they are a JSON object whose ``"id"`` is ``doc_id``."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("id") != doc_id:
+        return None
+    pending = Pending(doc_id, raw)
+    # Hand the parse over to Pending.doc (a cached_property keeps its value in the
+    # instance dict), so the scrubber downstream does not parse it again.
+    vars(pending)["doc"] = doc
+    return pending
 
 
 def _read_file(directory: str, name: str, size: int, dir_fd: int | None) -> bytes:
