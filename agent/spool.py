@@ -181,9 +181,9 @@ class Spool:
                 self._cursors.adopt(lowered)
             self._files.store(doc_id, raw)
             self._index.add(doc_id, len(raw))
-            superseded = self._cursors.supersede(self._index)
-            if finished := sorted(x for x in superseded if self._cursors.done_by_all(x)):
-                self._delete(finished)  # a newest-only sink held them, and no other sink needs them
+            superseded = self._cursors.supersede(self._index)  # a newest-only sink held them
+            if superseded and (finished := sorted(x for x in superseded if self._cursors.done_by_all(x))):
+                self._delete(finished)
             if self._enforce_bounds() or self._dirty:
                 self._save_soon()
             self._index.compact()
@@ -223,8 +223,10 @@ class Spool:
             return out
 
     def _newest(self, cursor: Cursor) -> list[Pending]:
-        while (newest := self._index.newest()) is not None and not cursor.done(newest):
-            if (pending := self._read(newest)) is not None:
+        for doc_id in self._index.newest_first():
+            if cursor.done(doc_id):
+                break
+            if (pending := self._read(doc_id)) is not None:
                 return [pending]
         return []
 
@@ -315,9 +317,11 @@ class Spool:
 
     def _enforce_bounds(self) -> bool:
         """Drop the oldest heartbeats while over either bound; ``True`` if any was dropped."""
+        count, size = len(self._index), self._index.bytes
+        if count <= self._settings.max_files and size <= self._settings.max_bytes:
+            return False
         drop: list[str] = []
         live = self._index.live()
-        count, size = len(self._index), self._index.bytes
         while count > self._settings.max_files or size > self._settings.max_bytes:
             doc_id = next(live)
             drop.append(doc_id)

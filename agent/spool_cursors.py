@@ -128,11 +128,11 @@ class Cursors:
         or the clock stepped back), or spooled again after delivery while
         ``state.json`` still names it.
         """
-        if doc_id in index:
+        if doc_id in index.sizes:
             return False
-        return doc_id in self.saved_ahead or any(
-            doc_id <= c.low for c in (*self.active.values(), *self.dormant.values())
-        )
+        if doc_id in self.saved_ahead:
+            return True
+        return any(doc_id <= c.low for c in self.active.values()) or any(doc_id <= c.low for c in self.dormant.values())
 
     def lowered(self, doc_id: str, index: SpoolIndex) -> dict[str, Cursor]:
         """Every cursor moved back below ``doc_id``: what to save before storing it, then :meth:`adopt`."""
@@ -163,6 +163,8 @@ class Cursors:
         Only the newest heartbeat is left for such a sink to send: pushing an
         older one would show nothing that the next push does not overwrite.
         """
+        if not self.newest_only:
+            return set()
         newest = index.newest()
         if newest is None:
             return set()

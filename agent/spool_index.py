@@ -53,13 +53,14 @@ class SpoolIndex:
         """The oldest live id."""
         return next(self.live(), None)
 
+    def newest_first(self) -> Iterator[str]:
+        """The live ids, newest first."""
+        ids, sizes = self.ids, self.sizes
+        return (ids[i] for i in range(len(ids) - 1, self.head - 1, -1) if ids[i] in sizes)
+
     def newest(self) -> str | None:
         """The newest live id."""
-        ids, sizes = self.ids, self.sizes
-        for i in range(len(ids) - 1, self.head - 1, -1):
-            if ids[i] in sizes:
-                return ids[i]
-        return None
+        return next(self.newest_first(), None)
 
     def above(self, low: str) -> int:
         """The position of the first id (live or dead) after ``low``."""
