@@ -1,13 +1,15 @@
 """The disk spool: one JSON file per heartbeat, deleted once every sink is done with it.
 
-:class:`Spool` is what the rest of the agent uses; it holds three parts that
-know nothing of one another and of the spool:
+:class:`Spool` is what the rest of the agent uses; it holds three parts, none
+of which knows the spool or the store (only the cursors read the index):
 
 - :mod:`agent.spool_store`: the directories and files (layout, atomic writes,
   quarantine, ``rejected/``, the lock, ``state.json``'s bytes);
 - :mod:`agent.spool_index`: the ids and sizes of the spooled heartbeats, the
   only thing kept in memory (bounded by ``max_files``);
-- :mod:`agent.spool_cursors`: one cursor per sink, and ``state.json``'s format.
+- :mod:`agent.spool_cursors`: one cursor per sink (a newest-only sink, the
+  Pushgateway, is only ever handed the newest heartbeat and holds none back),
+  and ``state.json``'s format.
 
 The rules that tie them together are here: the cursors are written to disk
 before any file is deleted, so an ack never comes back after a crash
@@ -17,8 +19,8 @@ with); the bounds drop the oldest heartbeats; a file is checked when it is read
 object whose ``"id"`` matches its name is quarantined then; names and empty
 files are checked when the spool opens.
 
-Blocking calls only: the runner goes through ``asyncio.to_thread``. Methods take
-an internal lock, so puts and drains from different threads do not interleave.
+Blocking calls only: the daemon makes them on its file thread. Methods take an
+internal lock, so puts and drains from different threads do not interleave.
 """
 
 from __future__ import annotations
@@ -370,20 +372,16 @@ class Spool:
 
     def _load_state(self) -> bool:
         """Read ``state.json``; a damaged one is quarantined (``True``) and every sink starts over."""
-        raw = self._files.read_state()
-        counters = dict.fromkeys(COUNTERS, 0)
-        saved: dict[str, Cursor] = {}
-        damaged = False
-        if raw is not None:
-            try:
-                counters, saved = decode_state(raw)
-            except ValueError:
-                damaged = True
-        self._counters = counters
-        if damaged and not self._readonly:
-            self._counters["quarantined_total"] += self._files.quarantine_state()
+        try:
+            self._counters, saved = decode_state(self._files.read_state())
+        except ValueError:
+            self._counters, saved = dict.fromkeys(COUNTERS, 0), {}
+            if not self._readonly:
+                self._counters["quarantined_total"] += self._files.quarantine_state()
+            self._cursors.load(saved)
+            return True
         self._cursors.load(saved)
-        return damaged
+        return False
 
     def _save_soon(self) -> None:
         """Save cursors and counters now if the disk lets us, else on a later call."""

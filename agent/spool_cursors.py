@@ -189,8 +189,10 @@ def encode_state(counters: Mapping[str, int], cursors: Mapping[str, Cursor]) -> 
     return json.dumps(state, separators=(",", ":")).encode()
 
 
-def decode_state(raw: bytes) -> tuple[dict[str, int], dict[str, Cursor]]:
-    """The counters and cursors in ``state.json``; ``ValueError`` if it is damaged."""
+def decode_state(raw: bytes | None) -> tuple[dict[str, int], dict[str, Cursor]]:
+    """The counters and cursors in ``state.json`` (none when there is none); ``ValueError`` if it is damaged."""
+    if raw is None:
+        return dict.fromkeys(COUNTERS, 0), {}
     try:
         state: Any = json.loads(raw)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
