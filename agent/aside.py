@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from agent.spool_io import unlink_quietly
+from agent.atomic_file import remove_quietly
 
 KEEP_FILES = 1000
 KEEP_BYTES = 16 * 1024 * 1024
@@ -57,8 +57,8 @@ def prune(path: str, *, grouped: bool, now: float | None = None) -> int:
         drop += 1
     for entry in entries[:drop]:
         if grouped:
-            unlink_quietly(os.path.join(path, entry.stem + SIDECAR))
-            unlink_quietly(os.path.join(path, entry.stem + ".json"))
+            remove_quietly(os.path.join(path, entry.stem + SIDECAR))
+            remove_quietly(os.path.join(path, entry.stem + ".json"))
         else:
             _remove_any(os.path.join(path, entry.stem))
     return len(entries) - drop
@@ -98,4 +98,4 @@ def _remove_any(target: str) -> None:
     if os.path.isdir(target) and not os.path.islink(target):
         shutil.rmtree(target, ignore_errors=True)
     else:
-        unlink_quietly(target)
+        remove_quietly(target)

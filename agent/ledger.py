@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import atomic_file
 from agent.ledger_record import SentRecord, decode_line, encode_line
 
 LEDGER_DIR = "ledger"
@@ -186,13 +187,7 @@ class Ledger:
             self.open()
         if digest in self._bodies:
             return True
-        path = body_path(self.directory, digest)
-        temporary = path.with_name(f".{digest}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(body)
-            if self.fsync:
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        atomic_file.replace(body_path(self.directory, digest), body, durable=self.fsync)
         self._bodies[digest] = len(body)
         self._prune_bodies()
         return True
@@ -254,7 +249,7 @@ class Ledger:
         self._current_started = started
         self._segments.setdefault(path, 0)
         if self.fsync:
-            _sync_directory(self.directory)
+            atomic_file.fsync_dir(self.directory)
 
     def _abandon_segment(self) -> None:
         self.close()
@@ -293,11 +288,3 @@ def _segment_stamp(path: Path) -> int:
 
 def _segment_started(path: Path) -> float:
     return _segment_stamp(path) / 1000
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

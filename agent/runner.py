@@ -92,7 +92,13 @@ class Runner:
         if not self.sinks:
             bound = min(spool_settings.max_files, spool_settings.local_max_files)
             spool_settings = spool_settings.model_copy(update={"max_files": bound})
-        self.spool = Spool(self.state_dir / "spool", spool_settings, sinks=[sink.name for sink in self.sinks])
+        self.spool = Spool(
+            self.state_dir / "spool",
+            spool_settings,
+            sinks=[sink.name for sink in self.sinks],
+            # An optional ability (the Pushgateway's): such a sink never holds a heartbeat back.
+            newest_only=[sink.name for sink in self.sinks if getattr(sink, "newest_only", False)],
+        )
         self.seq = SeqCounter(self.state_dir / "seq.json")
         self.files = FileThread()
         self.status_file = StatusFile(self.state_dir)

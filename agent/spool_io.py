@@ -1,8 +1,6 @@
-"""The spool's file primitives: atomic writes, directory fsyncs, errno codes, the trash.
+"""The spool's file primitives: errno codes, directory descriptors, the trash.
 
-Kept apart from :mod:`agent.spool` so that the one place bytes reach the disk is
-small enough to read at a glance, and so that tests can inject failures through
-:class:`FileOps` instead of patching :mod:`os`.
+Atomic writes are :mod:`agent.atomic_file`'s, shared with the rest of the agent.
 """
 
 from __future__ import annotations
@@ -10,9 +8,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from agent.atomic_file import remove_quietly
 from agent.errors import SpoolError
 
 _ERRNO_CODES = {
@@ -22,19 +19,6 @@ _ERRNO_CODES = {
     errno.EPERM: "eacces",
     errno.EROFS: "erofs",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class FileOps:
-    """The system calls through which heartbeat bytes reach the disk.
-
-    Tests pass replacements that fail with ``ENOSPC``, ``EACCES`` or ``EIO`` at a
-    chosen moment; the agent always uses the defaults.
-    """
-
-    open: Callable[[str, int, int], int] = os.open
-    write: Callable[[int, memoryview], int] = os.write
-    fsync: Callable[[int], None] = os.fsync
 
 
 def error_code(exc: OSError) -> str:
@@ -51,55 +35,6 @@ def spool_error(exc: OSError) -> SpoolError:
 def open_dir(path: str) -> int:
     """A descriptor of ``path`` for fsyncing the directory itself."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def write_file(ops: FileOps, path: str, data: bytes, *, fsync: bool) -> None:
-    """Create ``path`` holding ``data`` and, with ``fsync``, force it to disk.
-
-    On any failure the partial file is removed and the ``OSError`` propagates: a
-    failed fsync means the kernel may have dropped the data, so it counts as a
-    failed write.
-    """
-    fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = ops.write(fd, view)
-            if written <= 0:
-                raise OSError(errno.ENOSPC, "short write")
-            view = view[written:]
-        if fsync:
-            ops.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quietly(path)
-        raise
-    os.close(fd)
-
-
-def replace_atomically(ops: FileOps, tmp_path: str, final_path: str, data: bytes, *, fsync: bool) -> None:
-    """Write ``data`` to ``tmp_path``, fsync it, then rename it over ``final_path``.
-
-    The caller fsyncs the directory of ``final_path`` afterwards, possibly once
-    for several renames.
-    """
-    write_file(ops, tmp_path, data, fsync=fsync)
-    try:
-        os.rename(tmp_path, final_path)
-    except BaseException:
-        unlink_quietly(tmp_path)
-        raise
-
-
-def unlink_quietly(path: str) -> bool:
-    """Remove ``path``; ``False`` if it could not be removed (already gone counts as removed)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 class Reclaimer:
@@ -156,6 +91,6 @@ class Reclaimer:
                             return
                         if n % 64 == 0 and self._wake.is_set():
                             break  # a drain is under way again; finish after it
-                        unlink_quietly(entry.path)
+                        remove_quietly(entry.path)
             except OSError:
                 continue

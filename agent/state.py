@@ -4,43 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
-
-    With ``durable`` the data and the rename are fsynced, so the new file also
-    survives a power loss; without it the write is atomic but may be lost.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)  # a failed fsync is a failed write: the old file stays
-        os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        remove_quietly(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from agent import atomic_file
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -53,8 +20,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, value: dict[str, Any], *, durable: bool = True) -> None:
-    """Atomically write a JSON object."""
-    write_atomic(path, json.dumps(value, separators=(",", ":"), sort_keys=True).encode(), durable=durable)
+    """Atomically write a JSON object (with ``durable``, also fsynced: see :func:`agent.atomic_file.replace`)."""
+    atomic_file.replace(path, json.dumps(value, separators=(",", ":"), sort_keys=True).encode(), durable=durable)
 
 
 class Sequence:
@@ -132,5 +99,5 @@ def drop_incoming(spool_root: Path, doc_id: str, raw: bytes) -> Path:
     directory = spool_root / INCOMING
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{doc_id}.json"
-    write_atomic(path, raw)
+    atomic_file.replace(path, raw)
     return path

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from agent import atomic_file
 from agent.sample import MetricKind, MetricSpec, Sample
-from agent.state import write_atomic
 from alerts.events import (
     SINK_NAME,
     AlarmKind,
@@ -390,4 +390,4 @@ class Health:
 
 def _write_state(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
+    atomic_file.replace(path, data)

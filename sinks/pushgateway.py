@@ -5,7 +5,10 @@ latest heartbeat in the text exposition format (see :mod:`sinks.exposition`).
 A PUT replaces the whole group and the Pushgateway keeps only the latest value
 of every series, counters included, so of a backlog only the newest heartbeat
 per POP is pushed; the older ones are acknowledged as superseded, since pushing
-them first would show nothing that the next push does not overwrite.
+them first would show nothing that the next push does not overwrite. The spool
+knows this too (``newest_only``): it hands the sink only the newest heartbeat
+and never keeps an older one for it, so a Pushgateway that is down holds no
+file on disk (see agent/spool_cursors.py).
 
 What each answer means:
 
@@ -59,6 +62,8 @@ class PushgatewaySink:
 
     name: ClassVar[str] = "pushgateway"
     settings_model: ClassVar[type[PushgatewaySinkSettings]] = PushgatewaySinkSettings
+    # The spool hands this sink only the newest heartbeat, and never keeps one for it.
+    newest_only: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from agent.atomic_file import FileOps
 from agent.errors import SpoolError
 from agent.settings import SpoolSettings
 from agent.spool import Spool
-from agent.spool_io import FileOps
 
 BIG = 1 << 30
 

@@ -150,3 +150,65 @@ def test_a_real_full_disk_raises_enospc_and_recovers_when_acks_free_space(tmp_pa
     report = json.loads(result.stdout)
     assert {k: report[k] for k in ("code", "tmp_left", "after")} == {"code": "enospc", "tmp_left": [], "after": True}
     assert report["stored"] > 10
+
+
+NEWEST_ONLY_WRITER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from agent.settings import SpoolSettings
+    from agent.spool import Spool
+
+    root, log, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    spool = Spool(root, SpoolSettings(), sinks=("central", "pushgateway"), newest_only=("pushgateway",))
+    spool.open()
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    print("ready", flush=True)
+    n = start
+    while True:
+        doc_id = f"hb{n:012d}"
+        spool.put(doc_id, json.dumps({"id": doc_id}).encode())
+        os.write(out, f"put {doc_id}\\n".encode())
+        n += 1
+        if n % 3 == 0:
+            acked = [p.id for p in spool.batch("central", 4, 1 << 20)]
+            os.write(out, "".join(f"try {i}\\n" for i in acked).encode())
+            spool.settle("central", acked, {})
+            os.write(out, "".join(f"ack {i}\\n" for i in acked).encode())
+        if n % 2 == 0:  # the Pushgateway answers every other tick
+            spool.settle("pushgateway", [p.id for p in spool.batch("pushgateway", 10, 1 << 20)], {})
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_with_a_newest_only_sink_loses_nothing_for_central_and_keeps_only_the_newest(tmp_path: Path) -> None:
+    """After each SIGKILL and reopen, nothing central left unsettled is gone; only the newest it settled may stay."""
+    root, log = tmp_path / "spool", tmp_path / "log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    rng = random.Random(11)
+    results = []
+    for round_ in range(6):
+        child = subprocess.Popen(
+            [sys.executable, "-c", NEWEST_ONLY_WRITER, str(root), str(log), str(round_ * 1_000_000)],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.05, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+
+        events = read_log(log)
+        spool = Spool(root, SpoolSettings(), sinks=("central", "pushgateway"), newest_only=("pushgateway",))
+        spool.open()
+        on_disk = {p.name[:-5] for p in (root / "pending").iterdir()}
+        newest = max(on_disk, default="")
+        to_gateway = [p.id for p in spool.batch("pushgateway", 10, 1 << 20)]
+        spool.close()
+        unsettled = events["put"] - events["try"]
+        results.append((unsettled - on_disk, (on_disk - {newest}) & events["ack"], to_gateway in ([], [newest])))
+    assert [(set(), set(), True)] * 6 == results
+    assert len(read_log(log)["try"]) > 0
