@@ -33,6 +33,7 @@ from collections.abc import Collection, Mapping
 from itertools import compress, repeat
 from pathlib import Path
 
+from agent import atomic_file
 from collectors import hll
 
 KEY_FILE = "requests-sketch.key"
@@ -50,25 +51,10 @@ def load_or_create_key(path: Path) -> bytes:
         if len(key) == 32:
             return key
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, os.urandom(32))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path) if path.exists() else os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process created it first: use theirs
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    if path.exists():
+        atomic_file.replace(path, os.urandom(32))  # damaged: a new key (the old sketches were unreadable anyway)
+    else:
+        atomic_file.create(path, os.urandom(32))  # of two processes creating it at once, one key wins
     key = path.read_bytes()
     if len(key) != 32:
         raise OSError("sketch key file is damaged")
