@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from agent.errors import CollectorError
-from agent.sample import MetricSpec, Sample
+from agent.sample import JsonObject, MetricSpec, Sample
 from agent.state import read_json, write_json
 from collectors.base import Closable, Collector, Persistent
 
@@ -99,7 +99,7 @@ class CollectorSlot:
                 log.warning("collector_failed", collector=self.name, status=status, code=code or status)
         return status, samples
 
-    def saved_state(self) -> dict[str, object] | None:
+    def saved_state(self) -> JsonObject | None:
         """The collector's state to keep across restarts (the ``Persistent`` ability), or ``None``."""
         return self.collector.save_state() if isinstance(self.collector, Persistent) else None
 
@@ -149,7 +149,7 @@ async def collect_all(slots: Sequence[CollectorSlot]) -> tuple[list[Sample], dic
     return samples, statuses
 
 
-def saved_states(slots: Sequence[CollectorSlot]) -> dict[str, dict[str, object]]:
+def saved_states(slots: Sequence[CollectorSlot]) -> dict[str, JsonObject]:
     """Each persistent collector's state, taken on the event loop, where the collectors run."""
     states = {}
     for slot in slots:
@@ -163,7 +163,7 @@ def saved_states(slots: Sequence[CollectorSlot]) -> dict[str, dict[str, object]]
     return states
 
 
-def write_states(directory: Path, states: dict[str, dict[str, object]]) -> None:
+def write_states(directory: Path, states: dict[str, JsonObject]) -> None:
     """Write each collector's state to ``directory/<name>.json`` (blocking: the spool's thread calls this)."""
     for name, state in states.items():
         try:

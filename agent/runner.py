@@ -36,7 +36,7 @@ from agent.ledger_hook import LedgerWriter
 from agent.own_metrics import Counters, own_samples
 from agent.pacing import BackoffPolicy
 from agent.reload import Reloads
-from agent.sample import Sample
+from agent.sample import JsonObject, Sample
 from agent.scrubber import Allowlist, scrub
 from agent.service import freeze_heap, sleep_until
 from agent.settings import Settings
@@ -302,7 +302,7 @@ class Runner:
         return refused, self.spool.stats()
 
     def _store(
-        self, heartbeat_id: str, data: bytes, status: dict[str, Any], states: dict[str, dict[str, object]] | None
+        self, heartbeat_id: str, data: bytes, status: dict[str, Any], states: dict[str, JsonObject] | None
     ) -> None:
         self.spool.put(heartbeat_id, data)
         self.status_file.write(status, self.spool.stats())
@@ -397,7 +397,7 @@ class Runner:
         await self.aclose(grace=deadline.remaining())
         log.info("agent_stopped", spool_pending=stats.pending)
 
-    def _final_writes(self, status: dict[str, Any], states: dict[str, dict[str, object]]) -> SpoolStats:
+    def _final_writes(self, status: dict[str, Any], states: dict[str, JsonObject]) -> SpoolStats:
         write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
         stats = self.spool.stats()
         self.status_file.write(status, stats)

@@ -6,15 +6,20 @@ Standard library only, so that any plugin can import them cheaply.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeAlias
 
 # A POP id: the one pattern the settings, the heartbeat schema and the alert texts all check.
 POP_ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
 # A mount point as a label: plain path segments only; the heartbeat schema and the disk collector both check it.
 MOUNT_PATTERN = r"/([A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,15})?"
+
+# What JSON holds: a collector's saved state (offsets, sketch registers) is one of these objects.
+JsonValue: TypeAlias = "str | int | float | bool | Sequence[JsonValue] | Mapping[str, JsonValue] | None"
+JsonObject: TypeAlias = "dict[str, JsonValue]"
 
 
 class MetricKind(StrEnum):

@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel
 
 from agent.plugin_api import PluginContext
-from agent.sample import MetricSpec, Sample
+from agent.sample import JsonObject, MetricSpec, Sample
 
 Cfg = TypeVar("Cfg", bound=BaseModel)
 
@@ -71,6 +71,6 @@ class Persistent(Protocol):
     data; the runner stores it atomically and hands it back to ``load_state``.
     """
 
-    def save_state(self) -> dict[str, object]: ...
+    def save_state(self) -> JsonObject: ...
 
-    def load_state(self, state: dict[str, object]) -> None: ...
+    def load_state(self, state: JsonObject) -> None: ...

@@ -34,6 +34,7 @@ from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
+from agent.sample import JsonObject
 from collectors.logformats import (
     COMBINED,
     COMBINED_FAST,
@@ -221,7 +222,7 @@ class LogCounter:
 
     # -- state ------------------------------------------------------------------------------
 
-    def save(self) -> dict[str, object]:
+    def save(self) -> JsonObject:
         """JSON-safe state: offsets, counters, per-second counts, registers."""
         return {
             "path": str(self.path),

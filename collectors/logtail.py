@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.sample import JsonObject
+
 CHUNK_BYTES = 1 << 18  # a chunk, its tokens and their set stay within a core's L2 cache
 MAX_LINE_BYTES = 1 << 16
 
@@ -85,7 +87,7 @@ class LogFollower:
                 state |= {"next_ino": self._current.ino, "next_offset": self._current.offset}
         return state
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: JsonObject) -> None:
         """Resume from :meth:`save_state`'s data at the next read."""
         valid = {k: v for k, v in state.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
         if "ino" in valid and "offset" in valid:

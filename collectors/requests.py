@@ -34,7 +34,7 @@ from pydantic import Field
 
 from agent.errors import CollectorError
 from agent.plugin_api import PluginContext, PluginSettings
-from agent.sample import MetricKind, MetricSpec, Sample
+from agent.sample import JsonObject, MetricKind, MetricSpec, Sample
 from collectors import hll
 from collectors.logcounter import LogCounter
 from collectors.logrates import CLASSES
@@ -97,7 +97,7 @@ class RequestsCollector:
             )
         self._lock = threading.Lock()
         self._pending: dict[str, Any] | None = None
-        self._last_state: dict[str, object] = {}
+        self._last_state: JsonObject = {}
         self._key_id: str | None = None
 
     @classmethod
@@ -180,7 +180,7 @@ class RequestsCollector:
             if isinstance(saved, dict):
                 log.load(saved, sketches=same_key)
 
-    def save_state(self) -> dict[str, object]:
+    def save_state(self) -> JsonObject:
         """Offsets, counters and sketches: no address, no reversible hash."""
         if not self._lock.acquire(timeout=0.5):
             return self._last_state  # a long read is running: the previous snapshot will do
@@ -196,7 +196,7 @@ class RequestsCollector:
         finally:
             self._lock.release()
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: JsonObject) -> None:
         """Take saved state back; it is applied before the first read."""
         if state.get("v") != STATE_VERSION:
             return

@@ -34,6 +34,7 @@ from itertools import compress, repeat
 from pathlib import Path
 
 from agent import atomic_file
+from agent.sample import JsonObject
 from collectors import hll
 
 KEY_FILE = "requests-sketch.key"
@@ -137,7 +138,7 @@ class UniqueWindows:
         """Distinct clients in the last hour and the last 24 hours."""
         return round(self.fine.count(now)), round(self.coarse.count(now))
 
-    def save(self) -> dict[str, object]:
+    def save(self) -> JsonObject:
         """The sketches as JSON-safe data."""
         return {"fine": self.fine.save(), "coarse": self.coarse.save(), "coarse_bucket": COARSE_BUCKET}
 
