@@ -11,6 +11,7 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
+from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -67,15 +68,18 @@ class CpuCollector:
         MetricSpec("cpu_count", MetricKind.GAUGE, "Number of logical CPUs."),
     )
 
-    def __init__(self, *, source: CpuSource = psutil, first_window: float = 0.1) -> None:
+    def __init__(
+        self, *, source: CpuSource = psutil, first_window: float = 0.1, quick_reads: BatchedCalls | None = None
+    ) -> None:
         self._source = source
+        self._quick_reads = quick_reads or BatchedCalls()
         self._first_window = first_window
         self._last: dict[str, float] | None = None
 
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every host has CPUs."""
-        return cls()
+        return cls(quick_reads=context.quick_reads)
 
     async def collect(self) -> Sequence[Sample]:
         """Read the CPU counters and load averages, or raise ``CollectorError``."""
@@ -99,7 +103,7 @@ class CpuCollector:
     async def _read(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
         # One thread hop for every read: the hop, not the reads, is most of a tick's cost.
         try:
-            return await asyncio.to_thread(self._read_blocking)
+            return await self._quick_reads.call(self._read_blocking)
         except (OSError, psutil.Error) as exc:
             raise CollectorError("cpu figures unreadable", code="cpu_unreadable") from exc
 

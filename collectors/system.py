@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
@@ -12,6 +11,7 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
+from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -35,19 +35,28 @@ class SystemCollector:
         MetricSpec("process_count", MetricKind.GAUGE, "Number of processes on the host."),
     )
 
-    def __init__(self, *, source: SystemSource = psutil, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        source: SystemSource = psutil,
+        clock: Callable[[], float] = time.time,
+        quick_reads: BatchedCalls | None = None,
+    ) -> None:
         self._source = source
+        self._quick_reads = quick_reads or BatchedCalls()
         self._clock = clock
 
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured."""
-        return cls()
+        return cls(quick_reads=context.quick_reads)
 
     async def collect(self) -> Sequence[Sample]:
         """Read the boot time and the process table, or raise ``CollectorError``."""
         try:
-            booted, processes = await asyncio.to_thread(self._read)  # one thread hop: it costs more than the reads
+            booted, processes = await self._quick_reads.call(
+                self._read
+            )  # one trip for both: it costs more than the reads
         except (OSError, psutil.Error) as exc:
             raise CollectorError("system figures unreadable", code="system_unreadable") from exc
         # The wall clock may be stepped back below the boot time; never report a negative uptime.
