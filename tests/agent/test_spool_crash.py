@@ -62,6 +62,19 @@ def read_log(path: Path) -> dict[str, set[str]]:
     return events
 
 
+def kill_at_random(script: str, root: Path, log: Path, first_seq: int, env: dict[str, str], after: float) -> None:
+    """Start the writer ``script``, let it run ``after`` seconds once ready, and SIGKILL it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), str(log), str(first_seq)], env=env, stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"ready\n"
+    time.sleep(after)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_a_torn_file_or_revives_an_ack(tmp_path: Path) -> None:
     """After each SIGKILL every pending file parses, every stored heartbeat is there and no acked one reappears."""
@@ -69,17 +82,7 @@ def test_sigkill_at_random_moments_never_leaves_a_torn_file_or_revives_an_ack(tm
     env = dict(os.environ, PYTHONPATH=str(REPO))
     rng = random.Random(7)
     for round_ in range(12):
-        child = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(root), str(log), str(round_ * 1_000_000)],
-            env=env,
-            stdout=subprocess.PIPE,
-        )
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.4))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+        kill_at_random(WRITER, root, log, round_ * 1_000_000, env, rng.uniform(0.0, 0.4))
 
         files = {p.name: p.read_bytes() for p in (root / "pending").iterdir()}
         torn = [name for name, raw in files.items() if json.loads(raw)["id"] + ".json" != name]
@@ -189,17 +192,7 @@ def test_sigkill_with_a_newest_only_sink_loses_nothing_for_central_and_keeps_onl
     rng = random.Random(11)
     results = []
     for round_ in range(6):
-        child = subprocess.Popen(
-            [sys.executable, "-c", NEWEST_ONLY_WRITER, str(root), str(log), str(round_ * 1_000_000)],
-            env=env,
-            stdout=subprocess.PIPE,
-        )
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.05, 0.3))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+        kill_at_random(NEWEST_ONLY_WRITER, root, log, round_ * 1_000_000, env, rng.uniform(0.05, 0.3))
 
         events = read_log(log)
         spool = Spool(root, SpoolSettings(), sinks=("central", "pushgateway"), newest_only=("pushgateway",))
