@@ -80,7 +80,8 @@ async def test_log_rotated_every_tick(
     await wait_for(lambda: len(central.acked) >= acked + 5 and not daemon.pending())
     assert 0 == await daemon.stop()
     assert_delivered(daemon, central)
-    counted = max(doc["metrics"]["requests_total"] for doc in central.acked)
+    # A tick whose requests collector was busy or timed out (at most a quarter, below) carries no count.
+    counted = max(doc["metrics"].get("requests_total", 0) for doc in central.acked)
     # Lines a copytruncate empties before they were read are gone, and so is a file renamed twice between two
     # reads (tail -F's limits too); a renamed file is read to its end. Nothing is counted twice.
     assert (written // 2 if copytruncate else written * 3 // 4) <= counted <= written
