@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import os
-import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -213,26 +210,28 @@ def _with_spool_errors(settings: Settings, body: Any) -> int:
     return result
 
 
-MAX_DOCUMENT_BYTES = 1_048_576  # a heartbeat is a few KiB; past this, input to scrub or enqueue is refused unread
-
-
 def _read_document(source: str) -> tuple[Any, str | None]:
     """The JSON document in ``source`` (a path or ``-``), or an error line.
 
-    A path is opened without blocking and must be a regular file, so a FIFO
-    with no writer cannot hang the command; at most :data:`MAX_DOCUMENT_BYTES`
-    are read from either.
+    A path must be a regular file, opened without blocking (a FIFO with no writer
+    cannot hang the command); at most :data:`agent.intake.MAX_DOCUMENT_BYTES` are
+    read from either.
     """
+    from agent.intake import MAX_DOCUMENT_BYTES, read_regular  # brings the spool: only for scrub and enqueue
+
     try:
-        raw = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1) if source == "-" else _read_regular(Path(source))
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
+            if len(raw) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
+        else:
+            raw = read_regular(Path(source), follow_links=True)
     except FileNotFoundError:
         return None, f"{source}: no such file"
-    except IsADirectoryError:
-        return None, f"{source}: is a directory"
     except OSError as exc:
         return None, f"{source}: cannot read ({exc.strerror})"
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        return None, f"{source}: larger than {MAX_DOCUMENT_BYTES} bytes"
+    except ValueError as exc:  # one of read_regular's fixed reasons
+        return None, f"{source}: {exc}"
     try:
         return jsondoc.loads(raw), None
     except UnicodeDecodeError:
@@ -242,19 +241,6 @@ def _read_document(source: str) -> tuple[Any, str | None]:
         return None, f"{source}: not JSON: {str(exc).split(':', 1)[-1].strip()}"
     except RecursionError:
         return None, f"{source}: not JSON: nested too deeply"
-
-
-def _read_regular(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read(MAX_DOCUMENT_BYTES + 1)
-    finally:
-        os.close(fd)
 
 
 def _accepted_document(source: str) -> tuple[Any, int]:

@@ -27,7 +27,7 @@ from agent.state import INCOMING, remove_quietly
 log = structlog.get_logger("agent")
 
 PER_TICK = 1000  # documents taken in per tick, so a flood cannot stall ticks
-MAX_DOCUMENT_BYTES = 1 << 20  # an enqueued heartbeat is a few KiB; anything this large is not one
+MAX_DOCUMENT_BYTES = 1 << 20  # a heartbeat is a few KiB; past this, a document is refused (enqueue, scrub, intake)
 
 
 def take_incoming(spool: Spool, allowed: Allowlist) -> int:
@@ -59,25 +59,36 @@ def take_incoming(spool: Spool, allowed: Allowlist) -> int:
     return refused
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file (not a link, FIFO, device or directory); else ``ValueError``."""
+def read_regular(path: Path, *, follow_links: bool = False) -> bytes:
+    """The bytes of ``path`` if it is a regular file of heartbeat size; else ``ValueError`` saying why.
+
+    Opened without blocking and checked with ``fstat`` on the open descriptor, so a
+    FIFO or device is refused unread. A link is refused too unless ``follow_links``
+    (an operator's own argument to ``agent scrub`` or ``enqueue``, not a drop box).
+    A missing or unreadable file is the ``OSError`` of the open.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
             raise ValueError("not a regular file") from None
+        if exc.errno == errno.EISDIR:
+            raise ValueError("is a directory") from None
         raise
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_DOCUMENT_BYTES:
-            raise ValueError("not a regular file of heartbeat size")
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError("is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
         chunks = []
         left = MAX_DOCUMENT_BYTES + 1
         while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
             chunks.append(chunk)
             left -= len(chunk)
         if left <= 0:
-            raise ValueError("grew past heartbeat size")
+            raise ValueError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
         return b"".join(chunks)
     finally:
         os.close(fd)
