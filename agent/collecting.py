@@ -60,19 +60,17 @@ class CollectorSlot:
         """Collect once: ``(status, samples)`` with status ``ok``, ``error``, ``timeout`` or ``busy``."""
         if self._task is not None and not self._task.done():
             return self._settle(BUSY, ())
-        if self.paths:
-            missing = await asyncio.to_thread(_any_missing, self.paths)
-            if missing:
-                self._settle(MISSING, (), MISSING)
-                return ERROR, ()
         if self._task is not None and not self._task.cancelled():
             self._task.exception()  # a late failure of a timed-out run: retrieved, not logged again
-        self._task = asyncio.ensure_future(self.collector.collect())
+        self._task = asyncio.ensure_future(self._collect())
         done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
         if not done:
             return self._settle(TIMEOUT, ())
         try:
             samples = tuple(s for s in self._task.result() if isinstance(s, Sample))
+        except _PathMissing:
+            self._settle(MISSING, (), MISSING)
+            return ERROR, ()
         except CollectorError as exc:
             return self._settle(ERROR, (), exc.code)
         except (Exception, asyncio.CancelledError) as exc:  # a plugin's bug must not stop the others
@@ -82,6 +80,14 @@ class CollectorSlot:
             if self._task.done():
                 self._task = None
         return self._settle(OK, samples)
+
+    async def _collect(self) -> Sequence[Sample]:
+        # The paths are checked inside the timed task: a stat on a hung mount is this collector's timeout.
+        if self.paths:
+            missing: bool = await asyncio.to_thread(_any_missing, self.paths)
+            if missing:
+                raise _PathMissing
+        return await self.collector.collect()
 
     def _settle(self, status: str, samples: Sequence[Sample], code: str = "") -> tuple[str, Sequence[Sample]]:
         previous = self.stats.status
@@ -124,6 +130,10 @@ class CollectorSlot:
                 await self.collector.aclose()
             except Exception:  # shutdown goes on whatever one plugin does
                 log.warning("collector_close_failed", collector=self.name)
+
+
+class _PathMissing(Exception):
+    """A configured path is not there: the collector is not run this tick."""
 
 
 def _any_missing(paths: Sequence[Path]) -> bool:

@@ -127,8 +127,7 @@ class KeyedHasher:
         """The register index and rank this address sets, as one int."""
         keyed = self._base.copy()
         keyed.update(packed)
-        h = int.from_bytes(keyed.digest(), "big")
-        return (h >> Q) << 8 | (Q + 1 - (h & RANK_MASK).bit_length())  # update_of_hash, inlined: once per address
+        return update_of_hash(int.from_bytes(keyed.digest(), "big"))
 
     def updates_of(self, tokens: Iterable[bytes]) -> tuple[list[bytes], list[int]]:
         """The tokens, reordered, and the register update of each: 0 (which changes nothing) for one that is no address.

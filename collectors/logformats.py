@@ -272,7 +272,10 @@ class StampTimes:
         """Epoch seconds of a JSON time value as it is spelt in the line (a string or a number), or ``None``."""
         when = self._times.get(raw)
         if when is None:
-            when = json_time(json.loads(raw))
+            try:
+                when = json_time(json.loads(raw))
+            except ValueError:  # a number past int's digit limit: a malformed line, not a broken chunk
+                return None
             if when is not None:
                 self._remember(raw, when)
         return when

@@ -182,8 +182,8 @@ class RequestsCollector:
 
     def save_state(self) -> JsonObject:
         """Offsets, counters and sketches: no address, no reversible hash."""
-        if not self._lock.acquire(timeout=0.5):
-            return self._last_state  # a long read is running: the previous snapshot will do
+        if not self._lock.acquire(blocking=False):
+            return self._last_state  # a read is running (this is called on the loop): the previous snapshot will do
         try:
             if self._key_id is None:
                 return dict(self._pending) if self._pending is not None else {}
