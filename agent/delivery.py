@@ -121,6 +121,7 @@ class SinkLoop:
         self.name = sink.name
         self.state = SinkState()
         self.wake = asyncio.Event()
+        self.tried = asyncio.Event()  # set once this tick's pass has a result, or has ended without one
         self.backoff = backoff
         self._spool = spool
         self._files = files
@@ -159,6 +160,7 @@ class SinkLoop:
                 done = False
             finally:
                 self.deadline = None
+                self.tried.set()  # also a pass that had nothing to send, or only refused heartbeats
             if not done and self._retry_at is None:
                 self.wake.set()  # the budget ran out with more to send: go on at once
 
@@ -250,7 +252,6 @@ class SinkLoops:
         self._ledger = ledger
         self.loops: dict[str, SinkLoop] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._passes_done: dict[str, asyncio.Event] = {}  # set when a sink has tried this tick's delivery
 
     def set_sinks(self, sinks: Sequence[Sink], interval: float) -> None:
         """One delivery loop per sink; a sink already known keeps its state and backoff (a reload)."""
@@ -280,7 +281,6 @@ class SinkLoops:
 
     def start(self) -> None:
         """Start each sink's delivery loop, woken at once so a backlog starts draining."""
-        self._passes_done = {name: asyncio.Event() for name in self.loops}
         self._tasks = [asyncio.create_task(loop.run(), name=f"sink-{name}") for name, loop in self.loops.items()]
         self.wake()
 
@@ -301,15 +301,15 @@ class SinkLoops:
 
     def forget_passes(self) -> None:
         """A tick begins: no sink has tried its delivery yet."""
-        for done in self._passes_done.values():
-            done.clear()
+        for loop in self.loops.values():
+            loop.tried.clear()
 
     async def passes_tried(self, bound: float) -> None:
         """Wait (at most ``bound`` s) until each sink a tick's wake-up starts has tried its pass."""
-        due = [self._passes_done[name] for name, loop in self.loops.items() if loop.attempts_on_wake]
+        due = [loop.tried for loop in self.loops.values() if loop.attempts_on_wake]
         if not due:
             return  # a sink backing off tries again on its own time, not this tick's
-        waits = [asyncio.ensure_future(done.wait()) for done in due]
+        waits = [asyncio.ensure_future(tried.wait()) for tried in due]
         _, pending = await asyncio.wait(waits, timeout=bound)
         for waiter in pending:
             waiter.cancel()
@@ -330,8 +330,8 @@ class SinkLoops:
     def _observe(self, sink: str, delivery: Delivery, elapsed_ms: float, stats: SpoolStats) -> None:
         failing = [(name, state.last_failure) for name, state in self.states.items() if state.last_failure]
         failed_sink, failure = failing[0] if failing else (None, None)
-        if sink in self._passes_done:
-            self._passes_done[sink].set()
+        if sink in self.loops:
+            self.loops[sink].tried.set()  # the first result is enough: a long backlog pass need not be waited out
         self._report(
             ok=not failing,
             backlog=stats.pending,

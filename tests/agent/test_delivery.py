@@ -269,3 +269,11 @@ async def test_a_pass_that_empties_the_spool_asks_it_for_a_batch_once(deliver: A
     spool.batch = counted_batch  # type: ignore[method-assign]
     assert await loop.drain(Deadline(30.0)) is True
     assert (["central"], [2], 0) == (reads, script.requests, spool.stats().pending)
+
+
+async def test_a_pass_with_nothing_to_send_still_counts_as_tried(deliver: Any) -> None:
+    """An empty spool: the pass sends nothing, yet the tick waiting for this sink's try hears it at once."""
+    script = Script()
+    loop = await deliver(script, 0, BackoffPolicy.immediate(), [])
+    await run_until(loop, loop.tried.is_set)
+    assert [] == script.requests
