@@ -26,8 +26,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tenacity import RetryCallState, wait_exponential
-
 RETRY_AFTER_SPREAD = 0.1  # at most this fraction of a Retry-After is added, against synchronised returns
 
 
@@ -55,16 +53,13 @@ class Backoff:
         self.policy = policy
         self.failures = 0
         self._uniform = uniform
-        # tenacity's capped exponential (overflow-safe after any number of failures). Its own
-        # full-jitter wait draws from the module's random; the jitter is drawn here instead, so
-        # that tests can fix it.
-        self._exponential = wait_exponential(multiplier=policy.initial, max=policy.cap)
-        self._attempt = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only attempt_number is read
 
     def bound(self) -> float:
         """The longest wait the next failure may draw (the exponential, capped)."""
-        self._attempt.attempt_number = self.failures + 1
-        return float(self._exponential(self._attempt))
+        policy = self.policy
+        # min() before the power: 2**failures overflows a float after ~1000 failures.
+        exponent = min(self.failures, 64)
+        return min(policy.cap, policy.initial * 2.0**exponent)
 
     def failed(self, retry_after: float | None = None) -> float:
         """Count one failed pass; the seconds to wait before the next one."""
