@@ -127,23 +127,32 @@ def protobuf_fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
         yield number, wire, value
 
 
+# Every heartbeat gives this series one sample at its own time (docs/remote-write.md); the
+# name is the wire contract, written here because the community build has no sinks/.
+LAST_HEARTBEAT = b"pop_agent_last_heartbeat_timestamp_seconds"
+
+
 def decode_remote_write(body: bytes) -> Contents:
     """A remote write 1.0 ``WriteRequest`` (snappy block): every label name and value as a string.
 
-    The heartbeats count is the largest number of samples of one series: each
-    heartbeat adds one sample at its own time to every series it feeds.
+    The heartbeats are counted as the samples of the last-heartbeat series, over
+    every POP and every run of it in the request.
     """
     contents = Contents()
     for number, wire, series in protobuf_fields(snappy_block(body)):
         if number != 1 or wire != 2:
             continue  # metadata (field 3) holds help texts the agent does not send
         samples = 0
+        last_heartbeat = False
         for part, part_wire, value in protobuf_fields(series):
             if part == 1 and part_wire == 2:  # Label {1: name, 2: value}
-                contents.texts.extend(text.decode("utf-8") for _, kind, text in protobuf_fields(value) if kind == 2)
+                pair = [text for _, kind, text in protobuf_fields(value) if kind == 2]
+                contents.texts.extend(text.decode("utf-8") for text in pair)
+                last_heartbeat = last_heartbeat or pair == [b"__name__", LAST_HEARTBEAT]
             elif part == 2:
                 samples += 1
-        contents.heartbeats = max(contents.heartbeats, samples)
+        if last_heartbeat:
+            contents.heartbeats += samples
     return contents
 
 

@@ -58,13 +58,12 @@ def test_snappy_copies_overlap_what_they_produce() -> None:
 
 
 def test_remote_write_labels_and_heartbeats_are_read() -> None:
-    """Every label name and value comes out as a string; the heartbeat count is the most samples of a series."""
-    body = snappy_literal(
-        write_request([({"__name__": "pop_cpu_percent", "pop": "ams1"}, 3), ({"__name__": "pop_up"}, 1)])
-    )
+    """Every label name and value comes out as a string; the heartbeats are the samples of the last-heartbeat series."""
+    last = "pop_agent_last_heartbeat_timestamp_seconds"
+    body = snappy_literal(write_request([({"__name__": last, "pop": "ams1"}, 3), ({"__name__": "pop_up"}, 5)]))
     contents = decode_remote_write(body)
 
-    assert (["__name__", "pop_cpu_percent", "pop", "ams1", "__name__", "pop_up"], 3) == (
+    assert (["__name__", last, "pop", "ams1", "__name__", "pop_up"], 3) == (
         contents.texts,
         contents.heartbeats,
     )
@@ -100,7 +99,10 @@ def test_verify_finds_an_address_in_a_remote_write_label(tmp_path: Path) -> None
 def test_verify_passes_clean_bodies_and_counts_their_heartbeats(tmp_path: Path) -> None:
     """Clean central and remote-write bodies give no finding; their heartbeats are counted."""
     _kept(tmp_path, "central", gzip.compress(json.dumps({"heartbeats": [make_heartbeat(), make_heartbeat()]}).encode()))
-    _kept(tmp_path, "remote_write", snappy_literal(write_request([({"__name__": "pop_up", "pop": "ams1"}, 1)])))
+    last = {"__name__": "pop_agent_last_heartbeat_timestamp_seconds", "pop": "ams1"}
+    _kept(
+        tmp_path, "remote_write", snappy_literal(write_request([(last, 1), ({"__name__": "pop_up", "pop": "ams1"}, 1)]))
+    )
     verdict = verify(read_ledger(tmp_path).records, tmp_path)
 
     assert ([], 2, 3) == (verdict.findings, verdict.requests, verdict.heartbeats)

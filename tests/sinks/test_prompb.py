@@ -38,6 +38,20 @@ def test_each_series_carries_every_heartbeats_sample_oldest_first(count: int, st
     assert {"ams1", "cpu_percent", "pop_agent"} <= set(decode_remote_write(body).texts)
 
 
+def test_verify_counts_every_heartbeat_of_a_request_across_pops_and_changing_series() -> None:
+    """Three POPs, and a series set that changes from one heartbeat to the next: every heartbeat is counted once."""
+    items = [
+        heartbeat(
+            pop, seq=i, ts=1_790_000_000.0 + 10 * i, metrics={"cpu_percent": 1.0, **({"load1": 0.5} if i % 2 else {})}
+        )
+        for pop in ("ams1", "fra1", "lis1")
+        for i in range(2)
+    ]
+    preparer = Preparer()
+    body = BodyEncoder("pop_agent").encode([preparer.prepare(item) for item in items])
+    assert 6 == decode_remote_write(body).heartbeats
+
+
 def test_the_message_helpers_write_what_protobuf_reads() -> None:
     """Labels, samples with negative and wide timestamps, and a series of them, as the protobuf runtime reads them."""
     labels = labels_field((("__name__", "up"), ("pop", "ams1")))
