@@ -182,7 +182,11 @@ class RemoteWriteSink:
                     break
         finally:
             if upcoming is not None:
-                upcoming.cancel()  # its heartbeats stay spooled, read again on the next pass
+                # Let the thread finish rather than cancel the future (which would not stop it): no read of
+                # this send outlives it, so the shapes and the encoder are never used by two threads at once.
+                # Its heartbeats stay spooled, read again on the next pass.
+                with contextlib.suppress(Exception):
+                    await upcoming
         if failure is not None:
             log.debug("remote_write_kept", failure=failure, kept=len(batch) - len(acked) - len(rejected) - len(skipped))
         return Delivery(

@@ -30,7 +30,6 @@ Why it gives the same series as the full path:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -289,10 +288,9 @@ class Shapes:
         for index, shape in enumerate(shapes):
             found = shape.pattern.fullmatch(raw)
             if found is not None:
-                if index:  # another thread's send may have moved it meanwhile: then it stays where it is
-                    with contextlib.suppress(ValueError):
-                        shapes.remove(shape)
-                        shapes.insert(0, shape)
+                if index:  # the most recent shape first: a POP's shape changes rarely
+                    shapes.remove(shape)
+                    shapes.insert(0, shape)
                 self.hits += 1
                 return shape, found.groups()
         self.misses += 1
