@@ -337,6 +337,7 @@ def export(settings: Settings, out: Path | None) -> int:
 def status(settings: Settings, *, as_json: bool) -> int:
     """``agent status``: whether the daemon runs, its last word, and the spool as it is on disk now."""
     from agent import status_report
+    from agent.status_file import spool_fields
 
     try:
         telemetry = "on" if telemetry_enabled(settings, edition()) else "off"
@@ -349,14 +350,7 @@ def status(settings: Settings, *, as_json: bool) -> int:
             spool = _readonly_spool(settings)
             stats = spool.stats()
             spool.close()
-            base["spool"] = {
-                "pending": stats.pending,
-                "bytes": stats.bytes,
-                "oldest_age_s": round(stats.oldest_age_s or 0.0, 3),
-                "dropped_total": stats.dropped_total,
-                "quarantined_total": stats.quarantined_total,
-                "rejected_total": stats.rejected_total,
-            }
+            base["spool"] = spool_fields(stats)
         except SpoolError as exc:
             base["spool"] = {"error": exc.code}
     report = status_report.report(daemon, settings.state_dir, base)

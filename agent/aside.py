@@ -13,11 +13,10 @@ sidecar is written, so what the scrubber caught does not stay on disk either.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
-from agent.atomic_file import remove_quietly
+from agent.atomic_file import remove_any, remove_quietly
 
 KEEP_FILES = 1000
 KEEP_BYTES = 16 * 1024 * 1024
@@ -60,7 +59,7 @@ def prune(path: str, *, grouped: bool, now: float | None = None) -> int:
             remove_quietly(os.path.join(path, entry.stem + SIDECAR))
             remove_quietly(os.path.join(path, entry.stem + ".json"))
         else:
-            _remove_any(os.path.join(path, entry.stem))
+            remove_any(os.path.join(path, entry.stem))
     return len(entries) - drop
 
 
@@ -92,10 +91,3 @@ def _entries(path: str, grouped: bool) -> list[_Entry]:
             found[stem] = _Entry(0.0, stem, 0)
         return [_Entry(entry.mtime, stem, sizes[stem]) for stem, entry in found.items()]
     return list(found.values())
-
-
-def _remove_any(target: str) -> None:
-    if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        remove_quietly(target)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,14 @@ def fsync_dir(directory: StrPath, *, ops: FileOps = SYSTEM) -> None:
         ops.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_any(path: StrPath) -> None:
+    """Remove a file, a link or a whole directory tree at ``path``; whatever cannot be removed stays, silently."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        remove_quietly(path)
 
 
 def remove_quietly(path: StrPath) -> bool:

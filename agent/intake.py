@@ -9,20 +9,19 @@ every tick.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import structlog
 
 from agent import heartbeat, jsondoc
+from agent.atomic_file import remove_any
 from agent.errors import ScrubRejected, SpoolError
 from agent.scrubber import Allowlist, scrub
 from agent.spool import Spool
-from agent.state import INCOMING, remove_quietly
+from agent.state import INCOMING
 
 log = structlog.get_logger("agent")
 
@@ -55,7 +54,7 @@ def take_incoming(spool: Spool, allowed: Allowlist) -> int:
         except (ScrubRejected, ValueError, KeyError, TypeError, OSError, RecursionError):
             refused += 1
             log.warning("incoming_refused")
-        _remove(path)
+        remove_any(path)
     return refused
 
 
@@ -92,11 +91,3 @@ def read_regular(path: Path, *, follow_links: bool = False) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            remove_quietly(path)

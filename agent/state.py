@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -80,12 +79,6 @@ class Sequence:
 def _reservation(path: Path) -> int | None:
     reserved = (read_json(path) or {}).get("reserved")
     return reserved if isinstance(reserved, int) and not isinstance(reserved, bool) and reserved >= 0 else None
-
-
-def remove_quietly(path: Path) -> None:
-    """Delete ``path`` if it exists."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 INCOMING = "incoming"
