@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -141,7 +140,7 @@ class Runner:
     def _open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.spool.open()
-        self.backlog.vouch_above(max(heartbeat.uuid7(), self._newest_spooled_id()))
+        self.backlog.vouch_above(max(heartbeat.uuid7(), self.spool.newest_id()))
         self.restore_collectors()
 
     def restore_collectors(self) -> None:
@@ -160,11 +159,6 @@ class Runner:
         if self._hook_session is not None:
             await self._hook_session.close()
             self._hook_session = None
-
-    def _newest_spooled_id(self) -> str:
-        pending = self.spool.root / "pending"
-        with os.scandir(pending) as entries:
-            return max((entry.name.removesuffix(".json") for entry in entries), default="")
 
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""

@@ -273,6 +273,11 @@ class Spool:
                 self._cursors.advance(index)
             index.compact()
 
+    def newest_id(self) -> str:
+        """The id of the newest spooled heartbeat, or ``""`` when the spool is empty."""
+        with self._lock:
+            return self._index.newest() or ""
+
     def stats(self, now: float | None = None) -> SpoolStats:
         """Depth, bytes and the age of the oldest heartbeat (by its UUIDv7 time, else its mtime)."""
         with self._lock:
