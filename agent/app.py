@@ -16,7 +16,7 @@ from agent.deadline import Deadline
 from agent.edition import edition
 from agent.errors import ConfigError, ScrubRejected, SpoolError
 from agent.exits import EX_CONFIG, EX_FAIL, EX_OK, EX_TEMPFAIL, EX_USAGE
-from agent.plugins import collector_refs, sink_refs
+from agent.plugins import PluginSet, collector_refs, sink_refs
 from agent.preflight import ERROR, Finding, Wiring, prepare_state_dir, wire
 from agent.sample import MetricSpec
 from agent.scrubber import Allowlist, describe, scrub
@@ -47,7 +47,7 @@ def _runner(settings: Settings, *, with_sinks: bool) -> Runner:
         telemetry=wiring.telemetry,
         collectors=wiring.collectors,
         allowed=wiring.allowed,
-        backlog_allowed=declared_metrics(),
+        backlog_allowed=declared_metrics(settings.plugins),
         sinks=wiring.sinks,
     )
 
@@ -84,7 +84,7 @@ def _extra_metrics() -> tuple[MetricSpec, ...]:
     return tuple(HEALTH_METRICS)
 
 
-def declared_metrics() -> Allowlist:
+def declared_metrics(plugins: PluginSet | None = None) -> Allowlist:
     """The allowlist for foreign documents: every metric and collector this build has registered.
 
     A foreign document (``agent scrub``, ``enqueue``, a spooled file this process did
@@ -93,7 +93,7 @@ def declared_metrics() -> Allowlist:
     """
     specs: list[MetricSpec] = [*AGENT_METRICS, *_extra_metrics()]
     names: list[str] = []
-    for ref in collector_refs():
+    for ref in collector_refs(plugins):
         try:
             plugin = ref.load()
             specs.extend(plugin.metrics)
@@ -243,14 +243,14 @@ def _read_document(source: str) -> tuple[Any, str | None]:
         return None, f"{source}: not JSON: nested too deeply"
 
 
-def _accepted_document(source: str) -> tuple[Any, int]:
+def _accepted_document(settings: Settings, source: str) -> tuple[Any, int]:
     """The document in ``source`` if the scrubber accepts it, else ``None`` and the exit code."""
     doc, error = _read_document(source)
     if error:
         print(f"agent: {error}", file=sys.stderr)
         return None, EX_USAGE
     try:
-        scrub(doc, declared_metrics())
+        scrub(doc, declared_metrics(settings.plugins))
     except ScrubRejected as rejected:
         for line in describe(rejected.findings):
             print(line, file=sys.stderr)
@@ -260,7 +260,7 @@ def _accepted_document(source: str) -> tuple[Any, int]:
 
 def scrub_document(settings: Settings, source: str) -> int:
     """``agent scrub``: 0 and the document if accepted, 1 with findings if rejected, 2 if unreadable."""
-    doc, code = _accepted_document(source)
+    doc, code = _accepted_document(settings, source)
     if doc is not None:
         print(json.dumps(doc, indent=2))
     return code
@@ -271,7 +271,7 @@ def enqueue(settings: Settings, source: str) -> int:
     from agent.spool import Spool
 
     prepare_state_dir(settings.state_dir)
-    doc, code = _accepted_document(source)
+    doc, code = _accepted_document(settings, source)
     if doc is None:
         return code
     spool = Spool(settings.state_dir / "spool", settings.spool)
@@ -362,7 +362,7 @@ def list_plugins(settings: Settings) -> int:
     """``agent collectors``: every collector and sink, where it comes from, whether it runs here."""
     disabled = set(settings.collectors.disabled)
     print("collectors:")
-    for ref in collector_refs():
+    for ref in collector_refs(settings.plugins):
         try:
             metrics = ", ".join(spec.name for spec in ref.load().metrics)
             configured = ref.name not in disabled and build_collector(ref, settings) is not None
@@ -371,7 +371,7 @@ def list_plugins(settings: Settings) -> int:
             state, metrics = "unavailable", ""
         print(f"  {ref.name:<12} {state:<15} {ref.origin:<10} {metrics}")
     print("sinks:")
-    for sink in sink_refs():
+    for sink in sink_refs(settings.plugins):
         if not sink.available():
             state = "not installed"
         elif sink.builtin:

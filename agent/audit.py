@@ -187,7 +187,7 @@ def _telemetry(settings: Settings) -> tuple[bool, str]:
 def egress_entries(settings: Settings) -> Iterator[Egress]:
     """Every upload sink and alert hook, configured or not, as this build and configuration see it."""
     _, telemetry_says = _telemetry(settings)
-    for ref in sink_refs():
+    for ref in sink_refs(settings.plugins):
         present = ref.available()
         code = "present" if present else "no upload code present"
         if ref.name not in BUILTIN_SINKS:

@@ -275,14 +275,14 @@ def discover(*, third_party: bool = True) -> PluginSet:
     return PluginSet(tuple(collectors), tuple(sinks))
 
 
-def collector_refs() -> list[CollectorRef]:
-    """Every collector: built-ins first, then third-party ones."""
-    return list(discover().collectors)
+def collector_refs(plugins: PluginSet | None = None) -> list[CollectorRef]:
+    """Every collector of ``plugins`` (else of a fresh scan): built-ins first, then third-party ones."""
+    return list((plugins or discover()).collectors)
 
 
-def sink_refs() -> list[SinkRef]:
-    """Every sink: built-ins first, then third-party ones."""
-    return list(discover().sinks)
+def sink_refs(plugins: PluginSet | None = None) -> list[SinkRef]:
+    """Every sink of ``plugins`` (else of a fresh scan): built-ins first, then third-party ones."""
+    return list((plugins or discover()).sinks)
 
 
 def names(refs: Iterable[PluginRef]) -> list[str]:

@@ -284,19 +284,12 @@ class Spool:
             oldest = self._index.oldest()
             age: float | None = None
             if oldest is not None:
-                born = uuid7_seconds(oldest)
-                if born is None:
+                if (born := uuid7_seconds(oldest)) is None:
                     born = self._files.born(oldest)
                 if born is not None:
                     age = max(0.0, (time.time() if now is None else now) - born)
-            return SpoolStats(
-                pending=len(self._index),
-                bytes=self._index.bytes,
-                oldest_age_s=age,
-                dropped_total=self._counters["dropped_total"],
-                quarantined_total=self._counters["quarantined_total"],
-                rejected_total=self._counters["rejected_total"],
-            )
+            counters = {name: self._counters[name] for name in COUNTERS}
+            return SpoolStats(pending=len(self._index), bytes=self._index.bytes, oldest_age_s=age, **counters)
 
     def iter_pending(self) -> Iterator[Pending]:
         """Every spooled heartbeat, oldest first, read one file at a time."""
