@@ -44,6 +44,7 @@ from agent.spool_io import spool_error
 from agent.spool_store import ID_PATTERN, SpoolFiles, as_heartbeat
 
 SINK_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+REMOVE_AT_ONCE = 4  # files settled together that are removed at once rather than through the trash
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,14 +339,19 @@ class Spool:
         return bool(drop)
 
     def _delete(self, ids: list[str]) -> None:
+        # A tick's few files are removed at once: waking the trash's thread for
+        # them would cost more CPU than removing them. A batch goes through the
+        # trash, so that its removals never hold up the drain.
+        at_once = len(ids) <= REMOVE_AT_ONCE
         for doc_id in ids:
-            if self._files.discard(doc_id):
+            if self._files.remove(doc_id) if at_once else self._files.discard(doc_id):
                 self._forget(doc_id)
         # One directory fsync per batch, not per file. If it fails the acks are
         # already in state.json, and open() deletes the files again.
         with contextlib.suppress(OSError):
             self._files.sync_pending()
-        self._files.reclaim()
+        if not at_once:
+            self._files.reclaim()
 
     def _scan_pending(self) -> bool:
         """Index ``pending/``; quarantine what cannot be a heartbeat. ``True`` if any was."""

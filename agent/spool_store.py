@@ -194,6 +194,19 @@ class SpoolFiles:
             return remove_quietly(os.path.join(self.pending, name))
         return True
 
+    def remove(self, doc_id: str) -> bool:
+        """Remove a heartbeat from ``pending/`` at once; ``False`` if it could not be.
+
+        Not durable until :meth:`sync_pending`.
+        """
+        try:
+            os.unlink(f"{doc_id}.json", dir_fd=self._dir_fds[self.pending])
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
     def sync_pending(self) -> None:
         """Make the renames in ``pending/`` durable (one fsync for a batch of them)."""
         self.sync_dir(self.pending)
