@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from agent.atomic_file import FileOps
 from agent.errors import SpoolError
 from agent.settings import SpoolSettings
-from agent.spool import Spool
+from agent.spool import REMOVE_AT_ONCE, Spool
 
 BIG = 1 << 30
 
@@ -134,7 +134,7 @@ def test_settled_files_and_trash_left_by_a_crash_are_removed_in_the_background(
     trash.mkdir(parents=True)
     (trash / f"{uuid7(1)}.json").write_bytes(doc(uuid7(1)))
     spool = make_spool(sinks=("central",))
-    ids = ids_of(3, start=1_700_000_000_100)
+    ids = ids_of(REMOVE_AT_ONCE + 1, start=1_700_000_000_100)  # a batch: more than a tick's few
     for doc_id in ids:
         spool.put(doc_id, doc(doc_id))
     spool.settle("central", ids, {})
@@ -143,6 +143,19 @@ def test_settled_files_and_trash_left_by_a_crash_are_removed_in_the_background(
             break
         time.sleep(0.01)
     assert (names(trash), names(spool.root / "pending")) == ([], [])
+
+
+def test_a_tick_s_settled_heartbeat_is_removed_at_once_not_through_the_trash(
+    make_spool: Callable[..., Spool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One acked heartbeat is unlinked in the settle itself: the trash's thread is not woken for it."""
+    spool = make_spool(sinks=("central",))
+    pokes: list[None] = []
+    monkeypatch.setattr(spool._files._reclaimer, "poke", lambda: pokes.append(None))
+    (doc_id,) = ids_of(1)
+    spool.put(doc_id, doc(doc_id))
+    spool.settle("central", [doc_id], {})
+    assert (names(tmp_path / "spool" / "trash"), names(spool.root / "pending"), pokes) == ([], [], [])
 
 
 def test_ack_deletes_the_file_and_it_does_not_come_back_after_restart(make_spool: Callable[..., Spool]) -> None:
