@@ -53,7 +53,7 @@ class DeliveryReport(Protocol):
     """Where the state of delivery as a whole goes after every send (the runner hands it to health)."""
 
     def __call__(
-        self, *, ok: bool, backlog: int, failure: str | None, latency_ms: float | None, sink: str | None
+        self, *, ok: bool, spool: SpoolStats, failure: str | None, latency_ms: float | None, sink: str | None
     ) -> None: ...
 
 
@@ -91,8 +91,8 @@ class SinkState:
             self.last_failure = delivery.failure
 
     def snapshot(self) -> dict[str, Any]:
-        """The fields ``status.json`` shows, copied on the loop."""
-        return dataclasses.asdict(self)
+        """The fields ``status.json`` shows, copied on the loop (they are scalars: a shallow copy will do)."""
+        return dict(vars(self))
 
 
 def failure_code(exc: BaseException) -> str:
@@ -188,10 +188,9 @@ class SinkLoop:
             elapsed_ms = (time.monotonic() - started) * 1000
             if not (delivery.acked or delivery.rejected or delivery.failure):
                 delivery = dataclasses.replace(delivery, failure=NO_PROGRESS)
-            if delivery.acked or delivery.rejected:
-                stats = await files.call(self._settle_and_stats, delivery)
-            else:
-                stats = await files.call(spool.stats)
+            stats = await files.call(self._after_send, delivery)
+            if self._ledger is not None:
+                self._ledger.written()
             if delivery.failure == "deadline" and (delivery.acked or delivery.rejected):
                 # Out of time while getting through, not failing: the next pass goes on at once.
                 delivery = dataclasses.replace(delivery, failure=None)
@@ -207,8 +206,15 @@ class SinkLoop:
                 return True  # the spool is empty for every sink: no trip to its thread to hear so again
         return False
 
-    def _settle_and_stats(self, delivery: Delivery) -> SpoolStats:
-        self._spool.settle(self.name, delivery.acked, delivery.rejected)
+    def _after_send(self, delivery: Delivery) -> SpoolStats:
+        """The one trip to the file thread after a send: its ledger records, its settlement, the spool's state.
+
+        The records go first, so a heartbeat leaves the spool only once the request that delivered it is on record.
+        """
+        if self._ledger is not None:
+            self._ledger.write_pending()
+        if delivery.acked or delivery.rejected:
+            self._spool.settle(self.name, delivery.acked, delivery.rejected)
         return self._spool.stats()
 
     def _succeeded(self) -> None:
@@ -334,7 +340,7 @@ class SinkLoops:
             self.loops[sink].tried.set()  # the first result is enough: a long backlog pass need not be waited out
         self._report(
             ok=not failing,
-            backlog=stats.pending,
+            spool=stats,
             failure=failure,
             latency_ms=None if failing else elapsed_ms,
             sink=failed_sink,

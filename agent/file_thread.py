@@ -37,9 +37,13 @@ class FileThread:
         """Queue ``func`` behind what is already queued; a failure is its own business to log."""
         self._pool.submit(_logged, func, *args, **kwargs)
 
-    def shutdown(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._pool.shutdown(wait=True)
+    def run(self, func: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run ``func`` on the thread and wait for it (blocking: never from the event loop); at most ``timeout`` s."""
+        return self._pool.submit(func).result(timeout)
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the thread once what is queued is done; with ``wait``, wait for that."""
+        self._pool.shutdown(wait=wait)
 
 
 def _logged(func: Callable[..., None], *args: object, **kwargs: object) -> None:

@@ -22,15 +22,14 @@ newest record is older than ``max_age``, so no record outlives ``max_age`` by
 more than an eighth of it. Kept bodies are bounded by ``bodies_max_bytes`` and
 ``max_age`` alike.
 
-Durability: a record is written as soon as the writer takes it, so a process
-killed at any moment loses none it wrote; the writer then syncs the segment
-within ``sync_interval`` (1 s by default), so every record written in that
-second shares one ``fsync`` and a power cut loses at most that second. (An
-``fsync`` costs about 0.2 ms of CPU: two per tick would cost more than the rest
-of the ledger together; see bench/ledger_bench.py.) Kept bodies are synced as
-they are written.
-This module is standard library only and blocking: the writer thread in
-:mod:`agent.ledger_hook` calls it, never the event loop.
+Durability: the writer (:class:`agent.ledger_hook.LedgerWriter`) has the
+daemon's file thread append and sync records in batches: a sink's in the trip
+that settles its batch, before its heartbeats leave the spool; an alert hook's
+within ``sync_interval`` (1 s by default). Records appended together share one
+``fsync``.
+Kept bodies are synced as they are written.
+This module is standard library only and blocking: the file thread calls it,
+never the event loop.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -103,7 +104,7 @@ class Runner:
         self.status_file = StatusFile(self.state_dir)
         self.health = Health.from_settings(settings, defer=self.files.submit)
         self.hooks = AlertHooks(self.health)
-        self.ledger = LedgerWriter.from_settings(settings)
+        self.ledger = LedgerWriter.from_settings(settings, files=self.files)
         pacing = settings.delivery
         self.delivery = SinkLoops(
             spool=self.spool,
@@ -120,6 +121,7 @@ class Runner:
         self._spool_failing = False
         self._tick_failing = False
         self._last_state_save = 0.0
+        self._spool_seen: tuple[SpoolStats, float] | None = None  # the spool as its thread last saw it, and when
         self._hook_session: aiohttp.ClientSession | None = None
         self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
         self.reloads = Reloads(self)
@@ -134,14 +136,15 @@ class Runner:
 
     async def start(self) -> None:
         """Create the state directory, open the spool, restore collectors' state."""
-        await self.files.call(self._open)
+        self._saw_spool(await self.files.call(self._open))
         self.start_hooks()
 
-    def _open(self) -> None:
+    def _open(self) -> SpoolStats:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.spool.open()
         self.backlog.vouch_above(max(heartbeat.uuid7(), self.spool.newest_id()))
         self.restore_collectors()
+        return self.spool.stats()
 
     def restore_collectors(self) -> None:
         """Hand each collector the state it saved (blocking: at start, and after a reload)."""
@@ -196,7 +199,7 @@ class Runner:
         self.counters.collector_errors_total += failed
         if not once:
             self.hooks.dispatch(self.health.observe_collectors(failed=failed, total=len(statuses)))
-            samples.extend(await self._own_samples())
+            samples.extend(self._own_samples())
             samples.extend(self.health.samples())
             if self.seq.reserve_due:
                 await self.files.call(self.seq.reserve)
@@ -237,13 +240,15 @@ class Runner:
             self._last_state_save = time.monotonic()
             states = saved_states(self.collectors)
         try:
-            await self.files.call(self._store, doc["id"], heartbeat.dumps(doc), status, states)
+            refused, stats = await self.files.call(self._store, doc["id"], heartbeat.dumps(doc), status, states)
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
                 log.error("spool_write_failed", code=exc.code)
             self._spool_failing = True
             return None
+        self.counters.scrub_rejected_total += refused
+        self._saw_spool(stats)
         if self._spool_failing:
             log.info("spool_write_recovered")
             self._spool_failing = False
@@ -275,9 +280,8 @@ class Runner:
         if self.settings.kuma_push_url is not None:
             await self.delivery.passes_tried(min(self.settings.interval / 2, self.settings.alerts.hook_timeout))
 
-    async def _own_samples(self) -> list[Sample]:
-        refused, stats = await self.files.call(self._incoming_and_stats)
-        self.counters.scrub_rejected_total += refused
+    def _own_samples(self) -> list[Sample]:
+        stats = self._spool_now()
         if self.sinks:
             # Without a sink the spool is a bounded local record: reaching its bound
             # and dropping the oldest is its normal state, not an outage.
@@ -288,21 +292,34 @@ class Runner:
             )
         return own_samples(stats, self.counters, time.monotonic() - self._started)
 
-    # Each trip to the spool's thread costs more CPU than the small calls it carries, so a
-    # tick makes two: one before its heartbeat is built, one to store it.
+    # A trip to the spool's thread costs more CPU than the small calls it carries, so a tick
+    # makes one: it stores the heartbeat, takes in what `agent enqueue` left and writes the
+    # status. The heartbeat's spool figures are what the last trip (this store, or a
+    # delivery's settlement since) saw, not a trip of their own.
 
-    def _incoming_and_stats(self) -> tuple[int, SpoolStats]:
-        refused = intake.take_incoming(self.spool, self.backlog_allowed)
-        return refused, self.spool.stats()
+    def _saw_spool(self, stats: SpoolStats) -> None:
+        self._spool_seen = (stats, time.monotonic())
+
+    def _spool_now(self) -> SpoolStats:
+        """The spool as its thread last saw it, its oldest heartbeat aged by the time since."""
+        if self._spool_seen is None:
+            raise RuntimeError("the spool is not open")
+        stats, seen = self._spool_seen
+        if stats.oldest_age_s is None:
+            return stats
+        return dataclasses.replace(stats, oldest_age_s=stats.oldest_age_s + (time.monotonic() - seen))
 
     def _store(
         self, heartbeat_id: str, data: bytes, status: dict[str, Any], states: dict[str, JsonObject] | None
-    ) -> None:
+    ) -> tuple[int, SpoolStats]:
         self.spool.put(heartbeat_id, data)
-        self.status_file.write(status, self.spool.stats())
+        refused = intake.take_incoming(self.spool, self.backlog_allowed)
+        stats = self.spool.stats()
+        self.status_file.write(status, stats)
         if states is not None:
             write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
             self.spool.prune_aside()  # the age bound of rejected/ holds even when nothing new is refused
+        return refused, stats
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -310,9 +327,12 @@ class Runner:
         self.counters.scrub_rejected_total += count
 
     def _report_delivery(
-        self, *, ok: bool, backlog: int, failure: str | None, latency_ms: float | None, sink: str | None
+        self, *, ok: bool, spool: SpoolStats, failure: str | None, latency_ms: float | None, sink: str | None
     ) -> None:
-        events = self.health.observe_delivery(ok=ok, backlog=backlog, failure=failure, latency_ms=latency_ms, sink=sink)
+        self._saw_spool(spool)
+        events = self.health.observe_delivery(
+            ok=ok, backlog=spool.pending, failure=failure, latency_ms=latency_ms, sink=sink
+        )
         self.hooks.dispatch(events)
 
     # -- the loop ---------------------------------------------------------------------------

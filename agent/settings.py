@@ -97,8 +97,9 @@ class LedgerSettings(_Section):
         ge=0,
         le=60,
         description=(
-            "Seconds within which a written record is synced to disk: records written meanwhile share one fsync. "
-            "0 syncs every write. A crashed process loses no record it wrote either way."
+            "Seconds within which a record reaches the disk (written and synced) when no delivery trip takes it "
+            "sooner: a sink's records are written right after its send, before its heartbeats leave the spool; an "
+            "alert hook's within this. Records written together share one fsync. 0 writes each at once."
         ),
     )
 

@@ -17,6 +17,8 @@ from agent.backlog import RESCRUBBED_MEMORY, BacklogScrubber
 from agent.deadline import Deadline
 from agent.delivery import SinkLoop, SinkState
 from agent.file_thread import FileThread
+from agent.ledger import Ledger, read_ledger
+from agent.ledger_hook import LedgerWriter
 from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
 from agent.scrubber import Allowlist
@@ -122,7 +124,9 @@ async def deliver(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Callable
     """Spool ``count`` heartbeats and build a central sink loop for a scripted server; all closed afterwards."""
     closing: list[Any] = []
 
-    async def make(script: Script, count: int, policy: BackoffPolicy, observed: list[Delivery]) -> SinkLoop:
+    async def make(
+        script: Script, count: int, policy: BackoffPolicy, observed: list[Delivery], ledger: LedgerWriter | None = None
+    ) -> SinkLoop:
         app = web.Application()
         app.router.add_post("/ingest", script.ingest)
         server = await aiohttp_server(app)
@@ -145,6 +149,7 @@ async def deliver(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Callable
             budget=30.0,
             observe=lambda name, delivery, ms, stats: observed.append(delivery),
             count_refused=lambda count: None,
+            ledger=ledger,
         )
 
     yield make
@@ -277,3 +282,27 @@ async def test_a_pass_with_nothing_to_send_still_counts_as_tried(deliver: Any) -
     loop = await deliver(script, 0, BackoffPolicy.immediate(), [])
     await run_until(loop, loop.tried.is_set)
     assert [] == script.requests
+
+
+async def test_a_send_is_on_record_before_its_heartbeats_leave_the_spool(deliver: Any, tmp_path: Path) -> None:
+    """The trip after a send writes its ledger record first, then settles: no heartbeat is gone unrecorded."""
+    script = Script()
+    files = FileThread()
+    writer = LedgerWriter(Ledger(tmp_path / "ledger", max_age=86_400, max_bytes=1 << 20), files=files)
+    loop = await deliver(script, 2, BackoffPolicy.immediate(), [], ledger=writer)
+    spool = loop._spool
+    on_record_at_settle: list[list[tuple[str, ...]]] = []
+    real_settle = spool.settle
+
+    def settle(sink: str, done: Any, rejected: Any) -> None:
+        on_record_at_settle.append([item.ids for item in read_ledger(tmp_path / "ledger").records])
+        real_settle(sink, done, rejected)
+
+    spool.settle = settle  # type: ignore[method-assign]
+    ids = tuple(pending.id for pending in spool.batch("central", 10, 1 << 20))
+    try:
+        assert await loop.drain(Deadline(30.0)) is True
+    finally:
+        await writer.aclose()
+        files.shutdown()
+    assert ([[ids]], 0) == (on_record_at_settle, spool.stats().pending)

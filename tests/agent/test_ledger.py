@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.file_thread import FileThread
 from agent.ledger import BODIES_DIR, Ledger, body_path, read_ledger, segments
 from agent.ledger_hook import LedgerWriter
 from agent.ledger_record import RequestIds, SentRecord, destination, encode_line, sha256_hex
@@ -212,6 +215,33 @@ def test_a_record_is_on_disk_before_the_writer_syncs_or_closes(tmp_path: Path) -
         writer.close()
 
     assert [(1, 1)] == found
+
+
+async def test_on_the_loop_a_record_rides_the_next_file_trip_or_gets_one_within_sync_interval(tmp_path: Path) -> None:
+    """The daemon's file thread writes the records: in the trip after a send, else in one of their own, soon.
+
+    No thread of the writer's own wakes for a record: on an idle POP that wake-up cost more than the write.
+    """
+    threads_before = {thread.ident for thread in threading.enumerate()}
+    files = FileThread()
+    writer = LedgerWriter(Ledger(tmp_path, max_age=86_400, max_bytes=1 << 20), sync_interval=0.3, files=files)
+    try:
+        writer.submit(record(1), None)
+        assert [] == read_ledger(tmp_path).records  # taken, not yet written
+        await files.call(writer.write_pending)  # the trip a send's settlement makes
+        writer.written()
+        assert [(1, 1)] == [item.seq for item in read_ledger(tmp_path).records]
+
+        writer.submit(record(2), None)  # an alert hook's request: no trip follows
+        deadline = time.monotonic() + 30
+        while len(read_ledger(tmp_path).records) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [(1, 1), (2, 2)] == [item.seq for item in read_ledger(tmp_path).records]
+        started = {thread.name for thread in threading.enumerate() if thread.ident not in threads_before}
+        assert all(name.startswith("spool") for name in started), started
+    finally:
+        await writer.aclose()
+        files.shutdown()
 
 
 def test_a_ledger_that_cannot_be_written_counts_its_losses_and_raises_nothing(tmp_path: Path) -> None:
