@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -239,8 +239,11 @@ class Runner:
         if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
             self._last_state_save = time.monotonic()
             states = saved_states(self.collectors)
+        first_batches = self.delivery.first_batch_readers()
         try:
-            refused, stats = await self.files.call(self._store, doc["id"], heartbeat.dumps(doc), status, states)
+            refused, stats = await self.files.call(
+                self._store, doc["id"], heartbeat.dumps(doc), status, states, first_batches
+            )
         except SpoolError as exc:
             self.counters.spool_write_errors_total += 1
             if not self._spool_failing:
@@ -293,9 +296,9 @@ class Runner:
         return own_samples(stats, self.counters, time.monotonic() - self._started)
 
     # A trip to the spool's thread costs more CPU than the small calls it carries, so a tick
-    # makes one: it stores the heartbeat, takes in what `agent enqueue` left and writes the
-    # status. The heartbeat's spool figures are what the last trip (this store, or a
-    # delivery's settlement since) saw, not a trip of their own.
+    # makes one: it stores the heartbeat, takes in what `agent enqueue` left, writes the
+    # status and reads each idle sink's first batch. The heartbeat's spool figures are what
+    # the last trip (this store, or a delivery's settlement since) saw, not a trip of their own.
 
     def _saw_spool(self, stats: SpoolStats) -> None:
         self._spool_seen = (stats, time.monotonic())
@@ -310,7 +313,12 @@ class Runner:
         return dataclasses.replace(stats, oldest_age_s=stats.oldest_age_s + (time.monotonic() - seen))
 
     def _store(
-        self, heartbeat_id: str, data: bytes, status: dict[str, Any], states: dict[str, JsonObject] | None
+        self,
+        heartbeat_id: str,
+        data: bytes,
+        status: dict[str, Any],
+        states: dict[str, JsonObject] | None,
+        first_batches: Sequence[Callable[[], None]] = (),
     ) -> tuple[int, SpoolStats]:
         self.spool.put(heartbeat_id, data)
         refused = intake.take_incoming(self.spool, self.backlog_allowed)
@@ -319,6 +327,8 @@ class Runner:
         if states is not None:
             write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
             self.spool.prune_aside()  # the age bound of rejected/ holds even when nothing new is refused
+        for read in first_batches:
+            read()
         return refused, stats
 
     # -- delivery ---------------------------------------------------------------------------

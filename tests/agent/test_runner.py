@@ -72,3 +72,64 @@ async def test_no_fsync_runs_on_the_event_loop(aiohttp_server: Any, tmp_path: Pa
     assert (settings.state_dir / "seq.json").exists()
     assert fsynced_on, "nothing was fsynced at all"
     assert threading.main_thread().name not in fsynced_on
+
+
+async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp_server: Any, tmp_path: Path) -> None:
+    """One trip stores the heartbeat (and reads the sink's batch), one settles it after the send.
+
+    Each trip wakes a thread, and on an idle POP a wake-up costs more CPU than the work it carries.
+    """
+    received: list[int] = []
+
+    async def ingest(request: web.Request) -> web.Response:
+        received.append(len(json.loads(await request.read())["heartbeats"]))
+        return web.json_response({"accepted": received[-1]})
+
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    server = await aiohttp_server(app)
+    settings = settings_class(discover(third_party=False))(
+        state_dir=tmp_path / "state",
+        interval=3600,
+        telemetry="on",
+        sinks={"central": {"url": str(server.make_url("/ingest")), "token": "t0k3n"}},
+    )
+    runner = Runner(
+        settings,
+        edition="community",
+        version="0.1.0",
+        telemetry=True,
+        collectors=[],
+        allowed=allowed_metrics([], HEALTH_METRICS),
+        sinks=[CentralSink(settings.sinks.central, token="t0k3n")],
+    )
+    trips: list[str] = []
+    real_call, real_submit = runner.files.call, runner.files.submit
+
+    async def call(func: Callable[..., Any], *args: Any) -> Any:
+        trips.append(getattr(func, "__name__", "?"))
+        return await real_call(func, *args)
+
+    def submit(func: Callable[..., None], *args: Any) -> None:
+        trips.append(getattr(func, "__name__", "?"))
+        real_submit(func, *args)
+
+    runner.files.call = call  # type: ignore[method-assign]
+    runner.files.submit = submit  # type: ignore[method-assign]
+    await runner.start()
+    runner.delivery.start()
+    try:
+        loops = runner.delivery.loops.values()
+        await until(lambda: all(loop.idle for loop in loops))
+        per_tick = []
+        for ticks in range(1, 4):
+            trips.clear()
+            await runner.tick()
+            await until(lambda n=ticks: len(received) == n and all(loop.idle for loop in loops))
+            per_tick.append(list(trips))
+    finally:
+        await runner.delivery.stop()
+        await runner.aclose()
+    assert [1, 1, 1] == received
+    # The first tick may reserve a block of seq numbers; the others are the steady state.
+    assert [["_store", "_after_send"]] * 2 == per_tick[1:]
