@@ -217,10 +217,16 @@ def _ip_candidates(text: str) -> Iterator[tuple[str, Callable[[str], object]]]:
     for doubled, expression in zip(("--", "__"), _V6_COMPRESSED_RESPELT, strict=True):
         if doubled not in text:
             continue
-        for match in expression.finditer(text):
-            glued = text[match.start() - 1 : match.start()].isalnum() or text[match.end() : match.end() + 1].isalnum()
-            if (candidate := _v6_compressed_respelt(match.group(), needs_digit=glued)) is not None:
+        at = 0
+        while (run := expression.search(text, at)) is not None:
+            glued = text[run.start() - 1 : run.start()].isalnum() or text[run.end() : run.end() + 1].isalnum()
+            if (candidate := _v6_compressed_respelt(run.group(), needs_digit=glued)) is not None:
                 yield candidate, ipaddress.IPv6Address
+                at = run.end()
+            else:
+                # A word's hex letters may have taken the doubled separator that starts
+                # an address ("node___ffff_0_0" matched "de__"): look again from it.
+                at = text.index(doubled, run.start()) + 1
     if "ip6.arpa" in text.lower():
         for match in _ARPA_V6.finditer(text):
             nibbles = match.group(1).replace(".", "")[::-1]
