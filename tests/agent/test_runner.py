@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +28,42 @@ async def until(condition: Callable[[], bool], tries: int = 3000) -> None:
     raise AssertionError("condition not met")
 
 
+async def central_at(aiohttp_server: Any, ingest: Callable[[web.Request], Awaitable[web.Response]]) -> str:
+    """The URL of a central on 127.0.0.1 that answers with ``ingest``."""
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    return str((await aiohttp_server(app)).make_url("/ingest"))
+
+
+def central_runner(tmp_path: Path, url: str, **settings: Any) -> Runner:
+    """A runner with no collectors and the central sink on, its state under ``tmp_path``."""
+    effective = settings_class(discover(third_party=False))(
+        state_dir=tmp_path / "state",
+        telemetry="on",
+        sinks={"central": {"url": url, "token": "t0k3n"}},
+        **settings,
+    )
+    return Runner(
+        effective,
+        edition="community",
+        version="0.1.0",
+        telemetry=True,
+        collectors=[],
+        allowed=allowed_metrics([], HEALTH_METRICS),
+        sinks=[CentralSink(effective.sinks.central, token="t0k3n")],
+    )
+
+
 async def test_no_fsync_runs_on_the_event_loop(aiohttp_server: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """Seq reservation, the health alarms' file, status and the shutdown's writes all fsync off the loop's thread."""
 
     async def unavailable(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    app = web.Application()
-    app.router.add_post("/ingest", unavailable)
-    server = await aiohttp_server(app)
-    settings = settings_class(discover(third_party=False))(
-        state_dir=tmp_path / "state",
-        interval=0.1,
-        telemetry="on",
-        alerts={"outage_after": 0.2},
-        sinks={"central": {"url": str(server.make_url("/ingest")), "token": "t0k3n"}},
+    runner = central_runner(
+        tmp_path, await central_at(aiohttp_server, unavailable), interval=0.1, alerts={"outage_after": 0.2}
     )
+    settings = runner.settings
     fsynced_on: set[str] = set()
     real_fsync = os.fsync
 
@@ -52,16 +72,6 @@ async def test_no_fsync_runs_on_the_event_loop(aiohttp_server: Any, tmp_path: Pa
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    sink = CentralSink(settings.sinks.central, token="t0k3n")
-    runner = Runner(
-        settings,
-        edition="community",
-        version="0.1.0",
-        telemetry=True,
-        collectors=[],
-        allowed=allowed_metrics([], HEALTH_METRICS),
-        sinks=[sink],
-    )
     task = asyncio.create_task(runner.run())
     alerts = settings.state_dir / "alerts.json"
     try:
@@ -85,24 +95,7 @@ async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp
         received.append(len(json.loads(await request.read())["heartbeats"]))
         return web.json_response({"accepted": received[-1]})
 
-    app = web.Application()
-    app.router.add_post("/ingest", ingest)
-    server = await aiohttp_server(app)
-    settings = settings_class(discover(third_party=False))(
-        state_dir=tmp_path / "state",
-        interval=3600,
-        telemetry="on",
-        sinks={"central": {"url": str(server.make_url("/ingest")), "token": "t0k3n"}},
-    )
-    runner = Runner(
-        settings,
-        edition="community",
-        version="0.1.0",
-        telemetry=True,
-        collectors=[],
-        allowed=allowed_metrics([], HEALTH_METRICS),
-        sinks=[CentralSink(settings.sinks.central, token="t0k3n")],
-    )
+    runner = central_runner(tmp_path, await central_at(aiohttp_server, ingest), interval=3600)
     trips: list[str] = []
     real_call, real_submit = runner.files.call, runner.files.submit
 
