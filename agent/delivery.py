@@ -201,7 +201,9 @@ class SinkLoop:
             elapsed_ms = (time.monotonic() - started) * 1000
             if not (delivery.acked or delivery.rejected or delivery.failure):
                 delivery = dataclasses.replace(delivery, failure=NO_PROGRESS)
-            stats = await files.call(self._after_send, delivery)
+            # Shielded: what the receiver answered is recorded and settled even when the loop is
+            # stopped meanwhile, so the shutdown's flush does not send an acknowledged batch again.
+            stats = await asyncio.shield(files.call(self._after_send, delivery))
             if self._ledger is not None:
                 self._ledger.written()
             if delivery.failure == "deadline" and (delivery.acked or delivery.rejected):

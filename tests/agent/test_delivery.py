@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,33 @@ async def test_a_send_is_on_record_before_its_heartbeats_leave_the_spool(deliver
         await writer.aclose()
         files.shutdown()
     assert ([[ids]], 0) == (on_record_at_settle, spool.stats().pending)
+
+
+async def test_a_loop_stopped_after_central_answered_still_settles_the_batch(deliver: Any) -> None:
+    """Stopped (cancelled) while its settlement waits for the file thread: the batch is settled all the same,
+    so the shutdown's flush does not send it to central again."""
+    script = Script()
+    loop = await deliver(script, 1, BackoffPolicy.immediate(), [])
+    files, spool = loop._files, loop._spool
+    gate = threading.Event()
+    trips: list[str] = []
+    real_call = files.call
+
+    async def call(func: Any, *args: Any) -> Any:
+        trips.append(getattr(func, "__name__", "?"))
+        if func.__name__ == "_after_send":
+            files.submit(gate.wait)  # the file thread is busy: the settlement waits in its queue
+        return await real_call(func, *args)
+
+    files.call = call  # type: ignore[method-assign]
+    task = asyncio.create_task(loop.run())
+    loop.wake.set()
+    try:
+        await until(lambda: "_after_send" in trips, task)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        gate.set()
+    await real_call(lambda: None)  # everything queued before it has run
+    assert ([1], 0) == (script.requests, spool.stats().pending)
