@@ -56,13 +56,13 @@ class LedgerWriter:
     """Holds records taken on the event loop until a trip to the file thread writes them.
 
     The daemon's delivery loop makes one trip to the file thread after every send
-    anyway (to settle the batch); :meth:`write_pending` rides on it, so a
-    heartbeat's record is written and synced before its file leaves the spool,
-    at no extra wake-up of a thread. On an idle POP a wake-up costs more CPU than
-    the write itself. A request no such trip follows (an alert hook's) gets a trip
-    of its own within ``sync_interval`` seconds. Records written in one trip share
-    one fsync. Taken off the event loop (a script, a test), a record is written at
-    once.
+    anyway (to settle the batch), and every tick one to store its heartbeat;
+    :meth:`write_pending` rides on them, so a heartbeat's record is written and
+    synced before its file leaves the spool, at no extra wake-up of a thread. On
+    an idle POP a wake-up costs more CPU than the write itself. A record no such
+    trip takes within ``sync_interval`` seconds (an alert hook's, between ticks)
+    gets a trip of its own. Records written in one trip share one fsync. Taken off
+    the event loop (a script, a test), a record is written at once.
     """
 
     def __init__(self, ledger: Ledger, *, sync_interval: float = 1.0, files: FileThread | None = None) -> None:

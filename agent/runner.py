@@ -252,6 +252,8 @@ class Runner:
             return None
         self.counters.scrub_rejected_total += refused
         self._saw_spool(stats)
+        if self.ledger is not None:
+            self.ledger.written()
         if self._spool_failing:
             log.info("spool_write_recovered")
             self._spool_failing = False
@@ -296,9 +298,10 @@ class Runner:
         return own_samples(stats, self.counters, time.monotonic() - self._started)
 
     # A trip to the spool's thread costs more CPU than the small calls it carries, so a tick
-    # makes one: it stores the heartbeat, takes in what `agent enqueue` left, writes the
-    # status and reads each idle sink's first batch. The heartbeat's spool figures are what
-    # the last trip (this store, or a delivery's settlement since) saw, not a trip of their own.
+    # makes one: it writes the ledger's waiting records, stores the heartbeat, takes in what
+    # `agent enqueue` left, writes the status and reads each idle sink's first batch. The
+    # heartbeat's spool figures are what the last trip (this store, or a delivery's
+    # settlement since) saw, not a trip of their own.
 
     def _saw_spool(self, stats: SpoolStats) -> None:
         self._spool_seen = (stats, time.monotonic())
@@ -320,6 +323,8 @@ class Runner:
         states: dict[str, JsonObject] | None,
         first_batches: Sequence[Callable[[], None]] = (),
     ) -> tuple[int, SpoolStats]:
+        if self.ledger is not None:
+            self.ledger.write_pending()  # an alert hook's records since the last trip ride this one
         self.spool.put(heartbeat_id, data)
         refused = intake.take_incoming(self.spool, self.backlog_allowed)
         stats = self.spool.stats()

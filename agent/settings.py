@@ -97,9 +97,9 @@ class LedgerSettings(_Section):
         ge=0,
         le=60,
         description=(
-            "Seconds within which a record reaches the disk (written and synced) when no delivery trip takes it "
-            "sooner: a sink's records are written right after its send, before its heartbeats leave the spool; an "
-            "alert hook's within this. Records written together share one fsync. 0 writes each at once."
+            "Seconds within which a record reaches the disk (written and synced): a sink's are written right after "
+            "its send, before its heartbeats leave the spool; an alert hook's with the next tick's heartbeat, or "
+            "within this if that comes later. Records written together share one fsync. 0 writes each at once."
         ),
     )
 
