@@ -127,7 +127,8 @@ class LedgerWriter:
             self.ledger.append(batch)
             self.ledger.sync()
         except OSError as exc:
-            self.lost_total += len(batch)
+            with self._lock:
+                self.lost_total += len(batch)
             if not self._failing:
                 log.error("ledger_write_failed", code=exc.__class__.__name__, errno=exc.errno)
             self._failing = True
@@ -154,12 +155,13 @@ class LedgerWriter:
             self._files.shutdown(wait=False)  # stuck on the disk: the thread is left behind
 
     async def aclose(self, grace: float = 5.0) -> None:
-        """:meth:`close` from the event loop."""
+        """:meth:`close` from the event loop: waits at most ``grace`` s, and the writing goes on after that."""
         if self._due is not None:
             self._due.cancel()
             self._due = None
+        # Shielded: a timeout must not take the queued write off the file thread with it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._files.call(self._finish), grace)
+            await asyncio.wait_for(asyncio.shield(self._files.call(self._finish)), grace)
         if self._own_files:
             self._files.shutdown(wait=False)
 

@@ -244,6 +244,21 @@ async def test_on_the_loop_a_record_rides_the_next_file_trip_or_gets_one_within_
         files.shutdown()
 
 
+async def test_closing_with_the_file_thread_busy_past_the_grace_still_writes_the_records(tmp_path: Path) -> None:
+    """The shutdown waits ``grace`` s for the ledger; the write queued behind a slow disk still happens after."""
+    files = FileThread()
+    writer = LedgerWriter(Ledger(tmp_path, max_age=86_400, max_bytes=1 << 20), files=files)
+    gate = threading.Event()
+    writer.submit(record(1), None)
+    files.submit(gate.wait)  # a slow fsync ahead of the ledger's write
+    try:
+        await writer.aclose(grace=0.05)
+    finally:
+        gate.set()
+        files.shutdown()  # what the runner does next: the queue is worked off
+    assert ([(1, 1)], 0) == ([item.seq for item in read_ledger(tmp_path).records], writer.lost_total)
+
+
 def test_a_ledger_that_cannot_be_written_counts_its_losses_and_raises_nothing(tmp_path: Path) -> None:
     """A ledger path taken by a file: records are counted as lost, the writer's caller never sees an error."""
     blocked = tmp_path / "ledger"
