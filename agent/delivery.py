@@ -171,6 +171,7 @@ class SinkLoop:
                 done = False
             finally:
                 self.deadline = None
+                self._first_batch = None  # one read for this pass that came too late: the next pass reads afresh
                 self.tried.set()  # also a pass that had nothing to send, or only refused heartbeats
             if not done and self._retry_at is None:
                 self.wake.set()  # the budget ran out with more to send: go on at once
