@@ -21,6 +21,7 @@ from agent.atomic_file import remove_any
 from agent.errors import ScrubRejected, SpoolError
 from agent.scrubber import Allowlist, scrub
 from agent.spool import Spool
+from agent.spool_io import error_code
 from agent.state import INCOMING
 
 log = structlog.get_logger("agent")
@@ -56,6 +57,27 @@ def take_incoming(spool: Spool, allowed: Allowlist) -> int:
             log.warning("incoming_refused")
         remove_any(path)
     return refused
+
+
+class Intake:
+    """:func:`take_incoming` for the daemon: an ``incoming/`` it cannot list is logged once, and waits."""
+
+    def __init__(self, spool: Spool, allowed: Allowlist) -> None:
+        self._spool = spool
+        self._allowed = allowed
+        self._failing = False  # only the file thread reads and writes it
+
+    def take(self) -> int:
+        """Take in what is there (blocking: on the file thread); the number refused."""
+        try:
+            refused = take_incoming(self._spool, self._allowed)
+        except OSError as exc:
+            if not self._failing:
+                log.warning("incoming_unreadable", code=error_code(exc))
+            self._failing = True
+            return 0
+        self._failing = False
+        return refused
 
 
 def read_regular(path: Path, *, follow_links: bool = False) -> bytes:

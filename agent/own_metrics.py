@@ -6,6 +6,8 @@ loop already holds, so building them costs no I/O.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 
 from agent.sample import Sample
@@ -35,3 +37,28 @@ def own_samples(stats: SpoolStats, counters: Counters, uptime_s: float) -> list[
     ]
     own.extend(Sample(name, value) for name, value in vars(counters).items())
     return own
+
+
+class LastSeenSpool:
+    """The spool as the file thread last saw it, so that a heartbeat's spool figures cost no trip of their own.
+
+    Every trip there that changes the spool (the tick's store, a delivery's
+    settlement) brings back a snapshot; of two, the later one holds, whichever
+    reaches the loop first.
+    """
+
+    def __init__(self) -> None:
+        self._stats: SpoolStats | None = None
+
+    def saw(self, stats: SpoolStats) -> None:
+        if self._stats is None or stats.taken_at >= self._stats.taken_at:
+            self._stats = stats
+
+    def now(self) -> SpoolStats:
+        """The last snapshot, its oldest heartbeat aged by the time since."""
+        stats = self._stats
+        if stats is None:
+            raise RuntimeError("the spool is not open")
+        if stats.oldest_age_s is None:
+            return stats
+        return dataclasses.replace(stats, oldest_age_s=stats.oldest_age_s + (time.monotonic() - stats.taken_at))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -25,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent import heartbeat, intake
+from agent import heartbeat
 from agent.backlog import BacklogScrubber
 from agent.collecting import COLLECTOR_STATE_DIR, CollectorSlot, collect_all, saved_states, write_states
 from agent.deadline import Deadline
 from agent.delivery import SinkLoops
 from agent.errors import ScrubRejected, SpoolError
 from agent.file_thread import FileThread
+from agent.intake import Intake
 from agent.ledger_hook import LedgerWriter
-from agent.own_metrics import Counters, own_samples
+from agent.own_metrics import Counters, LastSeenSpool, own_samples
 from agent.pacing import BackoffPolicy
 from agent.reload import Reloads
 from agent.sample import JsonObject, Sample
@@ -121,7 +121,8 @@ class Runner:
         self._spool_failing = False
         self._tick_failing = False
         self._last_state_save = 0.0
-        self._spool_seen: tuple[SpoolStats, float] | None = None  # the spool as its thread last saw it, and when
+        self.spool_seen = LastSeenSpool()
+        self.intake = Intake(self.spool, self.backlog_allowed)
         self._hook_session: aiohttp.ClientSession | None = None
         self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
         self.reloads = Reloads(self)
@@ -136,7 +137,7 @@ class Runner:
 
     async def start(self) -> None:
         """Create the state directory, open the spool, restore collectors' state."""
-        self._saw_spool(await self.files.call(self._open))
+        self.spool_seen.saw(await self.files.call(self._open))
         self.start_hooks()
 
     def _open(self) -> SpoolStats:
@@ -232,6 +233,8 @@ class Runner:
         except ScrubRejected as rejected:
             self.counters.scrub_rejected_total += 1
             log.error("heartbeat_rejected", findings=[f"{path}: {code}" for path, code in rejected.findings])
+            # What `agent enqueue` left is taken in whatever this tick's own heartbeat was.
+            self.counters.scrub_rejected_total += await self.files.call(self.intake.take)
             return None
         # Snapshots taken here, on the loop; the thread only writes them.
         status = loop_snapshot(self)
@@ -251,7 +254,7 @@ class Runner:
             self._spool_failing = True
             return None
         self.counters.scrub_rejected_total += refused
-        self._saw_spool(stats)
+        self.spool_seen.saw(stats)
         if self.ledger is not None:
             self.ledger.written()
         if self._spool_failing:
@@ -286,7 +289,7 @@ class Runner:
             await self.delivery.passes_tried(min(self.settings.interval / 2, self.settings.alerts.hook_timeout))
 
     def _own_samples(self) -> list[Sample]:
-        stats = self._spool_now()
+        stats = self.spool_seen.now()
         if self.sinks:
             # Without a sink the spool is a bounded local record: reaching its bound
             # and dropping the oldest is its normal state, not an outage.
@@ -300,20 +303,7 @@ class Runner:
     # A trip to the spool's thread costs more CPU than the small calls it carries, so a tick
     # makes one: it writes the ledger's waiting records, stores the heartbeat, takes in what
     # `agent enqueue` left, writes the status and reads each idle sink's first batch. The
-    # heartbeat's spool figures are what the last trip (this store, or a delivery's
-    # settlement since) saw, not a trip of their own.
-
-    def _saw_spool(self, stats: SpoolStats) -> None:
-        self._spool_seen = (stats, time.monotonic())
-
-    def _spool_now(self) -> SpoolStats:
-        """The spool as its thread last saw it, its oldest heartbeat aged by the time since."""
-        if self._spool_seen is None:
-            raise RuntimeError("the spool is not open")
-        stats, seen = self._spool_seen
-        if stats.oldest_age_s is None:
-            return stats
-        return dataclasses.replace(stats, oldest_age_s=stats.oldest_age_s + (time.monotonic() - seen))
+    # heartbeat's spool figures are what the last trip saw (`LastSeenSpool`).
 
     def _store(
         self,
@@ -326,7 +316,7 @@ class Runner:
         if self.ledger is not None:
             self.ledger.write_pending()  # an alert hook's records since the last trip ride this one
         self.spool.put(heartbeat_id, data)
-        refused = intake.take_incoming(self.spool, self.backlog_allowed)
+        refused = self.intake.take()
         stats = self.spool.stats()
         self.status_file.write(status, stats)
         if states is not None:
@@ -344,7 +334,7 @@ class Runner:
     def _report_delivery(
         self, *, ok: bool, spool: SpoolStats, failure: str | None, latency_ms: float | None, sink: str | None
     ) -> None:
-        self._saw_spool(spool)
+        self.spool_seen.saw(spool)
         events = self.health.observe_delivery(
             ok=ok, backlog=spool.pending, failure=failure, latency_ms=latency_ms, sink=sink
         )

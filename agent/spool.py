@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -57,6 +57,7 @@ class SpoolStats:
     dropped_total: int
     quarantined_total: int
     rejected_total: int
+    taken_at: float = field(default=0.0, compare=False)  # time.monotonic() when measured: the later one is current
 
 
 class Spool:
@@ -290,7 +291,7 @@ class Spool:
                 if born is not None:
                     age = max(0.0, (time.time() if now is None else now) - born)
             counters = {name: self._counters[name] for name in COUNTERS}
-            return SpoolStats(pending=len(self._index), bytes=self._index.bytes, oldest_age_s=age, **counters)
+            return SpoolStats(len(self._index), self._index.bytes, age, **counters, taken_at=time.monotonic())
 
     def iter_pending(self) -> Iterator[Pending]:
         """Every spooled heartbeat, oldest first, read one file at a time."""
@@ -339,9 +340,8 @@ class Spool:
         return bool(drop)
 
     def _delete(self, ids: list[str]) -> None:
-        # A tick's few files are removed at once: waking the trash's thread for
-        # them would cost more CPU than removing them. A batch goes through the
-        # trash, so that its removals never hold up the drain.
+        # A tick's few files are removed at once (waking the trash's thread costs more CPU);
+        # a batch goes through the trash, so that its removals never hold up the drain.
         at_once = len(ids) <= REMOVE_AT_ONCE
         for doc_id in ids:
             if self._files.remove(doc_id) if at_once else self._files.discard(doc_id):

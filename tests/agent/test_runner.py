@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -12,12 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
+from agent import heartbeat
 from agent.plugins import discover
 from agent.runner import Runner
+from agent.scrubber import Allowlist
 from agent.settings import settings_class
+from agent.spool import SpoolStats
+from agent.state import INCOMING
 from agent.wiring import allowed_metrics
 from alerts.health import HEALTH_METRICS
 from sinks.central import CentralSink
+from tests.heartbeats import make_heartbeat
 
 
 async def until(condition: Callable[[], bool], tries: int = 3000) -> None:
@@ -126,3 +132,32 @@ async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp
     assert [1, 1, 1] == received
     # The first tick may reserve a block of seq numbers; the others are the steady state.
     assert [["_store", "_after_send"]] * 2 == per_tick[1:]
+
+
+async def test_enqueued_heartbeats_are_taken_in_on_a_tick_whose_own_heartbeat_is_rejected(tmp_path: Path) -> None:
+    """Intake rides the tick's store trip; a tick that has nothing to store still takes in `agent enqueue`'s files."""
+    runner = central_runner(tmp_path, "http://127.0.0.1:9/ingest", interval=3600)
+    runner.allowed = Allowlist([], collectors=[])  # the agent's own health metrics are undeclared: every tick rejected
+    enqueued = make_heartbeat(7, collectors={})
+    incoming = tmp_path / "state" / "spool" / INCOMING
+    incoming.mkdir(parents=True)
+    (incoming / f"{enqueued['id']}.json").write_bytes(heartbeat.dumps(enqueued))
+    await runner.start()
+    try:
+        assert await runner.tick() is None
+    finally:
+        await runner.aclose()
+    assert ([], [f"{enqueued['id']}.json"]) == (
+        sorted(path.name for path in incoming.iterdir()),
+        sorted(path.name for path in (tmp_path / "state" / "spool" / "pending").iterdir()),
+    )
+
+
+def test_an_older_spool_snapshot_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    """A delivery's figures can reach the loop after the store trip's newer ones: the heartbeat shows the newer."""
+    runner = central_runner(tmp_path, "http://127.0.0.1:9/ingest")
+    older = SpoolStats(5, 500, 20.0, 0, 0, 0, taken_at=100.0)
+    newer = dataclasses.replace(older, pending=6, taken_at=101.0)
+    runner.spool_seen.saw(newer)
+    runner.spool_seen.saw(older)
+    assert 6 == runner.spool_seen.now().pending
