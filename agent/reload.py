@@ -151,7 +151,7 @@ async def _apply(runner: Runner, settings: Settings, wiring: Wiring) -> None:
     for sink in runner.sinks:
         with contextlib.suppress(Exception):
             await sink.aclose()
-    await runner.close_hooks()
+    await runner.hooks.aclose(runner.settings.alerts.hook_timeout)  # and releases their session
     runner.settings = settings
     runner.collectors = list(wiring.collectors)
     runner.allowed = wiring.allowed

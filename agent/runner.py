@@ -48,8 +48,6 @@ from alerts.health import Health
 from alerts.hooks import AlertHooks, start_hooks
 
 if TYPE_CHECKING:
-    import aiohttp
-
     # The contract lives with the upload code, which a community wheel does not ship.
     from sinks.base import Sink
 
@@ -123,7 +121,6 @@ class Runner:
         self._last_state_save = 0.0
         self.spool_seen = LastSeenSpool()
         self.intake = Intake(self.spool, self.backlog_allowed)
-        self._hook_session: aiohttp.ClientSession | None = None
         self.tick_lock = asyncio.Lock()  # held by a tick; a reload waits for it, so it lands between ticks
         self.reloads = Reloads(self)
         self.daemon = False  # `agent run`, as against a one-shot command: only its status file is the daemon's
@@ -155,14 +152,7 @@ class Runner:
 
     def start_hooks(self) -> None:
         """The alert hooks the settings ask for (at start, and after a reload)."""
-        self.hooks, self._hook_session = start_hooks(self.health, self.settings, self.ledger)
-
-    async def close_hooks(self) -> None:
-        """Let the alert hooks finish (briefly) and release their session."""
-        await self.hooks.aclose(self.settings.alerts.hook_timeout)
-        if self._hook_session is not None:
-            await self._hook_session.close()
-            self._hook_session = None
+        self.hooks = start_hooks(self.health, self.settings, self.ledger)
 
     def request_stop(self) -> None:
         """Ask the loop to finish its tick and shut down (signal handlers call this)."""
@@ -176,8 +166,6 @@ class Runner:
     async def aclose(self, grace: float = 1.0) -> None:
         """Release hooks, collectors, sinks and the spool's thread."""
         await self.hooks.aclose(min(grace, self.settings.alerts.hook_timeout))
-        if self._hook_session is not None:
-            await self._hook_session.close()
         for slot in self.collectors:
             await slot.aclose()
         for sink in self.sinks:

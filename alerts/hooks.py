@@ -94,13 +94,21 @@ class AlertHooks:
     :meth:`dispatch` and :meth:`push` return at once; the hooks run as tasks whose
     results are counted in ``health``. A Kuma push still under way when the next
     tick comes is not doubled. :meth:`aclose` gives what is left a grace period,
-    then cancels it.
+    then cancels it, and closes the hooks' HTTP session when they were given one.
     """
 
-    def __init__(self, health: Health, *, notifier: Notifier | None = None, pusher: Pusher | None = None) -> None:
+    def __init__(
+        self,
+        health: Health,
+        *,
+        notifier: Notifier | None = None,
+        pusher: Pusher | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self._health = health
         self._notifier = notifier
         self._pusher = pusher
+        self._session = session
         self._tasks: set[asyncio.Task[None]] = set()
         self._push_task: asyncio.Task[None] | None = None
 
@@ -131,13 +139,15 @@ class AlertHooks:
         return not self._tasks
 
     async def aclose(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the hooks under way, then cancel the rest."""
-        if await self.flush(grace):
-            return
-        pending = set(self._tasks)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        """Wait up to ``grace`` seconds for the hooks under way, cancel the rest, release the session."""
+        if not await self.flush(grace):
+            pending = set(self._tasks)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -161,16 +171,14 @@ async def _never_raise(call: Any) -> bool:
         return False
 
 
-def start_hooks(
-    health: Health, settings: Settings, ledger: LedgerWriter | None = None
-) -> tuple[AlertHooks, aiohttp.ClientSession | None]:
-    """The hooks ``settings`` ask for (ntfy, Kuma; unset means off) and the session they share, if any.
+def start_hooks(health: Health, settings: Settings, ledger: LedgerWriter | None = None) -> AlertHooks:
+    """The hooks ``settings`` ask for (ntfy, Kuma; unset means off).
 
-    One session with short-lived connections for both; the caller closes it after
-    :meth:`AlertHooks.aclose`. Must be called inside the running event loop.
+    One session with short-lived connections for both, which :meth:`AlertHooks.aclose`
+    closes. Must be called inside the running event loop.
     """
     if settings.ntfy_alert_url is None and settings.kuma_push_url is None:
-        return AlertHooks(health), None
+        return AlertHooks(health)
     import aiohttp
 
     from agent.ledger_hook import hook_trace_configs
@@ -179,9 +187,9 @@ def start_hooks(
 
     # Every hook request is recorded in the sent ledger, as the upload sinks' are.
     session = aiohttp.ClientSession(trace_configs=hook_trace_configs(ledger, settings))
-    hooks = AlertHooks(
+    return AlertHooks(
         health,
         notifier=NtfyHook.from_settings(settings, session),
         pusher=KumaHook.from_settings(settings, session),
+        session=session,
     )
-    return hooks, session
