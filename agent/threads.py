@@ -31,9 +31,11 @@ class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
     def __init__(self, name: str = "pop-agent-blocking") -> None:
         super().__init__(max_workers=1)
         self._name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = 0
+        # Each idle thread waits on an inbox of its own, so a job wakes exactly one thread:
+        # idle threads sharing one queue would each wake in turn on every job and contend
+        # for the GIL for nothing. The most recently idle thread is last and served first.
+        self._idle: list[queue.SimpleQueue[_Job | None]] = []
         self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
@@ -42,48 +44,47 @@ class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            spare = self._idle > 0
-            if spare:
-                self._idle -= 1  # that idle worker is now promised to this job
-        if not spare:
-            threading.Thread(target=self._work, name=self._name, daemon=True).start()
-        self._jobs.put((future, fn, args, kwargs))
+            inbox = self._idle.pop() if self._idle else None  # that idle thread is now promised to this job
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._work, args=(inbox,), name=self._name, daemon=True).start()
+        inbox.put((future, fn, args, kwargs))
         return future
 
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+    def _work(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := inbox.get()) is not None:
             future, fn, args, kwargs = job
             if not future.set_running_or_notify_cancel():
-                stay = self._rest()
+                stay = self._rest(inbox)
             else:
                 # Idle before the caller hears of the result, so that its next call finds this thread free.
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
-                    stay = self._rest()
+                    stay = self._rest(inbox)
                     future.set_exception(exc)
                 else:
-                    stay = self._rest()
+                    stay = self._rest(inbox)
                     future.set_result(result)
             del job, future, fn, args, kwargs  # hold nothing while idle
             if not stay:
                 return
 
-    def _rest(self) -> bool:
+    def _rest(self, inbox: queue.SimpleQueue[_Job | None]) -> bool:
         """Become idle; ``False`` (the thread ends) once the executor is shut down."""
         with self._lock:
             if self._closed:
                 return False
-            self._idle += 1
+            self._idle.append(inbox)
             return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Let the idle threads go; a busy one leaves when its call returns. Never waits: the threads are daemons."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._jobs.put(None)
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
 
 
 class BatchedCalls:

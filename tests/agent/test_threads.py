@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from agent.threads import BatchedCalls, DaemonThreadExecutor, run
@@ -16,6 +18,30 @@ def test_idle_threads_are_reused() -> None:
     executor = DaemonThreadExecutor()
     names = {executor.submit(threading.get_ident).result(timeout=5) for _ in range(50)}
     assert len(names) == 1
+
+
+def _switches(native_id: int) -> tuple[str, int]:
+    """A thread's scheduler state and how often it has given up the CPU, from /proc."""
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/self/task/{native_id}/status").read_text().splitlines())
+    return fields["State"].split()[0], int(fields["voluntary_ctxt_switches"])
+
+
+def test_a_job_wakes_only_the_thread_it_runs_on() -> None:
+    """With two idle threads, jobs go to the most recently idle one, and the other is never woken."""
+    executor = DaemonThreadExecutor()
+    release = threading.Event()
+    busy = executor.submit(lambda: (threading.get_native_id(), release.wait(30)))
+    other = executor.submit(threading.get_native_id).result(timeout=5)  # a second thread: the first is busy
+    release.set()
+    first, _ = busy.result(timeout=5)
+    for _ in range(500):  # until the other thread is parked in its wait
+        state, before = _switches(other)
+        if state == "S":
+            break
+        time.sleep(0.01)
+    ran_on = {executor.submit(threading.get_native_id).result(timeout=5) for _ in range(20)}
+    assert ran_on == {first}
+    assert _switches(other) == ("S", before)
 
 
 def test_a_stuck_call_does_not_block_the_next() -> None:
