@@ -185,8 +185,10 @@ def start_hooks(health: Health, settings: Settings, ledger: LedgerWriter | None 
     from alerts.kuma import KumaHook
     from alerts.ntfy import NtfyHook
 
-    # Every hook request is recorded in the sent ledger, as the upload sinks' are.
-    session = aiohttp.ClientSession(trace_configs=hook_trace_configs(ledger, settings))
+    # Every hook request is recorded in the sent ledger, as the upload sinks' are; no cookie is kept or sent back.
+    session = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=hook_trace_configs(ledger, settings)
+    )
     return AlertHooks(
         health,
         notifier=NtfyHook.from_settings(settings, session),

@@ -43,6 +43,8 @@ def make_session(
 
     Must be called inside the running event loop. ``trust_env`` stays off so that
     neither proxy variables nor ``.netrc`` credentials change where data goes.
+    Cookies a receiver sets are neither kept nor sent back: a request carries only
+    what the sink put in it (and no jar is consulted on every send).
     Every request it makes is recorded in the sent ledger (:mod:`agent.ledger_hook`).
     """
     connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(), limit=limit, ttl_dns_cache=300)
@@ -53,6 +55,7 @@ def make_session(
         headers={"User-Agent": user_agent},
         raise_for_status=False,
         trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         trace_configs=[upload_trace_config()],
     )
 

@@ -218,6 +218,33 @@ async def test_make_session_verifies_tls(aiohttp_server: Any, self_signed: tuple
     assert await code_of(f"https://127.0.0.1:{server.port}/") == "tls"
 
 
+async def test_make_session_never_sends_back_a_cookie(aiohttp_server: Any) -> None:
+    """A cookie a receiver sets is not kept: the next request carries no ``Cookie`` header.
+
+    By name, not by address: a default jar keeps no cookie from an IP address at all.
+    """
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.Response()
+        response.set_cookie("session", "tracking-me")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    server = await aiohttp_server(app)
+    session = make_session(connect_timeout=5, read_timeout=5)
+    try:
+        for _ in range(2):
+            async with session.post(f"http://localhost:{server.port}/", data=b"{}") as response:
+                assert response.cookies["session"].value == "tracking-me"
+    finally:
+        await session.close()
+
+    assert seen == [None, None]
+
+
 def test_request_timeouts_never_outlast_the_deadline() -> None:
     """Connect and read timeouts are shortened to what the deadline leaves; no deadline means no total."""
     capped = request_timeout(5.0, 15.0, 2.0)
