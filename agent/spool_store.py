@@ -57,6 +57,10 @@ class SpoolFiles:
         self._lock_fd: int | None = None
         self._dir_fds: dict[str, int] = {}
         self._aside = {"quarantine": 0, "rejected": 0}  # entries in each, to know when to prune
+        # The heartbeat stored last, as written: a tick's trip reads it back for the sinks
+        # right after storing it, and three system calls to read what is in hand cost more
+        # than the read. Only while its file is in pending/.
+        self._newest: tuple[str, bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -99,6 +103,7 @@ class SpoolFiles:
             os.close(self._lock_fd)
             self._lock_fd = None
         self._aside = {"quarantine": 0, "rejected": 0}
+        self._newest = None
 
     # -- pending/ ------------------------------------------------------------
 
@@ -155,6 +160,7 @@ class SpoolFiles:
         except OSError:
             remove_quietly(final)
             raise
+        self._newest = (doc_id, raw)
 
     def _empty_trash(self) -> bool:
         """Remove some of the trash now (enough room for a heartbeat); ``True`` if anything was."""
@@ -169,7 +175,10 @@ class SpoolFiles:
 
         A symbolic link or directory put there since the spool opened reads as
         empty, so it is quarantined like any other file that is not a heartbeat.
+        The heartbeat stored last is answered from memory, as it was written.
         """
+        if self._newest is not None and self._newest[0] == doc_id:
+            return self._newest[1]
         try:
             return _read_file(self.pending, f"{doc_id}.json", size, self._dir_fds.get(self.pending))
         except FileNotFoundError:
@@ -184,6 +193,7 @@ class SpoolFiles:
 
         Not durable until :meth:`sync_pending`.
         """
+        self._leaves(doc_id)
         name = f"{doc_id}.json"
         try:
             # Relative to open directories: the drain does this once per heartbeat.
@@ -199,6 +209,7 @@ class SpoolFiles:
 
         Not durable until :meth:`sync_pending`.
         """
+        self._leaves(doc_id)
         try:
             os.unlink(f"{doc_id}.json", dir_fd=self._dir_fds[self.pending])
         except FileNotFoundError:
@@ -206,6 +217,10 @@ class SpoolFiles:
         except OSError:
             return False
         return True
+
+    def _leaves(self, doc_id: str) -> None:
+        if self._newest is not None and self._newest[0] == doc_id:
+            self._newest = None
 
     def sync_pending(self) -> None:
         """Make the renames in ``pending/`` durable (one fsync for a batch of them)."""
@@ -226,6 +241,7 @@ class SpoolFiles:
 
     def quarantine_pending(self, doc_id: str) -> bool:
         """Move a pending file that is not a heartbeat aside; ``True`` if it left ``pending/``."""
+        self._leaves(doc_id)
         return self.quarantine(os.path.join(self.pending, f"{doc_id}.json"), f"{doc_id}.json")
 
     def quarantine(self, path: str, name: str) -> bool:

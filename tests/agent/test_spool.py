@@ -102,6 +102,25 @@ def test_put_stores_exact_bytes_as_one_file_and_batch_returns_them_oldest_first(
     assert names(spool.root / "tmp") == []
 
 
+def test_the_heartbeat_stored_last_is_read_back_from_memory_the_others_from_disk(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """A tick's own heartbeat is offered as it was written without reading its file; older ones are read."""
+    spool = make_spool(sinks=("central",))
+    older, newest = ids_of(2)
+    for doc_id in (older, newest):
+        spool.put(doc_id, doc(doc_id))
+    pending = spool.root / "pending"
+    for doc_id in (older, newest):  # changed behind the spool's back: only a read of the file would see it
+        (pending / f"{doc_id}.json").write_bytes(doc(doc_id, pad=5))
+    assert [doc(older, pad=5), doc(newest)] == [p.raw for p in spool.batch("central", 10, BIG)]
+    spool.settle("central", [newest], {})
+    assert ([doc(older, pad=5)], [f"{older}.json"]) == (
+        [p.raw for p in spool.batch("central", 10, BIG)],
+        names(pending),
+    )
+
+
 def test_batch_respects_count_and_bytes_but_always_offers_one(make_spool: Callable[..., Spool]) -> None:
     """A batch stops at max_count or max_bytes, yet an oversized first heartbeat is still offered."""
     spool = make_spool(sinks=("central",))
