@@ -37,6 +37,7 @@ from yarl import URL
 from agent.file_thread import FileThread
 from agent.ledger import LEDGER_DIR, Ledger
 from agent.ledger_record import RequestIds, SentRecord, destination
+from agent.network_codes import network_code
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -243,7 +244,7 @@ def _trace_config(resolve: Resolver) -> aiohttp.TraceConfig:
         _finish(ctx, params.response.status)
 
     async def on_exception(session: Any, ctx: SimpleNamespace, params: aiohttp.TraceRequestExceptionParams) -> None:
-        _finish(ctx, failure_code(params.exception))
+        _finish(ctx, network_code(params.exception))
 
     config = aiohttp.TraceConfig()
     config.on_request_start.append(on_start)
@@ -273,21 +274,6 @@ def _finish(ctx: SimpleNamespace, status: int | str) -> None:
         ms=round((time.monotonic() - flight.started_mono) * 1000, 1),
     )
     flight.writer.submit(record, b"".join(flight.chunks) if flight.chunks is not None else None)
-
-
-def failure_code(exc: BaseException) -> str:
-    """The fixed code the ledger records for a request that got no answer (never the exception's text)."""
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return "disconnected"
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return "connect"
-    return "error"
 
 
 def upload_trace_config() -> aiohttp.TraceConfig:

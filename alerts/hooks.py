@@ -35,17 +35,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-def failure_code(exc: BaseException) -> str:
-    """A fixed code for a hook's request failure."""
-    import aiohttp  # imported where a hook has run: an agent without hooks need not load it
-
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return "connect"
-    return "other"
-
-
 class HookStatus:
     """A hook's up/down state: its failures are logged once when they start and once when they end.
 

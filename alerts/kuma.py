@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import aiohttp
 from yarl import URL
 
-from alerts.hooks import HookStatus, failure_code
+from agent.network_codes import network_code
+from alerts.hooks import HookStatus
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -62,7 +63,7 @@ class KumaHook:
         except ValueError:
             return self.status.failed("bad_answer")
         except Exception as exc:
-            return self.status.failed(failure_code(exc))
+            return self.status.failed(network_code(exc))
         if not 200 <= code < 300:
             return self.status.failed(f"http_{code}")
         if isinstance(answer, dict) and answer.get("ok") is False:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
+from agent.network_codes import network_code
 from agent.sample import POP_ID_PATTERN
 from alerts.events import SINK_NAME, AlarmKind, OutageEnded, OutageEvent, OutageStarted, fixed_code
-from alerts.hooks import HookStatus, failure_code
+from alerts.hooks import HookStatus
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -177,7 +178,7 @@ class NtfyHook:
                 ) as response:
                     status = response.status
         except Exception as exc:
-            return self.status.failed(failure_code(exc))
+            return self.status.failed(network_code(exc))
         if 200 <= status < 300:
             return self.status.succeeded()
         return self.status.failed(f"http_{status}")

@@ -9,7 +9,6 @@ Neither exception text nor response bodies are carried along.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
 import ssl
@@ -21,6 +20,7 @@ import aiohttp
 
 from agent.errors import PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_hook import upload_trace_config
+from agent.network_codes import network_code
 
 # A receiver asking for more than a day is treated as asking for a day: the value
 # only decides when to knock again, and the spool keeps the data meanwhile.
@@ -144,23 +144,11 @@ def error_for_status(status: int, headers: Mapping[str, str]) -> SinkError | Non
 def error_for_exception(exc: BaseException) -> TransientSinkError:
     """The transient error (fixed code, no text) a client-side failure means.
 
-    Every network failure keeps the data: ``timeout``, ``tls``, ``dns``,
+    Every network failure keeps the data. The code is :func:`agent.network_codes.network_code`'s,
+    the one the sent ledger and the alert hooks use: ``timeout``, ``tls``, ``dns``,
     ``connect``, ``disconnected``, ``protocol``, else ``client_error``.
     """
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        code = "timeout"
-    elif isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError | ssl.SSLError):
-        code = "tls"
-    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
-        code = "dns"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        code = "disconnected"
-    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        code = "protocol"
-    elif isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        code = "connect"
-    else:
-        code = "client_error"
+    code = network_code(exc)
     return TransientSinkError(code, code=code)
 
 

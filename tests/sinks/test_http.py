@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
+import tempfile
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -18,6 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import PermanentSinkError, SinkError, TransientSinkError
+from agent.ledger import Ledger, read_ledger
+from agent.ledger_hook import LedgerWriter, sending
 from sinks.http import (
     MAX_RETRY_AFTER,
     drain,
@@ -135,26 +137,32 @@ def closed_port() -> int:
     return port
 
 
-async def code_of(url: str, **session_kwargs: Any) -> str:
-    """The code a real request to ``url`` through ``make_session`` fails with."""
-    session = make_session(**{"connect_timeout": 5.0, "read_timeout": 5.0, **session_kwargs})
-    try:
-        async with session.post(url, data=b"{}") as response:
-            await response.read()
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return error_for_exception(exc).code
-    finally:
-        await session.close()
-    return "ok"
+async def codes_of(url: str, **session_kwargs: Any) -> tuple[str, str | int]:
+    """The code a real request to ``url`` through ``make_session`` fails with, and the sent ledger's status for it."""
+    with tempfile.TemporaryDirectory() as directory:
+        writer = LedgerWriter(Ledger(Path(directory), max_age=3600, max_bytes=1 << 20))
+        session = make_session(**{"connect_timeout": 5.0, "read_timeout": 5.0, **session_kwargs})
+        code = "ok"
+        try:
+            with sending(writer, "central"):
+                async with session.post(url, data=b"{}") as response:
+                    await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            code = error_for_exception(exc).code
+        finally:
+            await session.close()
+            await writer.aclose()
+        (record,) = read_ledger(Path(directory)).records
+    return code, record.status
 
 
 async def test_a_closed_port_is_connect() -> None:
-    """A refused connection is "connect"."""
-    assert await code_of(f"http://127.0.0.1:{closed_port()}/") == "connect"
+    """A refused connection is "connect", for the sink and in the sent ledger alike."""
+    assert await codes_of(f"http://127.0.0.1:{closed_port()}/") == ("connect", "connect")
 
 
 async def test_a_server_that_hangs_up_is_disconnected() -> None:
-    """A server that reads the request and closes the connection is "disconnected"."""
+    """A server that reads the request and closes the connection is "disconnected", for the sink and the ledger."""
 
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -163,11 +171,11 @@ async def test_a_server_that_hangs_up_is_disconnected() -> None:
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        assert await code_of(f"http://127.0.0.1:{port}/") == "disconnected"
+        assert await codes_of(f"http://127.0.0.1:{port}/") == ("disconnected", "disconnected")
 
 
 async def test_a_server_that_never_answers_is_timeout() -> None:
-    """A server that accepts and stays silent past the read timeout is "timeout"."""
+    """A server that accepts and stays silent past the read timeout is "timeout", for the sink and the ledger."""
     stop = asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -177,9 +185,9 @@ async def test_a_server_that_never_answers_is_timeout() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        code = await code_of(f"http://127.0.0.1:{port}/", read_timeout=0.2)
+        codes = await codes_of(f"http://127.0.0.1:{port}/", read_timeout=0.2)
         stop.set()
-    assert code == "timeout"
+    assert codes == ("timeout", "timeout")
 
 
 def answer(response: web.Response) -> Any:
@@ -191,31 +199,15 @@ def answer(response: web.Response) -> Any:
     return handler
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made by the openssl CLI."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 async def test_make_session_verifies_tls(aiohttp_server: Any, self_signed: tuple[Path, Path]) -> None:
-    """The shared session refuses a certificate no trusted authority signed: "tls"."""
+    """The shared session refuses a certificate no trusted authority signed: "tls", for the sink and the ledger."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*self_signed)
     app = web.Application()
     app.router.add_post("/", answer(web.Response()))
     server = await aiohttp_server(app, ssl=context)
 
-    assert await code_of(f"https://127.0.0.1:{server.port}/") == "tls"
+    assert await codes_of(f"https://127.0.0.1:{server.port}/") == ("tls", "tls")
 
 
 async def test_make_session_never_sends_back_a_cookie(aiohttp_server: Any) -> None:
