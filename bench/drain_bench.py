@@ -38,8 +38,9 @@ import aiohttp
 from aiohttp import web
 
 from agent.deadline import Deadline
-from sinks.central import CentralSink, gzip_bytes
+from sinks.central import CentralSink
 from sinks.central_settings import CentralSinkSettings
+from sinks.http import gzip_bytes
 
 PATH = "/ingest/v1/heartbeats"
 TARGET = 10_000

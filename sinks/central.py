@@ -18,9 +18,6 @@ delivery loop's backoff (:mod:`agent.pacing`) decides when to try again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from typing import ClassVar
@@ -29,13 +26,13 @@ import aiohttp
 import structlog
 
 from agent.deadline import Deadline
-from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from agent.errors import ConfigError, PermanentSinkError, TransientSinkError
 from agent.ledger_record import RequestIds, destination
 from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from sinks.central_settings import CentralSinkSettings
 from sinks.credentials import read_secret
-from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
+from sinks.http import SessionHolder, gzipped, request_once, request_timeout
 
 log = structlog.get_logger("sinks.central")
 
@@ -45,8 +42,6 @@ _TAIL = b"]}"
 ENVELOPE_BYTES = len(_HEAD) + len(_TAIL)
 # Codes after which the request is cut in halves instead of kept as a whole.
 _SPLIT_CODES = frozenset({"too_large", "malformed"})
-# Compressing a body this large would hold the event loop for milliseconds.
-_THREAD_GZIP_BYTES = 262_144
 
 
 def plan_requests(batch: Sequence[Pending], max_count: int, max_bytes: int) -> list[Sequence[Pending]]:
@@ -72,16 +67,6 @@ def plan_requests(batch: Sequence[Pending], max_count: int, max_bytes: int) -> l
 def request_body(part: Sequence[Pending]) -> bytes:
     """The request body: the spooled documents joined as they are, never re-serialised."""
     return b"".join((_HEAD, b",".join(item.raw for item in part), _TAIL))
-
-
-def gzip_bytes(body: bytes) -> bytes:
-    """``body`` as a gzip member.
-
-    Level 1: heartbeats still shrink about 8x, at a third of the CPU of level 5
-    (measured by bench/drain_bench.py), and the POP's CPU belongs to the vaults.
-    """
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return compressor.compress(body) + compressor.flush()
 
 
 def read_token(cfg: CentralSinkSettings, credentials_dir: str | None = None) -> str:
@@ -178,9 +163,7 @@ class CentralSink:
         body = request_body(part)
         if len(body) < self._cfg.gzip_min_bytes:
             return body, self._plain_headers
-        if len(body) >= _THREAD_GZIP_BYTES:
-            return await asyncio.to_thread(gzip_bytes, body), self._gzip_headers
-        return gzip_bytes(body), self._gzip_headers
+        return await gzipped(body), self._gzip_headers
 
     async def _post(self, body: bytes, headers: dict[str, str], sent: RequestIds, deadline: Deadline) -> None:
         """One request; raises the :class:`SinkError` its outcome means."""
@@ -188,18 +171,13 @@ class CentralSink:
         if remaining <= 0:
             raise TransientSinkError("deadline", code="deadline")
         timeout = request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining)
-        error: SinkError | None
-        try:
-            async with self._http.get().post(
-                self._url, data=body, headers=headers, timeout=timeout, allow_redirects=False, trace_request_ctx=sent
-            ) as response:
-                error = error_for_status(response.status, response.headers)
-                if error is None:
-                    # The status is the ack; a body that fails to arrive changes nothing.
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                        await drain(response)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = error_for_exception(exc)
-        if error is not None:
-            log.debug("central_attempt_failed", code=error.code)
-            raise error
+        await request_once(
+            self._http.get(),
+            "POST",
+            self._url,
+            sink=self.name,
+            data=body,
+            headers=headers,
+            client_timeout=timeout,
+            sent=sent,
+        )

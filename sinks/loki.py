@@ -30,12 +30,9 @@ one it holds, and a heartbeat's line is always the same bytes.
 
 from __future__ import annotations
 
-import asyncio
 import calendar
-import contextlib
 import json
 import re
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +47,7 @@ from agent.errors import ConfigError, PermanentSinkError, SinkError, TransientSi
 from agent.ledger_record import RequestIds, destination
 from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
-from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
+from sinks.http import SessionHolder, drain_quietly, error_for_status, gzipped, request_once
 from sinks.loki_settings import LokiSinkSettings
 from sinks.series import timestamp_ns
 
@@ -121,10 +118,16 @@ def push_body(entries: Sequence[Entry]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def gzip_bytes(body: bytes) -> bytes:
-    """``body`` as one gzip member."""
-    compressor = zlib.compressobj(5, zlib.DEFLATED, 31)
-    return compressor.compress(body) + compressor.flush()
+async def _judge(response: aiohttp.ClientResponse) -> SinkError | None:
+    """The answer's status decides, except that a 400 or 413 is read to learn which entries Loki refused."""
+    error = error_for_status(response.status, response.headers)
+    if isinstance(error, PermanentSinkError) and error.code in ("malformed", "too_large"):
+        # Read to learn which entries Loki refused; it stays on this machine.
+        text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+        raise _Refused(error.code, text)
+    if error is None:
+        await drain_quietly(response)
+    return error
 
 
 def reason_code(text: str) -> str:
@@ -323,28 +326,14 @@ class LokiSink:
         if deadline.expired:
             raise TransientSinkError(code="deadline")
         raw = push_body(part)
-        body = await asyncio.to_thread(gzip_bytes, raw) if len(raw) >= _THREAD_GZIP_BYTES else gzip_bytes(raw)
-        timeout = aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout))
-        error: SinkError | None
-        try:
-            async with self._http.get().post(
-                self._url,
-                data=body,
-                headers=self._headers,
-                timeout=timeout,
-                allow_redirects=False,
-                trace_request_ctx=RequestIds.carrying((entry.id, entry.seq) for entry in part),
-            ) as response:
-                error = error_for_status(response.status, response.headers)
-                if isinstance(error, PermanentSinkError) and error.code in ("malformed", "too_large"):
-                    # Read to learn which entries Loki refused; it stays on this machine.
-                    text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-                    raise _Refused(error.code, text)
-                if error is None:
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                        await drain(response)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = error_for_exception(exc)
-        if error is not None:
-            log.debug("loki_attempt_failed", code=error.code, size=len(part))
-            raise error
+        await request_once(
+            self._http.get(),
+            "POST",
+            self._url,
+            sink=self.name,
+            data=await gzipped(raw),
+            headers=self._headers,
+            client_timeout=aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout)),
+            sent=RequestIds.carrying((entry.id, entry.seq) for entry in part),
+            judge=_judge,
+        )

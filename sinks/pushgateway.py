@@ -25,9 +25,8 @@ Each request is made once; when to try again is the delivery loop's backoff.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import aiohttp
 import structlog
@@ -38,7 +37,7 @@ from agent.ledger_record import RequestIds, destination
 from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from sinks.exposition import CONTENT_TYPE, grouping_path, render
-from sinks.http import SessionHolder, drain, error_for_exception, error_for_status
+from sinks.http import SessionHolder, drain_quietly, error_for_status, request_once
 from sinks.pushgateway_settings import PushgatewaySinkSettings
 from sinks.series import timestamp_ns
 
@@ -163,18 +162,21 @@ class PushgatewaySink:
         """One PUT; raises the :class:`SinkError` its outcome means."""
         if deadline.expired:
             raise TransientSinkError(code="deadline")
-        timeout = aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout))
-        headers: dict[str, Any] = {"Content-Type": CONTENT_TYPE}
-        error: SinkError | None
-        try:
-            async with self._http.get().put(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, trace_request_ctx=sent
-            ) as response:
-                error = error_for_status(response.status, response.headers)
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                    await drain(response)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = error_for_exception(exc)
-        if error is not None:
-            log.debug("pushgateway_attempt_failed", code=error.code)
-            raise error
+        await request_once(
+            self._http.get(),
+            "PUT",
+            url,
+            sink=self.name,
+            data=body,
+            headers={"Content-Type": CONTENT_TYPE},
+            client_timeout=aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout)),
+            sent=sent,
+            judge=_judge,
+        )
+
+
+async def _judge(response: aiohttp.ClientResponse) -> SinkError | None:
+    """The answer's status decides; its body is drained whatever it says, so the connection is reused."""
+    error = error_for_status(response.status, response.headers)
+    await drain_quietly(response)
+    return error

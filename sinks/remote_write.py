@@ -56,7 +56,7 @@ from agent.plugin_api import PluginContext
 from agent.sample import Delivery, Pending
 from agent.version import __version__
 from sinks.credentials import read_secret
-from sinks.http import SessionHolder, drain, error_for_exception, error_for_status, request_timeout
+from sinks.http import SessionHolder, drain_quietly, error_for_status, request_once, request_timeout
 from sinks.remote_write_body import BodyEncoder, Prepared, Preparer, snappy_available
 from sinks.remote_write_settings import RemoteWriteSinkSettings
 
@@ -288,31 +288,30 @@ class RemoteWriteSink:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise TransientSinkError("deadline", code="deadline")
-        timeout = request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining)
-        error: SinkError | None
-        try:
-            async with self._http.get().post(
-                self._url,
-                data=body,
-                headers=self._headers,
-                timeout=timeout,
-                allow_redirects=False,
-                trace_request_ctx=sent,
-            ) as response:
-                error = error_for_status(response.status, response.headers)
-                if error is not None and (response.status in (400, 409, 422) or response.status >= 500):
-                    text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-                    code = refusal_code(response.status, text)
-                    if code is not None:
-                        error = PermanentSinkError(code, code=code)
-                else:
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                        await drain(response)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = error_for_exception(exc)
-        if error is not None:
-            log.debug("remote_write_attempt_failed", code=error.code)
-            raise error
+        await request_once(
+            self._http.get(),
+            "POST",
+            self._url,
+            sink=self.name,
+            data=body,
+            headers=self._headers,
+            client_timeout=request_timeout(self._cfg.connect_timeout, self._cfg.read_timeout, remaining),
+            sent=sent,
+            judge=_judge,
+        )
+
+
+async def _judge(response: aiohttp.ClientResponse) -> SinkError | None:
+    """The answer's status decides, except that a refusal's text may name a sample the receiver will never take."""
+    error = error_for_status(response.status, response.headers)
+    if error is not None and (response.status in (400, 409, 422) or response.status >= 500):
+        text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+        code = refusal_code(response.status, text)
+        if code is not None:
+            error = PermanentSinkError(code, code=code)
+    else:
+        await drain_quietly(response)
+    return error
 
 
 def authorization(cfg: RemoteWriteSinkSettings, credentials_dir: str | None = None) -> str | None:
