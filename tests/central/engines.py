@@ -86,21 +86,24 @@ def vmalert(datasource: str, *, rule_files: Sequence[Path], notifier: str, inter
     path = binary(VMALERT)
     if path is None:
         raise FileNotFoundError(VMALERT)
-    with tempfile.TemporaryDirectory(prefix="vmalert-") as tmp, serve(
-        VMALERT,
-        lambda port: [
-            path,
-            f"-httpListenAddr=127.0.0.1:{port}",
-            f"-datasource.url={datasource}",
-            f"-remoteWrite.url={datasource}",
-            "-remoteWrite.flushInterval=200ms",
-            f"-notifier.url={notifier}",
-            f"-evaluationInterval={interval}",
-            "-loggerLevel=WARN",
-            *(f"-rule={file}" for file in rule_files),
-        ],
-        Path(tmp),
-    ) as base:
+    with (
+        tempfile.TemporaryDirectory(prefix="vmalert-") as tmp,
+        serve(
+            VMALERT,
+            lambda port: [
+                path,
+                f"-httpListenAddr=127.0.0.1:{port}",
+                f"-datasource.url={datasource}",
+                f"-remoteWrite.url={datasource}",
+                "-remoteWrite.flushInterval=200ms",
+                f"-notifier.url={notifier}",
+                f"-evaluationInterval={interval}",
+                "-loggerLevel=WARN",
+                *(f"-rule={file}" for file in rule_files),
+            ],
+            Path(tmp),
+        ) as base,
+    ):
         yield base
 
 

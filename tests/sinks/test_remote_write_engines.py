@@ -155,9 +155,7 @@ async def test_prometheus_2_42_with_an_out_of_order_window_answers_500_and_the_s
         assert {item.id for item in backlog} == delivery.acked | set(delivery.rejected)
 
 
-async def test_daemon_replays_a_3_hour_backlog_into_victoria_metrics_at_the_true_times(
-    vm: str, tmp_path: Path
-) -> None:
+async def test_daemon_replays_a_3_hour_backlog_into_victoria_metrics_at_the_true_times(vm: str, tmp_path: Path) -> None:
     """Heartbeats spooled over 3 h while the receiver was away all reach VictoriaMetrics at their own ts."""
     daemon = rw_daemon(tmp_path, vm + "/api/v1/write", POP_AGENT_SINKS__REMOTE_WRITE__MAX_SAMPLE_AGE="86400")
     backlog = spool_backlog(daemon, minutes_back(180, every=30))
@@ -181,9 +179,7 @@ async def test_daemon_replays_a_3_hour_backlog_into_victoria_metrics_at_the_true
     assert [float(doc["metrics"]["cpu_percent"]) for doc in backlog] == cpu["values"][: len(backlog)]
 
 
-async def test_daemon_against_prometheus_2_42_delivers_what_it_takes_then_carries_on(
-    prom: str, tmp_path: Path
-) -> None:
+async def test_daemon_against_prometheus_2_42_delivers_what_it_takes_then_carries_on(prom: str, tmp_path: Path) -> None:
     """A 3 h backlog into a Prometheus holding fresh data: the last hour is stored, the rest settled, the spool
     empties and fresh heartbeats keep arriving: no retry forever, no wedged cursor."""
     assert (await send(prom, [heartbeat("other", ts=time.time())])).failure is None
