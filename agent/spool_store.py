@@ -158,6 +158,7 @@ class SpoolFiles:
         try:
             self.sync_dir(self.pending)
         except OSError:
+            self._leaves(doc_id)  # an earlier copy stored under this id is gone with the file
             remove_quietly(final)
             raise
         self._newest = (doc_id, raw)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -381,6 +382,24 @@ def test_a_failed_directory_fsync_fails_the_put(make_spool: Callable[..., Spool]
         spool.put(uuid7(1), doc(uuid7(1)))
     assert (caught.value.code, names(spool.root / "pending")) == ("io", [])
     assert spool.stats().pending == 0
+
+
+def test_a_heartbeat_stored_again_and_withdrawn_is_not_offered_from_memory(make_spool: Callable[..., Spool]) -> None:
+    """An id stored a second time whose rename cannot be made durable is gone: no sink gets its first copy."""
+    failing: list[bool] = []
+
+    def fsync(fd: int) -> None:
+        if failing and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "io")
+        os.fsync(fd)
+
+    spool = make_spool(sinks=("central",), ops=FileOps(fsync=fsync))
+    doc_id = uuid7(1)
+    spool.put(doc_id, doc(doc_id))
+    failing.append(True)
+    with pytest.raises(SpoolError):
+        spool.put(doc_id, doc(doc_id, pad=5))
+    assert ([], []) == ([p.raw for p in spool.batch("central", 10, BIG)], names(spool.root / "pending"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions; covered by injection")

@@ -40,8 +40,8 @@ def test_a_job_wakes_only_the_thread_it_runs_on() -> None:
             break
         time.sleep(0.01)
     ran_on = {executor.submit(threading.get_native_id).result(timeout=5) for _ in range(20)}
-    assert ran_on == {first}
-    assert _switches(other) == ("S", before)
+    woken = _switches(other)[1] - before
+    assert (ran_on, woken <= 2) == ({first}, True), woken  # a shared queue wakes it on each of the 20 jobs
 
 
 def test_a_stuck_call_does_not_block_the_next() -> None:
