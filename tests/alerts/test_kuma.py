@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -161,6 +163,29 @@ async def test_hanging_server_returns_false(aiohttp_server: Callable[..., Any], 
         assert await asyncio.wait_for(hook.push("up", "healthy", None), timeout=30) is False
     finally:
         release.set()
+
+
+async def test_failures_are_logged_with_the_code_every_part_uses(
+    aiohttp_server: Callable[..., Any], session: aiohttp.ClientSession, self_signed: tuple[Path, Path]
+) -> None:
+    """An untrusted certificate reads "tls", as for the sinks and the ledger; a 200 that is not JSON "bad_answer"."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*self_signed)
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>maintenance</html>")
+
+    app = web.Application()
+    app.router.add_get("/api/push/{token}", not_json)
+    tls_server = await aiohttp_server(app, ssl=context)
+    plain_server = await aiohttp_server(app)
+    failures = []
+    for server, scheme in ((tls_server, "https"), (plain_server, "http")):
+        hook = KumaHook(f"{scheme}://127.0.0.1:{server.port}/api/push/{PUSH_TOKEN}", session=session, timeout=5)
+        with capture_logs() as logs:
+            assert await hook.push("up", "healthy", None) is False
+        failures.extend(entry["failure"] for entry in logs)
+    assert ["tls", "bad_answer"] == failures
 
 
 async def test_logs_name_kuma_never_its_url(kuma: FakeKuma, session: aiohttp.ClientSession) -> None:
