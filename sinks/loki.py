@@ -57,8 +57,6 @@ PUSH_PATH = "/loki/api/v1/push"
 JOB = "pop_agent"
 # A 400's body is read to find which entries were refused; Loki's is a few KiB at most.
 MAX_ERROR_BODY = 65_536
-_THREAD_GZIP_BYTES = 262_144
-
 # Go's time.Time.String(), in the Loki server's zone: "2026-11-22 08:00:00.123 +0100 CET".
 _GO_TIME = r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d) [A-Za-z0-9+-]+"
 # Loki's ingester: "entry with timestamp <Go time> ignored, reason: '<why>'," per entry (ten at
@@ -325,13 +323,13 @@ class LokiSink:
         """One push of ``part``; raises what its outcome means (:class:`_Refused` for 400 and 413)."""
         if deadline.expired:
             raise TransientSinkError(code="deadline")
-        raw = push_body(part)
+        body = await gzipped(push_body(part))  # before the session is taken: the thread may take a while
         await request_once(
             self._http.get(),
             "POST",
             self._url,
             sink=self.name,
-            data=await gzipped(raw),
+            data=body,
             headers=self._headers,
             client_timeout=aiohttp.ClientTimeout(total=deadline.timeout(self._cfg.timeout)),
             sent=RequestIds.carrying((entry.id, entry.seq) for entry in part),
