@@ -54,9 +54,8 @@ class SystemCollector:
     async def collect(self) -> Sequence[Sample]:
         """Read the boot time and the process table, or raise ``CollectorError``."""
         try:
-            booted, processes = await self._quick_reads.call(
-                self._read
-            )  # one trip for both: it costs more than the reads
+            # One trip for both: a trip to a thread costs more than the reads it carries.
+            booted, processes = await self._quick_reads.call(self._read)
         except (OSError, psutil.Error) as exc:
             raise CollectorError("system figures unreadable", code="system_unreadable") from exc
         # The wall clock may be stepped back below the boot time; never report a negative uptime.
