@@ -59,28 +59,18 @@ class KumaHook:
                 ) as response:
                     code = response.status
                     # Kuma answers {"ok": false, "msg": ...} for an unknown or paused monitor.
-                    answer = await _answer(response) if 200 <= code < 300 else None
+                    answer = await response.json(content_type=None) if 200 <= code < 300 else None
+        except aiohttp.ClientError as exc:  # first: a certificate that fails to verify is also a ValueError
+            return self.status.failed(network_code(exc))
+        except ValueError:
+            return self.status.failed("bad_answer")
         except Exception as exc:
-            # A certificate Kuma's TLS fails to verify is also a ValueError: it reads "tls", as everywhere.
             return self.status.failed(network_code(exc))
         if not 200 <= code < 300:
             return self.status.failed(f"http_{code}")
-        if answer is _BAD_ANSWER:
-            return self.status.failed("bad_answer")
         if isinstance(answer, dict) and answer.get("ok") is False:
             return self.status.failed("rejected")
         return self.status.succeeded()
 
     async def aclose(self) -> None:
         """Nothing to release: the session belongs to the caller."""
-
-
-_BAD_ANSWER = object()
-
-
-async def _answer(response: aiohttp.ClientResponse) -> object:
-    """Kuma's JSON answer, or :data:`_BAD_ANSWER` when it is not JSON."""
-    try:
-        return await response.json(content_type=None)
-    except ValueError:
-        return _BAD_ANSWER

@@ -18,13 +18,13 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC
-from typing import Any
 
 import aiohttp
 import structlog
 
 from agent.errors import PermanentSinkError, SinkError, TransientSinkError
 from agent.ledger_hook import upload_trace_config
+from agent.ledger_record import RequestIds
 from agent.network_codes import network_code
 
 # A receiver asking for more than a day is treated as asking for a day: the value
@@ -185,7 +185,7 @@ async def request_once(
     data: bytes,
     headers: Mapping[str, str],
     client_timeout: aiohttp.ClientTimeout,
-    sent: Any = None,
+    sent: RequestIds | None = None,
     judge: Judge = judge_status,
 ) -> None:
     """Make one request, once; raise the :class:`SinkError` its outcome means.
