@@ -116,6 +116,8 @@ class SinkLoop:
         observe: Observer,
         count_refused: Callable[[int], None],
         ledger: LedgerWriter | None = None,
+        flush_every: float = 0.0,
+        interval: float = 10.0,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -135,6 +137,12 @@ class SinkLoop:
         self.deadline: Deadline | None = None  # the pass under way, for the shutdown to cut short
         self._idle = False  # waiting for a tick's wake-up
         self._first_batch: list[Pending] | None = None  # read for the next pass by a tick's trip
+        # delivery.flush_interval: a tick's wake-up starts a pass only this long after the last one
+        # began (0: every tick). Half a tick of slack, so a tick a little early still counts.
+        self._flush_every = flush_every
+        self._flush_slack = interval / 2
+        self._last_pass: float | None = None  # monotonic: when the last pass began
+        self.skips_tick = False  # the current tick's wake-up comes before the next flush is due
 
     @property
     def idle(self) -> bool:
@@ -143,8 +151,14 @@ class SinkLoop:
 
     @property
     def attempts_on_wake(self) -> bool:
-        """Whether a tick's wake-up starts a pass now (not while a backoff or Retry-After runs)."""
-        return self._retry_at is None
+        """Whether this tick's wake-up starts a pass: not while a backoff or Retry-After runs, nor before a flush."""
+        return self._retry_at is None and not self.skips_tick
+
+    def due(self, now: float) -> bool:
+        """Whether a flush is due at monotonic ``now`` (always, without a ``flush_interval``)."""
+        if self._flush_every <= 0 or self._last_pass is None:
+            return True
+        return now - self._last_pass >= self._flush_every - self._flush_slack
 
     @property
     def asked_to_wait(self) -> bool:
@@ -163,6 +177,7 @@ class SinkLoop:
             else:
                 await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
             self.wake.clear()
+            self._last_pass = time.monotonic()
             self.deadline = Deadline(self._budget)
             try:
                 done = await self.drain(self.deadline)
@@ -276,6 +291,7 @@ class SinkLoops:
         report: DeliveryReport,
         count_refused: Callable[[int], None],
         ledger: LedgerWriter | None = None,
+        flush_every: float = 0.0,
     ) -> None:
         self._spool = spool
         self._files = files
@@ -284,6 +300,7 @@ class SinkLoops:
         self._report = report
         self._count_refused = count_refused
         self._ledger = ledger
+        self._flush_every = flush_every
         self.loops: dict[str, SinkLoop] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -301,6 +318,8 @@ class SinkLoops:
                 observe=self._observe,
                 count_refused=self._count_refused,
                 ledger=self._ledger,
+                flush_every=self._flush_every,
+                interval=interval,
             )
             for sink in sinks
         }
@@ -334,17 +353,20 @@ class SinkLoops:
         A trip to the file thread costs more CPU than the read it carries; an idle
         POP's delivery then makes one trip per tick, after its send.
         """
-        return [loop.read_first_batch for loop in self.loops.values() if loop.idle]
+        return [loop.read_first_batch for loop in self.loops.values() if loop.idle and not loop.skips_tick]
 
     def wake(self) -> None:
-        """Wake every loop (after a tick); one backing off keeps to its own time."""
+        """Wake every loop (after a tick) whose flush is due; one backing off keeps to its own time."""
         for loop in self.loops.values():
-            loop.wake.set()
+            if not loop.skips_tick:
+                loop.wake.set()
 
     def forget_passes(self) -> None:
-        """A tick begins: no sink has tried its delivery yet."""
+        """A tick begins: no sink has tried its delivery yet, and those whose flush is not due will not."""
+        now = time.monotonic()
         for loop in self.loops.values():
             loop.tried.clear()
+            loop.skips_tick = not loop.due(now)
 
     async def passes_tried(self, bound: float) -> None:
         """Wait (at most ``bound`` s) until each sink a tick's wake-up starts has tried its pass."""

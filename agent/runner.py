@@ -112,6 +112,7 @@ class Runner:
             report=self._report_delivery,
             count_refused=self._count_refused,
             ledger=self.ledger,
+            flush_every=pacing.flush_interval,
         )
         self.set_sinks(self.sinks)
         self._stop = asyncio.Event()

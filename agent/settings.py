@@ -75,6 +75,15 @@ class DeliverySettings(_Section):
     retry_after_max: float = Field(
         900.0, ge=0, le=86_400, description="Longest Retry-After honoured; a receiver asking for more gets this."
     )
+    flush_interval: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Seconds between deliveries: heartbeats wait in the spool and go together (0: every tick). Fewer requests "
+            "for central and less CPU on the POP, for heartbeats that reach central up to this much later."
+        ),
+    )
 
 
 class AlertsSettings(_Section):

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import heartbeat
+from agent.delivery import SinkLoop
 from agent.plugins import discover
 from agent.runner import Runner
 from agent.scrubber import Allowlist
@@ -161,3 +162,49 @@ def test_an_older_spool_snapshot_never_replaces_a_newer_one(tmp_path: Path) -> N
     runner.spool_seen.saw(newer)
     runner.spool_seen.saw(older)
     assert 6 == runner.spool_seen.now().pending
+
+
+async def test_with_a_flush_interval_ticks_wait_and_their_heartbeats_go_together(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """delivery.flush_interval: ticks before the flush is due send nothing; what they spooled goes in one request."""
+    received: list[int] = []
+
+    async def ingest(request: web.Request) -> web.Response:
+        received.append(len(json.loads(await request.read())["heartbeats"]))
+        return web.json_response({"accepted": received[-1]})
+
+    runner = central_runner(
+        tmp_path, await central_at(aiohttp_server, ingest), interval=0.1, delivery={"flush_interval": 3600}
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: runner.spool.stats().pending >= 3)
+        sent_while_ticking = list(received)
+    finally:
+        runner.request_stop()
+        await task  # the shutdown's flush sends what is due or not
+    assert ([], 1, 0) == (sent_while_ticking, len(received), runner.spool.stats().pending)
+    assert received[0] >= 3
+
+
+def test_a_flush_is_due_its_interval_after_the_last_pass_began_less_half_a_tick() -> None:
+    """With a flush interval a tick starts a pass once it has passed (a tick early by under half a tick counts)."""
+    spool: Any = None
+    loop = SinkLoop(
+        CentralSink(
+            settings_class(discover(third_party=False))(sinks={"central": {"url": "http://c"}}).sinks.central, token="t"
+        ),
+        spool=spool,
+        files=spool,
+        backlog=spool,
+        backoff=spool,
+        budget=60,
+        observe=lambda *args: None,
+        count_refused=lambda count: None,
+        flush_every=30.0,
+        interval=10.0,
+    )
+    first = loop.due(100.0)  # no pass yet: due at once
+    loop._last_pass = 100.0
+    assert (first, loop.due(124.9), loop.due(125.0), loop.due(200.0)) == (True, False, True, True)
