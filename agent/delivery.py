@@ -137,11 +137,11 @@ class SinkLoop:
         self.deadline: Deadline | None = None  # the pass under way, for the shutdown to cut short
         self._idle = False  # waiting for a tick's wake-up
         self._first_batch: list[Pending] | None = None  # read for the next pass by a tick's trip
-        # delivery.flush_interval: a tick's wake-up starts a pass only this long after the last one
-        # began (0: every tick). Half a tick of slack, so a tick a little early still counts.
+        # delivery.flush_interval: a tick's wake-up starts a pass only this long after the last
+        # send (0: every tick). Half a tick of slack, so a tick a little early still counts.
         self._flush_every = flush_every
         self._flush_slack = interval / 2
-        self._last_pass: float | None = None  # monotonic: when the last pass began
+        self._last_send: float | None = None  # monotonic; None until a batch was sent: the first tick goes at once
         self.skips_tick = False  # the current tick's wake-up comes before the next flush is due
 
     @property
@@ -156,9 +156,9 @@ class SinkLoop:
 
     def due(self, now: float) -> bool:
         """Whether a flush is due at monotonic ``now`` (always, without a ``flush_interval``)."""
-        if self._flush_every <= 0 or self._last_pass is None:
+        if self._flush_every <= 0 or self._last_send is None:
             return True
-        return now - self._last_pass >= self._flush_every - self._flush_slack
+        return now - self._last_send >= self._flush_every - self._flush_slack
 
     @property
     def asked_to_wait(self) -> bool:
@@ -177,7 +177,6 @@ class SinkLoop:
             else:
                 await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
             self.wake.clear()
-            self._last_pass = time.monotonic()
             self.deadline = Deadline(self._budget)
             try:
                 done = await self.drain(self.deadline)
@@ -211,7 +210,7 @@ class SinkLoop:
                 await files.call(spool.settle, self.name, (), refused)
                 if not batch:
                     continue
-            started = time.monotonic()
+            started = self._last_send = time.monotonic()
             with sending(self._ledger, self.name):
                 delivery = await self.sink.send(batch, deadline)
             elapsed_ms = (time.monotonic() - started) * 1000

@@ -76,12 +76,14 @@ class DeliverySettings(_Section):
         900.0, ge=0, le=86_400, description="Longest Retry-After honoured; a receiver asking for more gets this."
     )
     flush_interval: float = Field(
-        0.0,
+        30.0,
         ge=0,
         le=3600,
         description=(
-            "Seconds between deliveries: heartbeats wait in the spool and go together (0: every tick). Fewer requests "
-            "for central and less CPU on the POP, for heartbeats that reach central up to this much later."
+            "Seconds between deliveries: the heartbeats of the ticks between wait in the spool and go together in "
+            "one request (0, or anything up to the interval: every tick). The first heartbeat after a start goes at "
+            "once. Fewer requests for central and less CPU on the POP, for heartbeats that reach central up to this "
+            "much later."
         ),
     )
 

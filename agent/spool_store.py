@@ -38,6 +38,7 @@ from agent.spool_io import Reclaimer, error_code, open_dir, spool_error
 ID_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,79}")
 REASON_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
 STATE_FILE = "state.json"
+RECENT_BYTES = 64 * 1024  # heartbeats kept in memory for the next flush (about 40 at their usual size)
 
 
 class SpoolFiles:
@@ -57,10 +58,11 @@ class SpoolFiles:
         self._lock_fd: int | None = None
         self._dir_fds: dict[str, int] = {}
         self._aside = {"quarantine": 0, "rejected": 0}  # entries in each, to know when to prune
-        # The heartbeat stored last, as written: a tick's trip reads it back for the sinks
-        # right after storing it, and three system calls to read what is in hand cost more
-        # than the read. Only while its file is in pending/.
-        self._newest: tuple[str, bytes] | None = None
+        # The heartbeats stored last, as written: a flush reads back those of the ticks
+        # since the one before, and three system calls to read what is in hand cost more
+        # than the read. Only while their files are in pending/; at most RECENT_BYTES.
+        self._recent: dict[str, bytes] = {}
+        self._recent_bytes = 0
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -103,7 +105,7 @@ class SpoolFiles:
             os.close(self._lock_fd)
             self._lock_fd = None
         self._aside = {"quarantine": 0, "rejected": 0}
-        self._newest = None
+        self._recent, self._recent_bytes = {}, 0
 
     # -- pending/ ------------------------------------------------------------
 
@@ -161,7 +163,7 @@ class SpoolFiles:
             self._leaves(doc_id)  # an earlier copy stored under this id is gone with the file
             remove_quietly(final)
             raise
-        self._newest = (doc_id, raw)
+        self._remember(doc_id, raw)
 
     def _empty_trash(self) -> bool:
         """Remove some of the trash now (enough room for a heartbeat); ``True`` if anything was."""
@@ -176,10 +178,10 @@ class SpoolFiles:
 
         A symbolic link or directory put there since the spool opened reads as
         empty, so it is quarantined like any other file that is not a heartbeat.
-        The heartbeat stored last is answered from memory, as it was written.
+        The heartbeats stored last are answered from memory, as they were written.
         """
-        if self._newest is not None and self._newest[0] == doc_id:
-            return self._newest[1]
+        if (raw := self._recent.get(doc_id)) is not None:
+            return raw
         try:
             return _read_file(self.pending, f"{doc_id}.json", size, self._dir_fds.get(self.pending))
         except FileNotFoundError:
@@ -219,9 +221,16 @@ class SpoolFiles:
             return False
         return True
 
+    def _remember(self, doc_id: str, raw: bytes) -> None:
+        self._leaves(doc_id)
+        self._recent[doc_id] = raw
+        self._recent_bytes += len(raw)
+        while self._recent_bytes > RECENT_BYTES:
+            self._leaves(next(iter(self._recent)))  # the oldest first
+
     def _leaves(self, doc_id: str) -> None:
-        if self._newest is not None and self._newest[0] == doc_id:
-            self._newest = None
+        if (raw := self._recent.pop(doc_id, None)) is not None:
+            self._recent_bytes -= len(raw)
 
     def sync_pending(self) -> None:
         """Make the renames in ``pending/`` durable (one fsync for a batch of them)."""

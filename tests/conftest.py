@@ -29,6 +29,9 @@ def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["POP_AGENT_STATE_DIR"] = str(tmp_path / "state")
     env["POP_AGENT_POP_ID"] = "test-pop"
     env["PYTHONPATH"] = str(REPO)
+    # Tests tick every fraction of a second and look for each tick's heartbeat at the
+    # receiver; the default delivery.flush_interval (30 s) has tests of its own.
+    env["POP_AGENT_DELIVERY__FLUSH_INTERVAL"] = "0"
     env.update(extra)
     return env
 

@@ -102,7 +102,10 @@ def test_config_names_its_file_and_environment(run_agent: RunAgent, tmp_path: Pa
     assert 0 == result.returncode
     expected = [
         f"agent: config file: {tmp_path / 'empty.toml'}",
-        "agent: environment: NTFY_ALERT_TOKEN, POP_AGENT_INTERVAL, POP_AGENT_POP_ID, POP_AGENT_STATE_DIR",
+        (
+            "agent: environment: NTFY_ALERT_TOKEN, POP_AGENT_DELIVERY__FLUSH_INTERVAL, POP_AGENT_INTERVAL,"
+            " POP_AGENT_POP_ID, POP_AGENT_STATE_DIR"
+        ),
     ]
     assert expected == result.stderr.splitlines()
     assert 2.5 == json.loads(result.stdout)["interval"]

@@ -40,6 +40,7 @@ async def test_push_follows_the_ticks_own_delivery_and_no_stale_ping(aiohttp_ser
         state_dir=tmp_path / "state",
         interval=10,
         telemetry="on",
+        delivery={"flush_interval": 0},  # every tick delivers, as the test follows it tick by tick
         sinks={"central": {"url": str(server.make_url("/ingest")), "token": "t0k3n"}},
         kuma_push_url=str(server.make_url("/api/push/KUMATOKEN")),
     )

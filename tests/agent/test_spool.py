@@ -21,6 +21,7 @@ from agent.atomic_file import FileOps
 from agent.errors import SpoolError
 from agent.settings import SpoolSettings
 from agent.spool import REMOVE_AT_ONCE, Spool
+from agent.spool_store import RECENT_BYTES
 
 BIG = 1 << 30
 
@@ -103,23 +104,29 @@ def test_put_stores_exact_bytes_as_one_file_and_batch_returns_them_oldest_first(
     assert names(spool.root / "tmp") == []
 
 
-def test_the_heartbeat_stored_last_is_read_back_from_memory_the_others_from_disk(
+def test_heartbeats_stored_lately_are_read_back_from_memory_older_ones_from_disk(
     make_spool: Callable[..., Spool],
 ) -> None:
-    """A tick's own heartbeat is offered as it was written without reading its file; older ones are read."""
+    """The heartbeats of the ticks since the last flush are offered as written, without reading their files.
+
+    What is older than the memory's bound, or was stored before the spool was opened, is read from disk.
+    """
     spool = make_spool(sinks=("central",))
-    older, newest = ids_of(2)
-    for doc_id in (older, newest):
-        spool.put(doc_id, doc(doc_id))
+    pad = RECENT_BYTES // 2 - 200  # two fit in memory, not three
+    first, second, third = ids_of(3)
+    for doc_id in (first, second, third):
+        spool.put(doc_id, doc(doc_id, pad=pad))
     pending = spool.root / "pending"
-    for doc_id in (older, newest):  # changed behind the spool's back: only a read of the file would see it
+    for doc_id in (first, second, third):  # changed behind the spool's back: only a read of the file would see it
         (pending / f"{doc_id}.json").write_bytes(doc(doc_id, pad=5))
-    assert [doc(older, pad=5), doc(newest)] == [p.raw for p in spool.batch("central", 10, BIG)]
-    spool.settle("central", [newest], {})
-    assert ([doc(older, pad=5)], [f"{older}.json"]) == (
-        [p.raw for p in spool.batch("central", 10, BIG)],
-        names(pending),
-    )
+    assert [doc(first, pad=5), doc(second, pad=pad), doc(third, pad=pad)] == [
+        p.raw for p in spool.batch("central", 10, 10 * RECENT_BYTES)
+    ]
+    spool.settle("central", [third], {})
+    assert [doc(first, pad=5), doc(second, pad=pad)] == [p.raw for p in spool.batch("central", 10, 10 * RECENT_BYTES)]
+    spool.close()
+    spool.open()
+    assert [doc(first, pad=5), doc(second, pad=5)] == [p.raw for p in spool.batch("central", 10, 10 * RECENT_BYTES)]
 
 
 def test_batch_respects_count_and_bytes_but_always_offers_one(make_spool: Callable[..., Spool]) -> None:
@@ -481,6 +488,8 @@ def test_restart_keeps_cursors_and_counters(make_spool: Callable[..., Spool]) ->
     ids = ids_of(12)
     for doc_id in ids:
         spool.put(doc_id, doc(doc_id))
+    spool.close()
+    spool = make_spool(SpoolSettings(max_files=10), sinks=("central", "loki"))  # nothing in memory: files are read
     (spool.root / "pending" / f"{ids[5]}.json").write_bytes(b"garbage")
     spool.settle("central", [ids[2], ids[4]], {ids[3]: "schema"})
     spool.settle("loki", [ids[6]], {})

@@ -187,7 +187,7 @@ async def run_daemon(
         state_dir=tmp_path / "state",
         interval=0.1,
         telemetry="on",
-        delivery={"backoff_initial": 0.01, "backoff_max": 0.05},
+        delivery={"backoff_initial": 0.01, "backoff_max": 0.05, "flush_interval": 0},
         sinks={
             "central": {"url": str(server.make_url("/ingest")), "token": "t0k3n"},
             "pushgateway": {"url": str(server.make_url(""))},

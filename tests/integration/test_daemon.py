@@ -56,6 +56,28 @@ async def test_delivers_and_stops_cleanly(aiohttp_server: Any, tmp_path: Path) -
     assert TOKEN not in daemon.all_output()
 
 
+async def test_a_flush_interval_sends_the_first_heartbeat_at_once_then_several_together(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """delivery.flush_interval: the first tick's heartbeat goes alone at once; later ticks' wait and go together."""
+    central = Central()
+    sizes: list[int] = []
+
+    def count(batch: list[dict[str, Any]]) -> web.StreamResponse:
+        sizes.append(len(batch))
+        return web.json_response({"accepted": len(batch)})
+
+    central.respond = count
+    url = await start_central(aiohttp_server, central)
+    daemon = daemon_for(tmp_path, url, POP_AGENT_DELIVERY__FLUSH_INTERVAL="1")  # about five 0.2 s ticks a flush
+    await daemon.start()
+    await wait_for(lambda: len(sizes) >= 3)
+    assert await daemon.stop() == 0
+    assert (1, True) == (sizes[0], all(size >= 2 for size in sizes[1:3]))
+    seqs = [doc["seq"] for doc in central.acked]
+    assert (seqs, []) == (list(range(seqs[0], seqs[0] + len(seqs))), daemon.pending())
+
+
 async def test_outage_then_recovery_delivers_everything(aiohttp_server: Any, tmp_path: Path) -> None:
     """Central answers 503 for a while: heartbeats stay spooled, then all of them arrive once it is back."""
     central = Central()
