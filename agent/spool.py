@@ -44,7 +44,7 @@ from agent.spool_io import spool_error
 from agent.spool_store import ID_PATTERN, SpoolFiles, as_heartbeat
 
 SINK_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
-REMOVE_AT_ONCE = 4  # files settled together that are removed at once rather than through the trash
+REMOVE_AT_ONCE = 16  # files settled together that are removed at once (a flush's few) rather than through the trash
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +340,7 @@ class Spool:
         return bool(drop)
 
     def _delete(self, ids: list[str]) -> None:
-        # A tick's few files are removed at once (waking the trash's thread costs more CPU);
+        # A flush's few files are removed at once (waking the trash's thread costs more CPU);
         # a batch goes through the trash, so that its removals never hold up the drain.
         at_once = len(ids) <= REMOVE_AT_ONCE
         for doc_id in ids:
