@@ -217,6 +217,9 @@ class SpoolFiles:
             os.unlink(f"{doc_id}.json", dir_fd=self._dir_fds[self.pending])
         except FileNotFoundError:
             return True
+        except IsADirectoryError:
+            # Put there from outside after the heartbeat was sent from memory: set it aside.
+            return self.quarantine_pending(doc_id)
         except OSError:
             return False
         return True

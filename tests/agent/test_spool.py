@@ -129,6 +129,25 @@ def test_heartbeats_stored_lately_are_read_back_from_memory_older_ones_from_disk
     assert [doc(first, pad=5), doc(second, pad=5)] == [p.raw for p in spool.batch("central", 10, 10 * RECENT_BYTES)]
 
 
+def test_a_directory_put_in_place_of_a_heartbeat_sent_from_memory_is_set_aside_when_settled(
+    make_spool: Callable[..., Spool],
+) -> None:
+    """The heartbeat goes as it was written; the directory left in its place leaves pending/ on settle."""
+    spool = make_spool(sinks=("central",))
+    (doc_id,) = ids_of(1)
+    spool.put(doc_id, doc(doc_id))
+    path = spool.root / "pending" / f"{doc_id}.json"
+    path.unlink()
+    path.mkdir()
+    assert [doc(doc_id)] == [p.raw for p in spool.batch("central", 10, BIG)]
+    spool.settle("central", [doc_id], {})
+    assert ([], 0, [f"{doc_id}.json"]) == (
+        names(spool.root / "pending"),
+        spool.stats().pending,
+        names(spool.root / "quarantine"),
+    )
+
+
 def test_batch_respects_count_and_bytes_but_always_offers_one(make_spool: Callable[..., Spool]) -> None:
     """A batch stops at max_count or max_bytes, yet an oversized first heartbeat is still offered."""
     spool = make_spool(sinks=("central",))
