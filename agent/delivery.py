@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +102,11 @@ def failure_code(exc: BaseException) -> str:
     return code if isinstance(code, str) and _CODE.fullmatch(code) else type(exc).__name__[:32]
 
 
+def flush_ticks(flush_interval: float, interval: float) -> int:
+    """Ticks per flush: as many whole ticks as fit in ``flush_interval`` (at least one: every tick)."""
+    return max(1, math.floor(flush_interval / interval + 1e-9))
+
+
 class SinkLoop:
     """Drains the spool to one sink, pass after pass, backing off after each failed one."""
 
@@ -137,11 +143,11 @@ class SinkLoop:
         self.deadline: Deadline | None = None  # the pass under way, for the shutdown to cut short
         self._idle = False  # waiting for a tick's wake-up
         self._first_batch: list[Pending] | None = None  # read for the next pass by a tick's trip
-        # delivery.flush_interval: a tick's wake-up starts a pass only this long after the last
-        # send (0: every tick). Half a tick of slack, so a tick a little early still counts.
-        self._flush_every = flush_every
-        self._flush_slack = interval / 2
-        self._last_send: float | None = None  # monotonic; None until a batch was sent: the first tick goes at once
+        # delivery.flush_interval in whole ticks: a tick's wake-up starts a pass only once this many
+        # ticks have begun since the last send. Counted, not timed, so a slow tick (a collector
+        # at its timeout) never pushes a flush back by a whole tick.
+        self.flush_ticks = flush_ticks(flush_every, interval)
+        self._ticks_since_send = self.flush_ticks  # nothing sent yet: the first tick flushes
         self.skips_tick = False  # the current tick's wake-up comes before the next flush is due
 
     @property
@@ -154,11 +160,11 @@ class SinkLoop:
         """Whether this tick's wake-up starts a pass: not while a backoff or Retry-After runs, nor before a flush."""
         return self._retry_at is None and not self.skips_tick
 
-    def due(self, now: float) -> bool:
-        """Whether a flush is due at monotonic ``now`` (always, without a ``flush_interval``)."""
-        if self._flush_every <= 0 or self._last_send is None:
-            return True
-        return now - self._last_send >= self._flush_every - self._flush_slack
+    def tick_begins(self) -> None:
+        """A tick begins: it has not tried its delivery yet, and it flushes only if enough ticks went unsent."""
+        self.tried.clear()
+        self._ticks_since_send += 1
+        self.skips_tick = self._ticks_since_send < self.flush_ticks
 
     @property
     def asked_to_wait(self) -> bool:
@@ -191,9 +197,10 @@ class SinkLoop:
                 self.wake.set()  # the budget ran out with more to send: go on at once
 
     async def drain(self, deadline: Deadline) -> bool:
-        """One pass: send everything spooled for the sink, oldest first, until done, failed or out of time.
+        """One pass: send what is spooled for the sink, oldest first, until done, failed or out of time.
 
-        Returns ``True`` when nothing is left for the sink.
+        Done is when a batch held all that was spooled when it was read. Returns
+        ``True`` when nothing that was spooled then is left for the sink.
         """
         spool, files = self._spool, self._files
         while not deadline.expired:
@@ -203,6 +210,9 @@ class SinkLoop:
             if not batch:
                 self._succeeded()
                 return True
+            # A batch short of both bounds held all there was when it was read: what ticks spool
+            # during its send waits for the next flush rather than going at once, alone.
+            read_all = len(batch) < self.sink.max_batch and sum(len(p.raw) for p in batch) <= BATCH_BYTES // 2
             batch, refused = self._backlog.check(batch)
             if refused:
                 self._count_refused(len(refused))
@@ -210,7 +220,8 @@ class SinkLoop:
                 await files.call(spool.settle, self.name, (), refused)
                 if not batch:
                     continue
-            started = self._last_send = time.monotonic()
+            started = time.monotonic()
+            self._ticks_since_send = 0
             with sending(self._ledger, self.name):
                 delivery = await self.sink.send(batch, deadline)
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -232,8 +243,8 @@ class SinkLoop:
             self._observe(self.name, delivery, elapsed_ms, stats)
             if delivery.failure is not None:
                 return False
-            if stats.pending == 0:
-                return True  # the spool is empty for every sink: no trip to its thread to hear so again
+            if stats.pending == 0 or (read_all and len(delivery.acked) + len(delivery.rejected) >= len(batch)):
+                return True  # nothing more was due: no trip to the file thread to hear so again
         return False
 
     def read_first_batch(self) -> None:
@@ -350,7 +361,7 @@ class SinkLoops:
         """For a tick about to store its heartbeat: the reads of each idle loop's first batch, to ride the same trip.
 
         A trip to the file thread costs more CPU than the read it carries; an idle
-        POP's delivery then makes one trip per tick, after its send.
+        POP's delivery then makes one trip per flush, after its send.
         """
         return [loop.read_first_batch for loop in self.loops.values() if loop.idle and not loop.skips_tick]
 
@@ -362,10 +373,8 @@ class SinkLoops:
 
     def forget_passes(self) -> None:
         """A tick begins: no sink has tried its delivery yet, and those whose flush is not due will not."""
-        now = time.monotonic()
         for loop in self.loops.values():
-            loop.tried.clear()
-            loop.skips_tick = not loop.due(now)
+            loop.tick_begins()
 
     async def passes_tried(self, bound: float) -> None:
         """Wait (at most ``bound`` s) until each sink a tick's wake-up starts has tried its pass."""

@@ -80,10 +80,10 @@ class DeliverySettings(_Section):
         ge=0,
         le=3600,
         description=(
-            "Seconds between deliveries: the heartbeats of the ticks between wait in the spool and go together in "
-            "one request (0, or anything up to the interval: every tick). The first heartbeat after a start goes at "
-            "once. Fewer requests for central and less CPU on the POP, for heartbeats that reach central up to this "
-            "much later."
+            "Seconds between deliveries, in whole ticks: the heartbeats of the ticks between wait in the spool and "
+            "go together in one request (0, or anything up to the interval: every tick). The first delivery after a "
+            "start or reload goes at once. Fewer requests for central and less CPU on the POP, for heartbeats that "
+            "reach central up to this much later."
         ),
     )
 

@@ -5,8 +5,8 @@ of which knows the spool or the store (only the cursors read the index):
 
 - :mod:`agent.spool_store`: the directories and files (layout, atomic writes,
   quarantine, ``rejected/``, the lock, ``state.json``'s bytes);
-- :mod:`agent.spool_index`: the ids and sizes of the spooled heartbeats, the
-  only thing kept in memory (bounded by ``max_files``);
+- :mod:`agent.spool_index`: the ids and sizes of the spooled heartbeats (bounded
+  by ``max_files``), in memory beside the last stored ones (``RECENT_BYTES``);
 - :mod:`agent.spool_cursors`: one cursor per sink (a newest-only sink, the
   Pushgateway, is only ever handed the newest heartbeat and holds none back),
   and ``state.json``'s format.
@@ -15,7 +15,7 @@ The rules that tie them together are here: the cursors are written to disk
 before any file is deleted, so an ack never comes back after a crash
 (:meth:`Spool.open` deletes whatever the saved cursors say every sink is done
 with); the bounds drop the oldest heartbeats; a file is checked when it is read
-(by :meth:`Spool.batch` or :meth:`Spool.iter_pending`): one that is not a JSON
+from disk (by :meth:`Spool.batch` or :meth:`Spool.iter_pending`): one that is not a JSON
 object whose ``"id"`` matches its name is quarantined then; names and empty
 files are checked when the spool opens.
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import heartbeat
-from agent.delivery import SinkLoop
+from agent.delivery import flush_ticks
 from agent.plugins import discover
 from agent.runner import Runner
 from agent.scrubber import Allowlist
@@ -175,36 +175,32 @@ async def test_with_a_flush_interval_ticks_wait_and_their_heartbeats_go_together
         return web.json_response({"accepted": received[-1]})
 
     runner = central_runner(
-        tmp_path, await central_at(aiohttp_server, ingest), interval=0.1, delivery={"flush_interval": 3600}
+        tmp_path, await central_at(aiohttp_server, ingest), interval=10, delivery={"flush_interval": 30}
     )
-    task = asyncio.create_task(runner.run())
+    await runner.start()
+    runner.delivery.start()
+    loop = runner.delivery.loops["central"]
+
+    async def tick() -> None:
+        async with runner.tick_lock:
+            await runner._safe_tick()
+        if not loop.skips_tick:
+            await asyncio.wait_for(loop.tried.wait(), 10)  # this tick's flush has its answer
+        await until(lambda: loop.idle)
+
     try:
-        await until(lambda: runner.spool.stats().pending >= 3)
-        sent_while_ticking = list(received)
+        await asyncio.wait_for(loop.tried.wait(), 10)  # the wake-up at start found nothing to send
+        for _ in range(7):
+            await tick()
     finally:
-        runner.request_stop()
-        await task  # the shutdown's flush sends what is due or not
-    assert ([1], 2, 0) == (sent_while_ticking, len(received), runner.spool.stats().pending)
-    assert received[1] >= 3
+        await runner.delivery.stop()
+        await runner.aclose(grace=5)
+    # Ticks 1, 4 and 7 flush: the first at once, then what three ticks spooled.
+    assert [1, 3, 3] == received
+    assert (3, 0) == (loop.flush_ticks, runner.spool.stats().pending)
 
 
-def test_a_flush_is_due_its_interval_after_the_last_send_less_half_a_tick() -> None:
-    """With a flush interval a tick starts a pass once it has passed (a tick early by under half a tick counts)."""
-    spool: Any = None
-    loop = SinkLoop(
-        CentralSink(
-            settings_class(discover(third_party=False))(sinks={"central": {"url": "http://c"}}).sinks.central, token="t"
-        ),
-        spool=spool,
-        files=spool,
-        backlog=spool,
-        backoff=spool,
-        budget=60,
-        observe=lambda *args: None,
-        count_refused=lambda count: None,
-        flush_every=30.0,
-        interval=10.0,
-    )
-    first = loop.due(100.0)  # nothing sent yet: due at once
-    loop._last_send = 100.0
-    assert (first, loop.due(124.9), loop.due(125.0), loop.due(200.0)) == (True, False, True, True)
+def test_ticks_per_flush_are_the_whole_ticks_that_fit_in_the_flush_interval() -> None:
+    """A flush never waits longer than flush_interval; at most an interval (or 0) means every tick."""
+    cases = [(30, 10), (25, 10), (10, 10), (5, 10), (0, 10), (0.3, 0.1), (3600, 0.1)]
+    assert [3, 2, 1, 1, 1, 3, 36000] == [flush_ticks(flush, interval) for flush, interval in cases]
