@@ -91,18 +91,8 @@ async def test_no_fsync_runs_on_the_event_loop(aiohttp_server: Any, tmp_path: Pa
     assert threading.main_thread().name not in fsynced_on
 
 
-async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp_server: Any, tmp_path: Path) -> None:
-    """One trip stores the heartbeat (and reads the sink's batch), one settles it after the send.
-
-    Each trip wakes a thread, and on an idle POP a wake-up costs more CPU than the work it carries.
-    """
-    received: list[int] = []
-
-    async def ingest(request: web.Request) -> web.Response:
-        received.append(len(json.loads(await request.read())["heartbeats"]))
-        return web.json_response({"accepted": received[-1]})
-
-    runner = central_runner(tmp_path, await central_at(aiohttp_server, ingest), interval=3600)
+def record_trips(runner: Runner) -> list[str]:
+    """The names of the functions the runner hands its file thread from now on, in order."""
     trips: list[str] = []
     real_call, real_submit = runner.files.call, runner.files.submit
 
@@ -116,6 +106,22 @@ async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp
 
     runner.files.call = call  # type: ignore[method-assign]
     runner.files.submit = submit  # type: ignore[method-assign]
+    return trips
+
+
+async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp_server: Any, tmp_path: Path) -> None:
+    """One trip stores the heartbeat (and reads the sink's batch), one settles it after the send.
+
+    Each trip wakes a thread, and on an idle POP a wake-up costs more CPU than the work it carries.
+    """
+    received: list[int] = []
+
+    async def ingest(request: web.Request) -> web.Response:
+        received.append(len(json.loads(await request.read())["heartbeats"]))
+        return web.json_response({"accepted": received[-1]})
+
+    runner = central_runner(tmp_path, await central_at(aiohttp_server, ingest), interval=3600)
+    trips = record_trips(runner)
     await runner.start()
     runner.delivery.start()
     try:
@@ -133,6 +139,41 @@ async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp
     assert [1, 1, 1] == received
     # The first tick may reserve a block of seq numbers; the others are the steady state.
     assert [["_store", "_after_send"]] * 2 == per_tick[1:]
+
+
+async def test_a_tick_between_flushes_makes_one_trip_and_its_push_waits_for_no_delivery(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Between flushes a tick only stores its heartbeat; Kuma's push does not wait for a pass it did not start."""
+
+    async def ingest(request: web.Request) -> web.Response:
+        return web.json_response({"accepted": len(json.loads(await request.read())["heartbeats"])})
+
+    runner = central_runner(
+        tmp_path, await central_at(aiohttp_server, ingest), interval=10, delivery={"flush_interval": 30}
+    )
+    trips = record_trips(runner)
+    await runner.start()
+    runner.delivery.start()
+    loop = runner.delivery.loops["central"]
+    per_tick, waited_for = [], []
+    try:
+        await asyncio.wait_for(loop.tried.wait(), 10)  # the wake-up at start found nothing to send
+        for _ in range(4):
+            trips.clear()
+            async with runner.tick_lock:
+                await runner._safe_tick()
+            if not loop.skips_tick:
+                await asyncio.wait_for(loop.tried.wait(), 10)
+            await until(lambda: loop.idle)
+            per_tick.append(list(trips))
+            waited_for.append(loop.attempts_on_wake)  # what the push after this tick waits for
+    finally:
+        await runner.delivery.stop()
+        await runner.aclose()
+    # Tick 1 flushes at once (and may reserve seq numbers first); 2 and 3 wait; 4 flushes.
+    assert [["_store"], ["_store"], ["_store", "_after_send"]] == per_tick[1:]
+    assert [True, False, False, True] == waited_for
 
 
 async def test_enqueued_heartbeats_are_taken_in_on_a_tick_whose_own_heartbeat_is_rejected(tmp_path: Path) -> None:
