@@ -10,8 +10,7 @@ backlog as soon as the receiver answers. A send that acks nothing, rejects
 nothing and names no failure counts as the failure ``no_progress``, so a sink
 that stalls is paced like one that is down instead of being called in a loop.
 
-:class:`SinkState` is what ``agent status`` shows of one sink, with the rule that
-a failure or a recovery is logged once per transition, not once per batch.
+What ``agent status`` shows of each sink is :class:`~agent.sink_state.SinkState`.
 """
 
 from __future__ import annotations
@@ -19,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -33,6 +30,7 @@ from agent.file_thread import FileThread
 from agent.ledger_hook import LedgerWriter, sending
 from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, Pending
+from agent.sink_state import SinkState, failure_code
 from agent.spool import Spool, SpoolStats
 
 if TYPE_CHECKING:
@@ -43,7 +41,6 @@ log = structlog.get_logger("agent")
 
 BATCH_BYTES = 4 * 1024 * 1024  # most bytes of heartbeats read from the spool for one send
 NO_PROGRESS = "no_progress"
-_CODE = re.compile(r"[a-z0-9][a-z0-9_]{0,31}", re.ASCII)
 
 # Called after every send with the sink's name, what became of the batch, how
 # long it took (ms) and the spool's state after settling it.
@@ -56,50 +53,6 @@ class DeliveryReport(Protocol):
     def __call__(
         self, *, ok: bool, spool: SpoolStats, failure: str | None, latency_ms: float | None, sink: str | None
     ) -> None: ...
-
-
-@dataclass
-class SinkState:
-    """What ``agent status`` shows of one sink."""
-
-    last_ack: float | None = None
-    last_failure: str | None = None
-    consecutive_failures: int = 0
-    acked_total: int = 0
-    rejected_total: int = 0
-    skipped_total: int = 0
-    last_delivery_ms: float | None = None
-    retry_in_s: float | None = None
-
-    def record(self, sink: str, delivery: Delivery, elapsed_ms: float) -> None:
-        """Count one delivery attempt; log a failure or a recovery once, when it begins."""
-        self.acked_total += len(delivery.acked) - len(delivery.skipped)
-        self.rejected_total += len(delivery.rejected)
-        self.skipped_total += len(delivery.skipped)
-        if delivery.rejected:
-            log.warning("heartbeats_rejected", sink=sink, count=len(delivery.rejected))
-        if delivery.failure is None:
-            if self.consecutive_failures:
-                log.info("delivery_recovered", sink=sink, after_failures=self.consecutive_failures)
-            self.consecutive_failures = 0
-            self.last_failure = None
-            self.last_ack = time.time()
-            self.last_delivery_ms = round(elapsed_ms, 1)
-        else:
-            if self.last_failure != delivery.failure:
-                log.warning("delivery_failed", sink=sink, code=delivery.failure)
-            self.consecutive_failures += 1
-            self.last_failure = delivery.failure
-
-    def snapshot(self) -> dict[str, Any]:
-        """The fields ``status.json`` shows, copied on the loop (they are scalars: a shallow copy will do)."""
-        return dict(vars(self))
-
-
-def failure_code(exc: BaseException) -> str:
-    """A fixed code for an exception out of a sink or the spool: its ``code`` if it has one, else its class name."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) and _CODE.fullmatch(code) else type(exc).__name__[:32]
 
 
 def flush_ticks(flush_interval: float, interval: float) -> int:

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from agent import heartbeat
 from agent.backlog import RESCRUBBED_MEMORY, BacklogScrubber
 from agent.deadline import Deadline
-from agent.delivery import SinkLoop, SinkState
+from agent.delivery import SinkLoop
 from agent.file_thread import FileThread
 from agent.ledger import Ledger, read_ledger
 from agent.ledger_hook import LedgerWriter
@@ -24,6 +24,7 @@ from agent.pacing import Backoff, BackoffPolicy
 from agent.sample import Delivery, MetricKind, MetricSpec, Pending, Sample
 from agent.scrubber import Allowlist
 from agent.settings import SpoolSettings
+from agent.sink_state import SinkState
 from agent.spool import Spool
 from sinks.central import CentralSink
 from sinks.central_settings import CentralSinkSettings
