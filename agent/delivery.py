@@ -75,8 +75,7 @@ class SinkLoop:
         observe: Observer,
         count_refused: Callable[[int], None],
         ledger: LedgerWriter | None = None,
-        flush_every: float = 0.0,
-        interval: float = 10.0,
+        flush_ticks: int = 1,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -99,7 +98,7 @@ class SinkLoop:
         # delivery.flush_interval in whole ticks: a tick's wake-up starts a pass only once this many
         # ticks have begun since the last send. Counted, not timed, so a slow tick (a collector
         # at its timeout) never pushes a flush back by a whole tick.
-        self.flush_ticks = flush_ticks(flush_every, interval)
+        self.flush_ticks = flush_ticks
         self._ticks_since_send = self.flush_ticks  # nothing sent yet: the first tick flushes
         self.skips_tick = False  # the current tick's wake-up comes before the next flush is due
 
@@ -281,8 +280,7 @@ class SinkLoops:
                 observe=self._observe,
                 count_refused=self._count_refused,
                 ledger=self._ledger,
-                flush_every=self._flush_every,
-                interval=interval,
+                flush_ticks=flush_ticks(self._flush_every, interval),
             )
             for sink in sinks
         }

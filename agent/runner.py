@@ -1,11 +1,11 @@
 """The daemon: the tick loop and the shutdown.
 
 A tick collects, scrubs and spools one heartbeat, then wakes each sink's
-delivery loop whose flush is due (:class:`~agent.delivery.SinkLoops`), whether
-or not the tick itself got its heartbeat stored. Ticks run on the monotonic clock at a fixed
-rhythm from a random start offset and never overlap. File work (the spool,
-``seq``, ``status.json``, collectors' and health's state) runs on one thread of
-its own (:class:`~agent.file_thread.FileThread`), never on the event loop.
+delivery loop whose flush is due (:class:`~agent.delivery.SinkLoops`), even if
+its heartbeat was not stored. Ticks keep a fixed rhythm on the monotonic clock
+from a random start offset and never overlap. File work (the spool, ``seq``,
+``status.json``, collectors' and health's state) runs on a thread of its own
+(:class:`~agent.file_thread.FileThread`), never on the event loop.
 
 Around the loop, each in its own module: signals, the watchdog and
 ``gc.freeze`` (:mod:`agent.service`), SIGHUP (:mod:`agent.reload`), the status

@@ -15,9 +15,9 @@ The rules that tie them together are here: the cursors are written to disk
 before any file is deleted, so an ack never comes back after a crash
 (:meth:`Spool.open` deletes whatever the saved cursors say every sink is done
 with); the bounds drop the oldest heartbeats; a file is checked when it is read
-from disk (by :meth:`Spool.batch` or :meth:`Spool.iter_pending`): one that is not a JSON
-object whose ``"id"`` matches its name is quarantined then; names and empty
-files are checked when the spool opens.
+from disk (by :meth:`Spool.batch` or :meth:`Spool.iter_pending`): one that is
+not a JSON object whose ``"id"`` matches its name is quarantined then; names
+and empty files are checked when the spool opens.
 
 Blocking calls only: the daemon makes them on its file thread. Methods take an
 internal lock, so puts and drains from different threads do not interleave.

@@ -141,6 +141,16 @@ async def test_a_tick_with_central_up_makes_two_trips_to_the_file_thread(aiohttp
     assert [["_store", "_after_send"]] * 2 == per_tick[1:]
 
 
+async def tick_and_its_flush(runner: Runner) -> None:
+    """One tick as the tick loop runs it, then the central sink's pass, if the tick started one, to its end."""
+    loop = runner.delivery.loops["central"]
+    async with runner.tick_lock:
+        await runner._safe_tick()
+    if not loop.skips_tick:
+        await asyncio.wait_for(loop.tried.wait(), 10)  # this tick's flush has its answer
+    await until(lambda: loop.idle)
+
+
 async def test_a_tick_between_flushes_makes_one_trip_and_its_push_waits_for_no_delivery(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:
@@ -161,11 +171,7 @@ async def test_a_tick_between_flushes_makes_one_trip_and_its_push_waits_for_no_d
         await asyncio.wait_for(loop.tried.wait(), 10)  # the wake-up at start found nothing to send
         for _ in range(4):
             trips.clear()
-            async with runner.tick_lock:
-                await runner._safe_tick()
-            if not loop.skips_tick:
-                await asyncio.wait_for(loop.tried.wait(), 10)
-            await until(lambda: loop.idle)
+            await tick_and_its_flush(runner)
             per_tick.append(list(trips))
             waited_for.append(loop.attempts_on_wake)  # what the push after this tick waits for
     finally:
@@ -221,18 +227,10 @@ async def test_with_a_flush_interval_ticks_wait_and_their_heartbeats_go_together
     await runner.start()
     runner.delivery.start()
     loop = runner.delivery.loops["central"]
-
-    async def tick() -> None:
-        async with runner.tick_lock:
-            await runner._safe_tick()
-        if not loop.skips_tick:
-            await asyncio.wait_for(loop.tried.wait(), 10)  # this tick's flush has its answer
-        await until(lambda: loop.idle)
-
     try:
         await asyncio.wait_for(loop.tried.wait(), 10)  # the wake-up at start found nothing to send
         for _ in range(7):
-            await tick()
+            await tick_and_its_flush(runner)
     finally:
         await runner.delivery.stop()
         await runner.aclose(grace=5)
