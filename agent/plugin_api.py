@@ -10,13 +10,11 @@ plugin sees the whole configuration.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr
-
-from agent.threads import BatchedCalls
 
 HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
 Url = TypeVar("Url", SecretStr, str, None)
@@ -48,5 +46,3 @@ class PluginContext:
     state_dir: Path  # the agent's state directory, for a plugin's own files
     collector_timeout: float  # seconds the runner gives one collector per tick
     credentials_dir: Path | None = None  # systemd's $CREDENTIALS_DIRECTORY, when set
-    # Quick blocking reads (procfs) of one tick share one trip to a thread through this.
-    quick_reads: BatchedCalls = field(default_factory=BatchedCalls)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -85,69 +84,6 @@ class DaemonThreadExecutor(concurrent.futures.ThreadPoolExecutor):
             idle, self._idle = self._idle, []
         for inbox in idle:
             inbox.put(None)
-
-
-class BatchedCalls:
-    """Blocking calls started in the same turn of the event loop share one trip to a thread.
-
-    A tick starts every collector at once, and the procfs readers among them (cpu,
-    memory, network, system) each make one call of tens of microseconds; a trip to
-    a thread and back costs more than that. Four trips cost about 1.3 ms of CPU a
-    tick here, one trip carrying the four about 0.75 ms. The calls run one after
-    another on the loop's default executor; each caller gets its own result or its
-    own exception, and a caller that stopped waiting (its timeout) is skipped. Only
-    for calls that cannot hang: one stuck call holds every call of its batch.
-    """
-
-    def __init__(self) -> None:
-        self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a thread, together with the other calls made in this turn of the loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._send, loop)
-        self._queued.append((functools.partial(fn, *args), future))
-        return await future
-
-    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self._queued = self._queued, []
-        futures = [future for _, future in batch]
-        try:
-            done = loop.run_in_executor(None, _run_each, [fn for fn, _ in batch])
-        except RuntimeError as exc:  # the executor is shut down: the loop is closing
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        done.add_done_callback(lambda outcome: _hand_out(outcome, futures))
-
-
-def _run_each(calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-    outcomes: list[tuple[bool, Any]] = []
-    for fn in calls:
-        try:
-            outcomes.append((True, fn()))
-        except BaseException as exc:  # the caller's own to handle, as if it had called fn itself
-            outcomes.append((False, exc))
-    return outcomes
-
-
-def _hand_out(outcome: asyncio.Future[list[tuple[bool, Any]]], futures: list[asyncio.Future[Any]]) -> None:
-    for index, future in enumerate(futures):
-        if future.done():
-            continue  # its caller stopped waiting
-        if outcome.cancelled():
-            future.cancel()
-        elif (failure := outcome.exception()) is not None:
-            future.set_exception(failure)
-        else:
-            ok, value = outcome.result()[index]
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

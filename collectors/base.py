@@ -5,7 +5,12 @@ scrubber's allowlist), its ``settings_model`` and ``async collect()``. The agent
 validates the collector's own table, ``[collectors.<name>]``, with that model and
 builds the collector with ``from_settings(cfg, context)``. Timeouts, error
 counting and up/down state belong to the runner, so collectors stay tiny.
-Blocking work (psutil, statvfs, file reads) goes through :func:`asyncio.to_thread`.
+Work that can wait on a device or a server (statvfs, reading logs or files,
+SQLite) goes through :func:`asyncio.to_thread`. The kernel's own counters
+(``/proc/stat``, ``/proc/meminfo``, ``/proc/net/dev``, the process list, read
+through psutil) are read on the event loop: such a read is computed by the kernel
+on the spot and never waits for I/O, and a trip to a thread and back cost about
+0.2 ms of CPU a tick, more than those reads themselves (``make bench``, idle).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
-from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -68,26 +67,23 @@ class CpuCollector:
         MetricSpec("cpu_count", MetricKind.GAUGE, "Number of logical CPUs."),
     )
 
-    def __init__(
-        self, *, source: CpuSource = psutil, first_window: float = 0.1, quick_reads: BatchedCalls | None = None
-    ) -> None:
+    def __init__(self, *, source: CpuSource = psutil, first_window: float = 0.1) -> None:
         self._source = source
-        self._quick_reads = quick_reads or BatchedCalls()
         self._first_window = first_window
         self._last: dict[str, float] | None = None
 
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every host has CPUs."""
-        return cls(quick_reads=context.quick_reads)
+        return cls()
 
     async def collect(self) -> Sequence[Sample]:
         """Read the CPU counters and load averages, or raise ``CollectorError``."""
-        now, (load1, load5, load15), count = await self._read()
+        now, (load1, load5, load15), count = self._read()
         if self._last is None:
             await asyncio.sleep(self._first_window)
             self._last = now
-            now, (load1, load5, load15), count = await self._read()
+            now, (load1, load5, load15), count = self._read()
         percent = busy_percent(self._last, now)
         self._last = now
         samples = [
@@ -100,13 +96,10 @@ class CpuCollector:
             samples.append(Sample("cpu_count", count))
         return samples
 
-    async def _read(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
-        # One thread hop for every read: the hop, not the reads, is most of a tick's cost.
+    def _read(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
+        # Kernel counters (/proc/stat, /proc/loadavg): read on the loop, see collectors.base.
         try:
-            return await self._quick_reads.call(self._read_blocking)
+            times = dict(self._source.cpu_times()._asdict())
+            return times, self._source.getloadavg(), self._source.cpu_count()
         except (OSError, psutil.Error) as exc:
             raise CollectorError("cpu figures unreadable", code="cpu_unreadable") from exc
-
-    def _read_blocking(self) -> tuple[dict[str, float], tuple[float, float, float], int | None]:
-        times = dict(self._source.cpu_times()._asdict())
-        return times, self._source.getloadavg(), self._source.cpu_count()

@@ -10,7 +10,6 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
-from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -62,19 +61,19 @@ class MemoryCollector:
         MetricSpec("swap_total_bytes", MetricKind.GAUGE, "Total swap.", "bytes"),
     )
 
-    def __init__(self, *, source: MemorySource = psutil, quick_reads: BatchedCalls | None = None) -> None:
+    def __init__(self, *, source: MemorySource = psutil) -> None:
         self._source = source
-        self._quick_reads = quick_reads or BatchedCalls()
 
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every host has memory."""
-        return cls(quick_reads=context.quick_reads)
+        return cls()
 
     async def collect(self) -> Sequence[Sample]:
         """Read RAM and swap figures, or raise ``CollectorError``."""
         try:
-            ram, swap = await self._quick_reads.call(self._read)  # one trip for both: it costs more than the reads
+            # Kernel counters (/proc/meminfo, /proc/vmstat): read on the loop, see collectors.base.
+            ram, swap = self._source.virtual_memory(), self._source.swap_memory()
         except (OSError, psutil.Error) as exc:
             raise CollectorError("memory figures unreadable", code="memory_unreadable") from exc
         return [
@@ -84,6 +83,3 @@ class MemoryCollector:
             Sample("swap_used_percent", percent(swap.used, swap.total)),
             Sample("swap_total_bytes", swap.total),
         ]
-
-    def _read(self) -> tuple[VirtualMemory, SwapMemory]:
-        return self._source.virtual_memory(), self._source.swap_memory()

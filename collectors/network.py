@@ -14,7 +14,6 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
-from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -76,9 +75,8 @@ class NetworkCollector:
         MetricSpec("net_drops_out_total", MetricKind.COUNTER, "Outgoing packets dropped on non-loopback interfaces."),
     )
 
-    def __init__(self, *, source: NetworkSource = psutil, quick_reads: BatchedCalls | None = None) -> None:
+    def __init__(self, *, source: NetworkSource = psutil) -> None:
         self._source = source
-        self._quick_reads = quick_reads or BatchedCalls()
         # Interface name -> loopback or not. Flags are read only for names not seen
         # before (psutil's net_if_stats rereads the counters and asks three ioctls
         # per interface); a name that goes away is forgotten, so one that comes back
@@ -88,13 +86,13 @@ class NetworkCollector:
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured: every POP has a network."""
-        return cls(quick_reads=context.quick_reads)
+        return cls()
 
     async def collect(self) -> Sequence[Sample]:
         """Sum the interface counters, or raise ``CollectorError``."""
         known = frozenset(self._loopback)
         try:
-            counters, stats = await self._quick_reads.call(self._read, known)
+            counters, stats = self._read(known)  # kernel counters: read on the loop, see collectors.base
         except (OSError, psutil.Error) as exc:
             raise CollectorError("interface counters unreadable", code="net_unreadable") from exc
         loopback: dict[str, bool] = {}

@@ -11,7 +11,6 @@ import psutil
 from agent.errors import CollectorError
 from agent.plugin_api import NoSettings
 from agent.sample import MetricKind, MetricSpec, Sample
-from agent.threads import BatchedCalls
 
 if TYPE_CHECKING:
     from agent.plugin_api import PluginContext
@@ -20,9 +19,12 @@ if TYPE_CHECKING:
 class SystemSource(Protocol):
     """The part of psutil this collector reads; the ``psutil`` module itself is one."""
 
-    def boot_time(self) -> float: ...
-
     def pids(self) -> Sequence[int]: ...
+
+
+def seconds_since_boot() -> float:
+    """The kernel's ``CLOCK_BOOTTIME``: time since boot, suspend included, and deaf to wall-clock steps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class SystemCollector:
@@ -35,35 +37,22 @@ class SystemCollector:
         MetricSpec("process_count", MetricKind.GAUGE, "Number of processes on the host."),
     )
 
-    def __init__(
-        self,
-        *,
-        source: SystemSource = psutil,
-        clock: Callable[[], float] = time.time,
-        quick_reads: BatchedCalls | None = None,
-    ) -> None:
+    def __init__(self, *, source: SystemSource = psutil, uptime: Callable[[], float] = seconds_since_boot) -> None:
         self._source = source
-        self._quick_reads = quick_reads or BatchedCalls()
-        self._clock = clock
+        self._uptime = uptime
 
     @classmethod
     def from_settings(cls, cfg: NoSettings, context: PluginContext) -> Self:
         """Always configured."""
-        return cls(quick_reads=context.quick_reads)
+        return cls()
 
     async def collect(self) -> Sequence[Sample]:
-        """Read the boot time and the process table, or raise ``CollectorError``."""
+        """Read the uptime and the process table (on the loop: see collectors.base), or raise ``CollectorError``."""
         try:
-            # One trip for both: a trip to a thread costs more than the reads it carries.
-            booted, processes = await self._quick_reads.call(self._read)
+            processes = len(self._source.pids())
         except (OSError, psutil.Error) as exc:
             raise CollectorError("system figures unreadable", code="system_unreadable") from exc
-        # The wall clock may be stepped back below the boot time; never report a negative uptime.
-        uptime = max(0.0, self._clock() - booted)
         return [
-            Sample("uptime_seconds", round(uptime, 1)),
+            Sample("uptime_seconds", round(self._uptime(), 1)),
             Sample("process_count", processes),
         ]
-
-    def _read(self) -> tuple[float, int]:
-        return self._source.boot_time(), len(self._source.pids())

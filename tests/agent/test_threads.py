@@ -8,9 +8,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from agent.threads import BatchedCalls, DaemonThreadExecutor, run
+from agent.threads import DaemonThreadExecutor, run
 
 
 def test_idle_threads_are_reused() -> None:
@@ -107,59 +106,3 @@ def test_shutdown_lets_idle_threads_go_and_busy_ones_finish() -> None:
     except RuntimeError:
         refused = True
     assert (False, True, False, True) == (idle_alive, released, busy_thread.is_alive(), refused)
-
-
-class CountingExecutor(DaemonThreadExecutor):
-    """The daemon-thread pool, counting the jobs handed to it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.jobs = 0
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.jobs += 1
-        return super().submit(fn, *args, **kwargs)
-
-
-def test_calls_of_one_turn_share_one_trip_and_each_gets_its_own_outcome() -> None:
-    """Three calls started together make one job on one thread; results and an exception go to their own callers."""
-    executor = CountingExecutor()
-    threads: list[int] = []
-
-    def read(value: int) -> int:
-        threads.append(threading.get_ident())
-        if value == 2:
-            raise OSError("unreadable")
-        return value * 10
-
-    async def main() -> list[object]:
-        asyncio.get_running_loop().set_default_executor(executor)
-        reads = BatchedCalls()
-        return await asyncio.gather(*(reads.call(read, value) for value in (1, 2, 3)), return_exceptions=True)
-
-    outcomes = asyncio.run(main())
-    assert [10, "OSError", 30] == [o if isinstance(o, int) else type(o).__name__ for o in outcomes]
-    assert (1, 1, threading.get_ident() not in threads) == (executor.jobs, len(set(threads)), True)
-
-
-def test_a_caller_that_stopped_waiting_is_skipped_and_the_next_turn_trips_again() -> None:
-    """A call whose caller timed out does not disturb the others; calls of a later turn make a new job."""
-    executor = CountingExecutor()
-    release = threading.Event()
-
-    async def main() -> tuple[str, int, int]:
-        asyncio.get_running_loop().set_default_executor(executor)
-        reads = BatchedCalls()
-        slow = asyncio.ensure_future(asyncio.wait_for(reads.call(release.wait, 5), timeout=0.05))
-        quick = asyncio.ensure_future(reads.call(lambda: 7))
-        try:
-            await slow
-            verdict = "finished"
-        except TimeoutError:
-            verdict = "timed out"
-        release.set()
-        first = await quick
-        second = await reads.call(lambda: 8)
-        return verdict, first + second, executor.jobs
-
-    assert ("timed out", 15, 2) == asyncio.run(main())

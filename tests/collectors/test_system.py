@@ -16,35 +16,33 @@ from tests.collectors.declared import assert_declared
 
 
 class FakeSystem:
-    """A fixed boot time and process table."""
+    """A fixed process table."""
 
-    def __init__(self, booted: float, pids: Sequence[int]) -> None:
-        self.booted = booted
+    def __init__(self, pids: Sequence[int]) -> None:
         self.table = list(pids)
-
-    def boot_time(self) -> float:
-        return self.booted
 
     def pids(self) -> list[int]:
         return self.table
 
 
 async def test_uptime_and_process_count_are_exact() -> None:
-    """Uptime is the clock minus the boot time; the count is the length of the process table."""
-    source = FakeSystem(booted=1_700_000_000.0, pids=[1, 2, 42, 4242])
-    collector = SystemCollector(source=source, clock=lambda: 1_700_086_400.5)
+    """Uptime is the boot clock's reading; the count is the length of the process table."""
+    source = FakeSystem(pids=[1, 2, 42, 4242])
+    collector = SystemCollector(source=source, uptime=lambda: 86_400.54)
     samples = await collector.collect()
     expected = [Sample("uptime_seconds", 86_400.5), Sample("process_count", 4)]
     assert expected == list(samples)
     assert_declared(collector, samples)
 
 
-async def test_a_clock_set_before_the_boot_time_gives_zero_uptime() -> None:
-    """A wall clock stepped back below the boot time reports 0, not a negative uptime."""
-    source = FakeSystem(booted=1_700_000_000.0, pids=[1])
-    samples = await SystemCollector(source=source, clock=lambda: 1_699_999_000.0).collect()
-    expected = Sample("uptime_seconds", 0.0)
-    assert expected == samples[0]
+async def test_uptime_is_the_kernels_boot_clock_not_the_wall_clock() -> None:
+    """The uptime matches /proc/uptime (CLOCK_BOOTTIME), so a stepped wall clock cannot move it."""
+    before = float(Path("/proc/uptime").read_text().split()[0])
+    samples = await SystemCollector().collect()
+    after = float(Path("/proc/uptime").read_text().split()[0])
+    uptime = samples[0].value
+    assert isinstance(uptime, float)
+    assert before - 0.1 <= uptime <= after + 0.1
 
 
 async def test_an_unreadable_process_table_is_a_collector_error() -> None:
@@ -55,7 +53,7 @@ async def test_an_unreadable_process_table_is_a_collector_error() -> None:
             raise PermissionError(13, "Permission denied", "/proc")
 
     with pytest.raises(CollectorError) as caught:
-        await SystemCollector(source=Broken(0.0, [])).collect()
+        await SystemCollector(source=Broken([])).collect()
     expected = "system_unreadable"
     assert expected == caught.value.code
 
