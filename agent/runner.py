@@ -42,7 +42,7 @@ from agent.service import freeze_heap, sleep_until
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
 from agent.state import Sequence as SeqCounter
-from agent.status_file import StatusFile, loop_snapshot
+from agent.status_file import StatusCadence, StatusFile, loop_snapshot
 from agent.systemd import Notifier
 from alerts.health import Health
 from alerts.hooks import AlertHooks, start_hooks
@@ -99,7 +99,7 @@ class Runner:
         )
         self.seq = SeqCounter(self.state_dir / "seq.json")
         self.files = FileThread()
-        self.status_file = StatusFile(self.state_dir)
+        self.status_file, self.status_cadence = StatusFile(self.state_dir), StatusCadence()
         self.health = Health.from_settings(settings, defer=self.files.submit)
         self.hooks = AlertHooks(self.health)
         self.ledger = LedgerWriter.from_settings(settings, files=self.files)
@@ -226,7 +226,7 @@ class Runner:
             self.counters.scrub_rejected_total += await self.files.call(self.intake.take)
             return None
         # Snapshots taken here, on the loop; the thread only writes them.
-        status = loop_snapshot(self)
+        status = self.status_cadence.snapshot(self)  # None: the file written last still holds
         states = None
         if time.monotonic() - self._last_state_save >= STATE_SAVE_EVERY:
             self._last_state_save = time.monotonic()
@@ -291,14 +291,14 @@ class Runner:
 
     # A trip to the spool's thread costs more CPU than the small calls it carries, so a tick
     # makes one: it writes the ledger's waiting records, stores the heartbeat, takes in what
-    # `agent enqueue` left, writes the status and reads each idle sink's first batch. The
+    # `agent enqueue` left, writes the status when due and reads each idle sink's first batch. The
     # heartbeat's spool figures are what the last trip saw (`LastSeenSpool`).
 
     def _store(
         self,
         heartbeat_id: str,
         data: bytes,
-        status: dict[str, Any],
+        status: dict[str, Any] | None,
         states: dict[str, JsonObject] | None,
         first_batches: Sequence[Callable[[], None]] = (),
     ) -> tuple[int, SpoolStats]:
@@ -307,7 +307,8 @@ class Runner:
         self.spool.put(heartbeat_id, data)
         refused = self.intake.take()
         stats = self.spool.stats()
-        self.status_file.write(status, stats)
+        if status is not None:
+            self.status_file.write(status, stats)
         if states is not None:
             write_states(self.state_dir / COLLECTOR_STATE_DIR, states)
             self.spool.prune_aside()  # the age bound of rejected/ holds even when nothing new is refused

@@ -74,3 +74,34 @@ async def test_status_ignores_what_a_one_shot_push_wrote(aiohttp_server: Any, tm
     report = json.loads(agent_status(daemon, "--json").stdout)
     assert {"state": "stopped", "state_dir": str(daemon.state_dir.resolve())} == report["daemon"]
     assert "sinks" not in report
+
+
+async def test_status_is_rewritten_once_a_flush_and_at_once_on_a_change(tmp_path: Path) -> None:
+    """Between flushes `status.json` stays as written; a collector's change of status is written on its tick."""
+    access_log = tmp_path / "access.log"
+    daemon = Daemon(
+        tmp_path,
+        POP_AGENT_INTERVAL="0.2",
+        POP_AGENT_DELIVERY__FLUSH_INTERVAL="60",  # a flush every 300 ticks: none within this test
+        POP_AGENT_COLLECTORS__REQUESTS__ACCESS_LOG=str(access_log),
+    )
+    status_file = daemon.state_dir / "status.json"
+
+    def status() -> dict[str, Any]:
+        try:
+            return dict(json.loads(status_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    await daemon.start()
+    try:
+        await wait_for(lambda: status().get("collectors", {}).get("requests", {}).get("status") == "missing")
+        written = status()["updated"]
+        ticks = len(daemon.pending())
+        await wait_for(lambda: len(daemon.pending()) >= ticks + 5)
+        unchanged = status()["updated"] == written
+        access_log.write_text("")
+        await wait_for(lambda: status()["collectors"]["requests"]["status"] == "ok", timeout=20)
+    finally:
+        assert 0 == await daemon.stop()
+    assert unchanged
