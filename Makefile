@@ -27,7 +27,7 @@ setup: $(STAMP)
 ## The daemon in the foreground on embedded defaults: community edition, state in ./.pop-agent/.
 ## --no-config: no /etc/pop-agent/agent.toml, nor $$POP_AGENT_CONFIG's file; POP_AGENT_* variables still apply.
 run: $(RUN_STAMP)
-	$(VENV)/bin/agent run --no-config
+	$(VENV)/bin/agent run --no-config --log-level debug
 
 ## One heartbeat on stdout.
 once: $(RUN_STAMP)

@@ -119,6 +119,7 @@ class Runner:
         self._started = time.monotonic()
         self._spool_failing = False
         self._tick_failing = False
+        self._summarised = False  # the first tick's line is logged at info
         self._last_state_save = 0.0
         self.spool_seen = LastSeenSpool()
         self.intake = Intake(self.spool, self.backlog_allowed)
@@ -381,11 +382,13 @@ class Runner:
                 overrunning = False
 
     def _summary(self, doc: dict[str, Any] | None) -> None:
+        """The tick's line: the first at info (the daemon works), the others at debug; failures log their own."""
         if doc is None:
             return
         metrics = doc["metrics"]
         failed = sorted(name for name, status in doc["collectors"].items() if status != "ok")
-        log.info(
+        emit, self._summarised = log.debug if self._summarised else log.info, True
+        emit(
             "tick",
             seq=doc["seq"],
             cpu_percent=metrics.get("cpu_percent"),

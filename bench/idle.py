@@ -20,7 +20,7 @@ logged; its start offset is random within one interval). For each process: RSS
 ratios use), both scaled to CPU seconds per hour.
 
 Then the cost of one tick: the agent alone at ``--tick-interval`` (default 0.5 s)
-for ``--tick-seconds``; CPU (schedstat) divided by the ticks it logged. ``360 x`` that
+for ``--tick-seconds``; CPU (schedstat) divided by the heartbeats it spooled. ``360 x`` that
 is the tick part of an hour at 10 s, reported beside the measured CPU-s/h.
 
     python bench/idle.py [--window 90] [--interval 10] [--tick-interval 0.5] [--tick-seconds 20]
@@ -157,6 +157,14 @@ def agent_command(*args: str) -> list[str]:
     return [PYTHON, "-m", "agent", *args]
 
 
+def spooled(state_dir: Path) -> int:
+    """Heartbeats in the agent's ``spool/pending/``: one per tick for an agent without a sink."""
+    try:
+        return sum(1 for name in os.listdir(state_dir / "spool" / "pending") if name.endswith(".json"))
+    except OSError:
+        return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,7 +172,11 @@ def free_port() -> int:
 
 
 def count_ticks(log: Path) -> int:
-    """Ticks the agent logged (JSON lines with ``"event": "tick"``)."""
+    """Ticks the agent logged (JSON lines with ``"event": "tick"``).
+
+    At the default level only the first tick has a line (every tick at ``--log-level
+    debug``): enough to see an agent has started ticking; :func:`spooled` counts them.
+    """
     ticks = 0
     with contextlib.suppress(OSError), log.open() as handle:
         for line in handle:
@@ -211,8 +223,11 @@ class _Accept(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
+    heartbeats = 0  # received, over every instance: one ``"seq":`` per heartbeat in a body
+
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Accept.heartbeats += body.count(b'"seq":')
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -366,8 +381,8 @@ def idle_window(work: Path, window: float, interval: float, compare: Path | None
         for c in contenders:
             if c.proc.poll() is not None:
                 raise RuntimeError(f"{c.name} exited with {c.proc.returncode} before the window")
-        ticks_before, scrapes_before = count_ticks(agent_log), scrapes[0]
-        on_before = count_ticks(on_log)
+        ticks_before, scrapes_before = spooled(work / "agent-state"), scrapes[0]
+        on_before = _Accept.heartbeats
         for c in contenders:
             c.cpu_start = c.cpu()
         started = time.monotonic()
@@ -379,8 +394,8 @@ def idle_window(work: Path, window: float, interval: float, compare: Path | None
         measured = time.monotonic() - started
         for c in contenders:
             c.cpu_end = c.cpu()
-        ticks = count_ticks(agent_log) - ticks_before
-        on_ticks = count_ticks(on_log) - on_before
+        ticks = spooled(work / "agent-state") - ticks_before
+        on_ticks = _Accept.heartbeats - on_before  # delivered a flush at a time: a multiple of 3 at 10 s
         scraped = scrapes[0] - scrapes_before
         agent_threads = status_field(agent_proc.pid, "Threads")
     finally:
@@ -398,18 +413,19 @@ def idle_window(work: Path, window: float, interval: float, compare: Path | None
 def tick_cost(
     work: Path, interval: float, seconds: float, root: Path = ROOT, name: str = "agent-ticks"
 ) -> dict[str, Any]:
-    """CPU of one tick: the agent alone at a short interval, CPU over ticks logged."""
-    proc, log = start_agent(work, interval, name=name, root=root)
+    """CPU of one tick: the agent alone at a short interval, CPU over the heartbeats it spooled."""
+    proc, _ = start_agent(work, interval, name=name, root=root)
+    state = work / f"{name}-state"
     try:
-        wait_for(lambda: count_ticks(log) >= 3 or proc.poll() is not None, 30)
+        wait_for(lambda: spooled(state) >= 3 or proc.poll() is not None, 30)
         if proc.poll() is not None:
             raise RuntimeError(f"agent exited with {proc.returncode}")
-        before_ticks, (before_stat, before_sched) = count_ticks(log), (cpu_ticks_s(proc.pid), cpu_sched_s(proc.pid))
+        before_ticks, (before_stat, before_sched) = spooled(state), (cpu_ticks_s(proc.pid), cpu_sched_s(proc.pid))
         started = time.monotonic()
         time.sleep(seconds)
         after_stat, after_sched = cpu_ticks_s(proc.pid), cpu_sched_s(proc.pid)
         elapsed = time.monotonic() - started
-        ticks = count_ticks(log) - before_ticks
+        ticks = spooled(state) - before_ticks
     finally:
         code = stop(proc)
     per_tick = (after_sched - before_sched) / max(ticks, 1)

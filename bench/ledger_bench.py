@@ -70,7 +70,8 @@ def _start(work: Path, name: str, interval: float, central: str, kuma: str, ledg
     )
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            agent_command("run", "--interval", str(interval), "--telemetry", "on"),
+            # Every tick logged (debug) in both agents, so ticks are counted from the lines alike.
+            agent_command("run", "--interval", str(interval), "--telemetry", "on", "--log-level", "debug"),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=out,

@@ -35,7 +35,7 @@ TIMEOUT_S = 1800 if FULL else 300
 # name -> (script, arguments). Quick sizes by default; the issues' sizes with BENCH_FULL=1.
 SCRIPTS: dict[str, tuple[str, list[str]]] = {
     "startup": ("startup.py", ["--runs", "15"]),
-    "idle": ("idle.py", ["--window", "180", "--interval", "10", "--tick-interval", "0.5", "--tick-seconds", "20"]),
+    "idle": ("idle.py", ["--window", "300", "--interval", "10", "--tick-interval", "0.5", "--tick-seconds", "20"]),
     "spool": ("spool_bench.py", [] if FULL else ["--writes", "1000", "--rounds", "3", "--backlog", "20000"]),
     "drain": ("drain_bench.py", [] if FULL else ["--count", "20000", "--rounds", "1"]),
     "scrub": ("scrub_bench.py", [] if FULL else ["--heartbeats", "1000", "--rounds", "3"]),

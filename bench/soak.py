@@ -270,7 +270,9 @@ def soak(seconds: float, interval: float, seed: int) -> dict[str, Any]:
             POP_AGENT_DELIVERY__BACKOFF_MAX="2",
             POP_AGENT_TELEMETRY="on",
         )
+        # At debug every tick is logged with its seq: what central must have received.
         argv = [sys.executable, __file__, "--daemon", str(probe), "run", "--interval", str(interval)]
+        argv += ["--log-level", "debug"]
         with log.open("wb") as out:
             daemon = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=out, cwd=work)
         launched = time.monotonic()

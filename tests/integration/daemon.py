@@ -34,7 +34,18 @@ class Daemon:
         self.runs += 1
         log = self.log_path.open("wb")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", "run", *args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
+            # At debug, every tick is logged: the tests count ticks and their seq from these lines.
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--log-level",
+            "debug",
+            *args,
+            cwd=self.tmp_path,
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         log.close()
         Daemon.started.append(self)

@@ -165,6 +165,18 @@ async def test_status_reports_spool_and_delivery(aiohttp_server: Any, tmp_path: 
     assert set(status["collectors"]) >= {"cpu", "memory", "disk"}
 
 
+async def test_a_healthy_daemon_logs_its_first_tick_and_then_keeps_quiet(tmp_path: Path) -> None:
+    """At the default level only the first tick has a line: the journal shows the daemon works, not each tick."""
+    daemon = Daemon(tmp_path, POP_AGENT_INTERVAL="0.1")
+    await daemon.start("--log-level", "info")  # the last flag wins over the helper's debug
+    try:
+        await wait_for(lambda: len(daemon.pending()) >= 5)
+    finally:
+        assert 0 == await daemon.stop()
+    ticks = [(line["level"], line["seq"]) for line in daemon.logs() if line.get("event") == "tick"]
+    assert [("info", 0)] == ticks
+
+
 async def test_sigkill_while_writing_and_draining(aiohttp_server: Any, tmp_path: Path) -> None:
     """Killed with SIGKILL again and again mid-write and mid-drain: every pending file parses, nothing is lost."""
     central = Central()
