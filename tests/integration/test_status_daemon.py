@@ -105,3 +105,24 @@ async def test_status_is_rewritten_once_a_flush_and_at_once_on_a_change(tmp_path
     finally:
         assert 0 == await daemon.stop()
     assert unchanged
+
+
+async def test_an_ack_reaches_status_on_the_next_tick_not_a_flush_later(aiohttp_server: Any, tmp_path: Path) -> None:
+    """The first flush (at start) is acked; `status.json` shows it within ticks, though the next flush is 60 s away."""
+    central = Central()
+    url = await start_central(aiohttp_server, central)
+    daemon = daemon_for(tmp_path, url, POP_AGENT_DELIVERY__FLUSH_INTERVAL="60")
+    status_file = daemon.state_dir / "status.json"
+
+    def last_ack() -> float | None:
+        try:
+            return json.loads(status_file.read_text())["sinks"]["central"]["last_ack"]  # type: ignore[no-any-return]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    await daemon.start()
+    try:
+        await wait_for(lambda: len(central.acked) >= 1)
+        await wait_for(lambda: last_ack() is not None, timeout=20)
+    finally:
+        assert 0 == await daemon.stop()
