@@ -7,8 +7,8 @@ from a random start offset and never overlap. File work (the spool, ``seq``,
 ``status.json``, collectors' and health's state) runs on a thread of its own
 (:class:`~agent.file_thread.FileThread`), never on the event loop.
 
-Around the loop, each in its own module: signals, the watchdog and
-``gc.freeze`` (:mod:`agent.service`), SIGHUP (:mod:`agent.reload`), the status
+Around the loop, each in its own module: the ticks' rhythm, signals, the
+watchdog and ``gc.freeze`` (:mod:`agent.service`), SIGHUP (:mod:`agent.reload`), the status
 snapshot (:mod:`agent.status_file`), the agent's own numbers
 (:mod:`agent.own_metrics`), ``agent enqueue``'s intake (:mod:`agent.intake`).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from agent.pacing import BackoffPolicy
 from agent.reload import Reloads
 from agent.sample import JsonObject, Sample
 from agent.scrubber import Allowlist, scrub
-from agent.service import freeze_heap, sleep_until
+from agent.service import Rhythm, freeze_heap, sleep_until
 from agent.settings import Settings
 from agent.spool import Spool, SpoolStats
 from agent.state import Sequence as SeqCounter
@@ -358,28 +357,16 @@ class Runner:
             await self._shutdown()
 
     async def _tick_loop(self) -> None:
-        interval = self.settings.interval
-        next_tick = time.monotonic() + random.uniform(0, min(interval, 30.0))  # against thundering herds
-        overrunning = False
+        rhythm = Rhythm(self.settings.interval)
         while not self._stop.is_set():
-            await sleep_until(next_tick, self._stop, self.notifier)
+            await sleep_until(rhythm.next, self._stop, self.notifier)
             if self._stop.is_set():
                 return
             async with self.tick_lock:
                 doc = await self._safe_tick()
                 interval = self.settings.interval  # a reload may have changed it
             self._summary(doc)
-            next_tick += interval
-            now = time.monotonic()
-            if now > next_tick:
-                skipped = int((now - next_tick) // interval) + 1
-                next_tick += skipped * interval
-                self.counters.tick_overruns_total += skipped
-                if not overrunning:
-                    log.warning("tick_overrun", skipped=skipped, interval=interval)
-                overrunning = True
-            else:
-                overrunning = False
+            self.counters.tick_overruns_total += rhythm.advance(interval)
 
     def _summary(self, doc: dict[str, Any] | None) -> None:
         """The tick's line: the first at info (the daemon works), the others at debug; failures log their own."""

@@ -1,4 +1,5 @@
-"""The daemon's dealings with its process and service manager: signals, the watchdog's rhythm, a frozen heap.
+"""The daemon's dealings with time, its process and its service manager: the ticks' and the watchdog's rhythm,
+signals, a frozen heap.
 
 Kept apart from the tick loop so that the loop reads as ticks and shutdown only;
 what systemd expects of a ``Type=notify`` service with ``WatchdogSec=`` lives here
@@ -10,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import signal
 import time
 from collections.abc import Callable
 
+import structlog
+
 from agent.systemd import Notifier, watchdog_period
+
+log = structlog.get_logger("agent")
 
 
 def install_signal_handlers(*, stop: Callable[[], None], reload: Callable[[], None]) -> None:
@@ -23,6 +29,35 @@ def install_signal_handlers(*, stop: Callable[[], None], reload: Callable[[], No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+class Rhythm:
+    """Tick times on the monotonic clock: a fixed interval from a random start offset, overrun slots skipped.
+
+    The offset (up to an interval, at most 30 s) keeps a fleet restarted at once
+    from ticking, and delivering, in step. A tick that runs past the next slot
+    skips it rather than starting late ticks back to back; the first overrun of a
+    run of them is logged.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.next = clock() + random.uniform(0, min(interval, 30.0))
+        self._overrunning = False
+
+    def advance(self, interval: float) -> int:
+        """Move to the slot after the tick that just ran; how many slots it overran and were skipped."""
+        self.next += interval
+        now = self._clock()
+        if now <= self.next:
+            self._overrunning = False
+            return 0
+        skipped = int((now - self.next) // interval) + 1
+        self.next += skipped * interval
+        if not self._overrunning:
+            log.warning("tick_overrun", skipped=skipped, interval=interval)
+        self._overrunning = True
+        return skipped
 
 
 async def sleep_until(when: float, stop: asyncio.Event, notifier: Notifier) -> None:
