@@ -18,8 +18,9 @@ about 98.6% of cases. Below a thousand the estimator is linear counting over
 16,384 registers: the standard error at 1,000 is about 0.55% (a handful of
 addresses), and below a few hundred the count falls short only by the
 addresses that share a register with another (about n^2 / 32,768 of them: 0.7
-expected at 150, 0.08 at 50), so it is exact or off by one or two. Tests pin
-both, checking small counts against the sketch's own count under the same key. Lower precisions
+expected at 150, 0.08 at 50), so it is usually exact or off by one, and rarely
+by more (two or more short at 50 for about one key in 400). Tests pin both,
+checking small counts against the sketch's own count under the same key. Lower precisions
 were rejected: p=13 (1.15%) or p=12 (1.6%) put 2% at 1.7 or 1.2 standard errors.
 
 Storage (:class:`Sketch`): 4 bits per register above a shared base, the
