@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,17 @@ def test_from_settings_needs_a_source(tmp_path: Path) -> None:
     assert VaultsCollector.from_settings(VaultsSettings(), context) is None
     configured = VaultsCollector.from_settings(VaultsSettings(path=tmp_path), context)
     assert isinstance(configured, VaultsCollector)
+
+
+def test_sqlite_is_loaded_only_to_count_a_database() -> None:
+    """Every built-in plugin loaded leaves libsqlite3 out of the process (0.8 MiB resident)."""
+    code = (
+        "import sys\n"
+        "from agent.plugins import discover\n"
+        "plugins = discover(third_party=False)\n"
+        "for ref in plugins.collectors + plugins.sinks:\n"
+        "    ref.load()\n"
+        "print('sqlite3' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "False" == result.stdout.strip()
