@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import email.utils
 import re
-import ssl
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -67,9 +66,10 @@ def make_session(
     what the sink put in it (and no jar is consulted on every send).
     Every request it makes is recorded in the sent ledger (:mod:`agent.ledger_hook`).
     """
-    connector = aiohttp.TCPConnector(
-        ssl=ssl.create_default_context(), limit=limit, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S
-    )
+    # ssl=True: aiohttp's verifying context (the system's trust store, hostnames
+    # checked), built once when aiohttp is imported. A context of our own would read
+    # the CA bundle on the event loop and hold a second copy of it: 0.8 MiB resident.
+    connector = aiohttp.TCPConnector(ssl=True, limit=limit, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
     return aiohttp.ClientSession(
         connector=connector,
