@@ -9,10 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 RunAgent = Callable[..., subprocess.CompletedProcess[str]]
+
+# No property test has a time limit: Hypothesis' default 200 ms deadline is a timed
+# assertion, and these machines are shared and noisy (speed is for `make bench`).
+settings.register_profile("pop-agent", deadline=None)
+settings.load_profile("pop-agent")
 
 
 def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -85,7 +85,7 @@ def test_a_caller_may_sync_the_directory_itself(tmp_path: Path) -> None:
     assert (["open", "write", "fsync", "rename"], ["a.json"]) == (counting.calls, os.listdir(tmp_path))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(min_value=0, max_value=20_000), fail_at=st.integers(min_value=1, max_value=12))
 def test_a_failure_at_any_system_call_leaves_the_old_file_or_the_new_one(
     tmp_path: Path, size: int, fail_at: int

@@ -44,7 +44,7 @@ ALLOWED = Allowlist(
 )
 SENSITIVE = {"ip_address", "email_address", "secret_token"}
 NON_ASCII_DIGITS = [chr(c) for c in range(128, 0x110000) if unicodedata.category(chr(c)) == "Nd"]
-_settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_settings = settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
 
 def clean_doc() -> dict[str, Any]:

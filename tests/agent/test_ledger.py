@@ -271,7 +271,7 @@ def test_a_ledger_that_cannot_be_written_counts_its_losses_and_raises_nothing(tm
     assert 2 == writer.lost_total
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(cut=st.integers(min_value=0, max_value=10_000))
 def test_a_segment_cut_anywhere_reads_as_a_prefix_of_its_records(cut: int) -> None:
     """Truncating a segment at any byte leaves exactly the records wholly before the cut, and at most one damaged."""

@@ -242,7 +242,7 @@ def test_secret_tokens_are_found(tokens: st.SearchStrategy[str], data: st.DataOb
 
 
 @pytest.mark.parametrize("entry", TOKEN_PREFIXES, ids=lambda entry: f"{entry.vendor}:{entry.prefix}")
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10)
 @given(data=st.data())
 def test_every_listed_token_prefix_is_found(entry: TokenPrefix, data: st.DataObject) -> None:
     """Each vendor's token, as its documentation shapes it, is found anywhere in a string."""

@@ -132,7 +132,7 @@ POSITIONS = [
 ]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(value=renderings, where=st.sampled_from(range(len(POSITIONS))), prefix=st.sampled_from(["", "x ", "/"]))
 def test_sensitive_value_anywhere_is_rejected_and_never_echoed(value: str, where: int, prefix: str) -> None:
     """An address, e-mail or token in any position rejects the whole document, and no finding repeats it."""
@@ -147,7 +147,7 @@ def test_sensitive_value_anywhere_is_rejected_and_never_echoed(value: str, where
         assert part not in rendered
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     cpu=st.floats(min_value=0, max_value=100),
     requests=st.integers(min_value=0, max_value=2**53),

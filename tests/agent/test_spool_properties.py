@@ -52,7 +52,7 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(steps=STEPS)
 def test_central_loses_nothing_the_gateway_gets_only_the_newest_and_holds_nothing(
     steps: list[tuple[str, int]],

@@ -310,7 +310,7 @@ def histories(draw: st.DrawFn) -> list[tuple[int, bool, bool]]:
     return draw(st.lists(steps, max_size=40))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(history=histories())
 def test_outage_invariants_hold_and_restarts_change_nothing(history: list[tuple[int, bool, bool]]) -> None:
     """Over any history, outages alternate, starts are over outage_after apart, and restarts change nothing."""

@@ -371,7 +371,7 @@ def _expected_requests(fmt: str, lines: list[str]) -> int:
     return count
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("fmt", ["combined", "json"])
 def test_whole_chunk_expressions_count_like_line_by_line_parsing(tmp_path: Path, fmt: str, data: st.DataObject) -> None:

@@ -330,7 +330,7 @@ async def test_one_poisoned_heartbeat_in_100_is_rejected_and_99_acked(central, s
     assert len(server.received) <= 2 * 7 + 1
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(1, 40), data=st.data())
 async def test_bisection_rejects_exactly_the_poisoned_heartbeats(central, sink, size: int, data: st.DataObject) -> None:
     """Whatever heartbeats are poisoned, exactly those are rejected and all others acked."""

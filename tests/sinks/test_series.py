@@ -13,7 +13,7 @@ from sinks.series import LAST_HEARTBEAT, heartbeat_seconds, samples, timestamp_n
 moments = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(moments, st.integers(0, 9), st.sampled_from(["Z", "+00:00", "-00:00"]))
 def test_a_utc_time_becomes_its_exact_nanoseconds(moment: datetime, digits: int, zone: str) -> None:
     """Any RFC 3339 UTC time, with 0 to 9 fraction digits and any UTC suffix, gives its nanoseconds exactly."""

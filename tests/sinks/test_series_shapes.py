@@ -113,7 +113,7 @@ def full(item: Pending) -> Prepared:
     return Prepared.of(Pending(item.id, item.raw))  # a fresh Pending: parsed from its bytes, as the sink would
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), documents, st.integers(0, 2))
 def test_a_heartbeat_read_by_a_learned_shape_is_what_the_full_path_makes_of_it(
     data: st.DataObject, first: dict[str, Any], style: int
@@ -129,7 +129,7 @@ def test_a_heartbeat_read_by_a_learned_shape_is_what_the_full_path_makes_of_it(
         assert outcome(full, item) == outcome(preparer.prepare, item)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), documents, st.integers(0, 2))
 def test_a_run_read_by_its_shape_encodes_to_the_same_body_as_the_full_path(
     data: st.DataObject, first: dict[str, Any], style: int
@@ -247,7 +247,7 @@ def test_learning_stops_while_shapes_do_not_pay_for_themselves() -> None:
     assert (0, count, 3) == (shapes.hits, shapes.misses, shapes.learned)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), documents, st.integers(0, 2))
 def test_a_chunk_read_at_once_is_read_as_each_heartbeat_alone(
     data: st.DataObject, first: dict[str, Any], style: int
