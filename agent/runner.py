@@ -374,7 +374,8 @@ class Runner:
             return
         metrics = doc["metrics"]
         failed = sorted(name for name, status in doc["collectors"].items() if status != "ok")
-        emit, self._summarised = log.debug if self._summarised else log.info, True
+        emit = log.debug if self._summarised else log.info
+        self._summarised = True
         emit(
             "tick",
             seq=doc["seq"],

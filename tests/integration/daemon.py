@@ -81,6 +81,14 @@ class Daemon:
         directory = self.state_dir / "spool" / "pending"
         return sorted(directory.glob("*.json")) if directory.exists() else []
 
+    def written_status(self) -> dict[str, Any]:
+        """The daemon's last ``status.json``; empty while there is none (or it is mid-replace)."""
+        try:
+            status = json.loads((self.state_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 30, step: float = 0.05) -> None:
     """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""

@@ -23,13 +23,9 @@ async def test_daemon_shows_missing_until_the_log_appears(tmp_path: Path) -> Non
     """The daemon logs `missing` once, `agent status` shows it, and it turns ok when the file appears."""
     access_log = tmp_path / "access.log"
     daemon = Daemon(tmp_path, POP_AGENT_INTERVAL="0.2", POP_AGENT_COLLECTORS__REQUESTS__ACCESS_LOG=str(access_log))
-    status_file = daemon.state_dir / "status.json"
 
     def requests_status() -> str | None:
-        try:
-            return str(json.loads(status_file.read_text())["collectors"]["requests"]["status"])
-        except (OSError, ValueError, KeyError):
-            return None
+        return daemon.written_status().get("collectors", {}).get("requests", {}).get("status")
 
     await daemon.start()
     try:

@@ -85,14 +85,7 @@ async def test_status_is_rewritten_once_a_flush_and_at_once_on_a_change(tmp_path
         POP_AGENT_DELIVERY__FLUSH_INTERVAL="60",  # a flush every 300 ticks: none within this test
         POP_AGENT_COLLECTORS__REQUESTS__ACCESS_LOG=str(access_log),
     )
-    status_file = daemon.state_dir / "status.json"
-
-    def status() -> dict[str, Any]:
-        try:
-            return dict(json.loads(status_file.read_text()))
-        except (OSError, ValueError):
-            return {}
-
+    status = daemon.written_status
     await daemon.start()
     try:
         await wait_for(lambda: status().get("collectors", {}).get("requests", {}).get("status") == "missing")
@@ -112,17 +105,11 @@ async def test_an_ack_reaches_status_on_the_next_tick_not_a_flush_later(aiohttp_
     central = Central()
     url = await start_central(aiohttp_server, central)
     daemon = daemon_for(tmp_path, url, POP_AGENT_DELIVERY__FLUSH_INTERVAL="60")
-    status_file = daemon.state_dir / "status.json"
-
-    def last_ack() -> float | None:
-        try:
-            return json.loads(status_file.read_text())["sinks"]["central"]["last_ack"]  # type: ignore[no-any-return]
-        except (OSError, ValueError, KeyError):
-            return None
-
     await daemon.start()
     try:
         await wait_for(lambda: len(central.acked) >= 1)
-        await wait_for(lambda: last_ack() is not None, timeout=20)
+        await wait_for(
+            lambda: daemon.written_status().get("sinks", {}).get("central", {}).get("last_ack") is not None, timeout=20
+        )
     finally:
         assert 0 == await daemon.stop()
